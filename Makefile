@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each builds .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned, so that no other requirement pulls a different build
+	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/roadseg demo --workdir demo-output
+
+test: $(STAMP)
+	bash tests/setup_system.sh
+	$(BIN)/python -m pytest -q --durations=15 tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

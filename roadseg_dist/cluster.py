@@ -1,0 +1,52 @@
+"""Connecting to Ray: a cluster when an address is given, else an embedded single-node Ray.
+
+``address="local"`` is passed explicitly for the embedded case so that a stale cluster file left
+by a stopped ``ray start`` cannot hijack a local run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+# Environment a Ray worker needs to reach the same object storage as the driver.
+STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
+def storage_env() -> dict[str, str]:
+    """The S3 settings of this process, for a job's ``runtime_env`` (never logged)."""
+    return {k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)}
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray with ``num_cpus`` CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
+                  ignore_reinit_error=True)
+    if address and address != "local":
+        ray.init(address=address, **common)
+    else:
+        ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 2),
+                 include_dashboard=False, runtime_env={"env_vars": storage_env()}, **common)
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data prints an operator table per dataset; our own progress lines replace it."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

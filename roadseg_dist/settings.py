@@ -1,0 +1,177 @@
+"""Typed job settings: one dataclass per job, loadable from YAML, its fields mapped 1:1 to CLI flags.
+
+A field ``batch_size`` is the flag ``--batch-size`` and the YAML key ``batch_size``. Precedence is
+dataclass default < YAML file (``--config``) < flags given on the command line.
+
+Field metadata understood here (all optional):
+    help      help text for ``--help``
+    argument  True: a positional CLI argument instead of a flag
+    flag      a custom declaration such as ``"--gpu/--cpu"`` for booleans
+    choices   allowed values
+    parse     a function str -> value (e.g. ``parse_size`` for ``HxW``)
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable, TypeVar
+
+import click
+import yaml
+
+S = TypeVar("S")
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str = "", argument: bool = False,
+          flag: str | None = None, choices: tuple | None = None,
+          parse: Callable[[str], Any] | None = None, default_factory: Any = dataclasses.MISSING):
+    meta = {"help": help, "argument": argument, "flag": flag, "choices": choices, "parse": parse}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def parse_size(text: str | tuple | list | None) -> tuple[int, int] | None:
+    """``"720x1280"`` -> (720, 1280): height then width."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (tuple, list)):
+        h, w = text
+        return int(h), int(w)
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size: write HEIGHTxWIDTH, e.g. 512x1024") from None
+    if h <= 0 or w <= 0:
+        raise click.BadParameter(f"{text!r}: height and width must be positive")
+    return h, w
+
+
+def parse_list(text: str | list | tuple | None) -> tuple[str, ...]:
+    """``"mask,color"`` -> ("mask", "color")."""
+    if text is None:
+        return ()
+    if isinstance(text, (list, tuple)):
+        return tuple(str(t) for t in text)
+    return tuple(p.strip() for p in str(text).split(",") if p.strip())
+
+
+def _base_type(tp: Any) -> Any:
+    """Optional[int] -> int; other unions are left alone."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(cls, name: str, value: Any) -> Any:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    parse = f.metadata.get("parse")
+    if value is None:
+        return None
+    if parse is not None:
+        return parse(value)
+    tp = _base_type(_hints(cls)[name])
+    if tp is bool and isinstance(value, str):
+        return value.lower() in ("1", "true", "yes", "on")
+    if tp in (int, float, str) and not isinstance(value, tp):
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise click.BadParameter(f"{name}: {value!r} is not a valid {tp.__name__}") from None
+    return value
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    from roadseg_dist import storage
+
+    try:
+        data = yaml.safe_load(storage.read_text(path)) or {}
+    except FileNotFoundError:
+        raise click.BadParameter(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"config file {path} must hold a mapping of setting: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build(cls: type[S], config: str | dict | None = None, **overrides: Any) -> S:
+    """Defaults < YAML (a path or a dict) < overrides whose value is not None."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if config:
+        data = load_yaml(config) if isinstance(config, str) else dict(config)
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise click.BadParameter(
+                f"unknown setting(s) {', '.join(unknown)} in {config if isinstance(config, str) else 'config'}; "
+                f"known: {', '.join(sorted(names))}")
+        values.update(data)
+    values.update({k: v for k, v in overrides.items() if v is not None and k in names})
+    values = {k: _convert(cls, k, v) for k, v in values.items()}
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise click.UsageError(f"missing required setting(s): {', '.join(missing)}")
+    obj = cls(**values)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check()
+    return obj
+
+
+def to_dict(settings: Any) -> dict[str, Any]:
+    """Settings -> plain dict for JSON/YAML (tuples become lists)."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+    return {k: plain(v) for k, v in dataclasses.asdict(settings).items()}
+
+
+def cli_options(cls) -> Callable:
+    """Decorator: add one click argument/option per dataclass field, plus ``--config``.
+
+    Every option defaults to None so that ``build`` can tell a flag given on the command line
+    from one left out, and the YAML value can win over the dataclass default.
+    """
+    def decorate(fn):
+        params = []
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            tp = _base_type(_hints(cls)[f.name])
+            help_text = meta.get("help", "")
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            if default not in (None, "", (), []) and not meta.get("argument"):
+                shown = "x".join(map(str, default)) if meta.get("parse") is parse_size and default else (
+                    ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default)
+                help_text = f"{help_text} [default: {shown}]".strip()
+            if meta.get("argument"):
+                required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                params.append(click.argument(f.name, required=required))
+                continue
+            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+            if tp is bool:
+                decl = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
+                params.append(click.option(decl, f.name, default=None, help=help_text))
+                continue
+            ptype = click.Choice(meta["choices"]) if meta.get("choices") else (
+                tp if tp in (int, float) and not meta.get("parse") else str)
+            params.append(click.option(flag, f.name, type=ptype, default=None, help=help_text))
+        params.append(click.option("--config", "config", type=str, default=None,
+                                   help="YAML file of settings; flags given here win over it."))
+        for p in reversed(params):
+            fn = p(fn)
+        return fn
+    return decorate

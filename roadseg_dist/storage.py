@@ -1,0 +1,279 @@
+"""Every path the project touches goes through here: a local path, ``file://`` or ``s3://``.
+
+S3 uses s3fs with the standard AWS configuration (credential chain, ``AWS_ENDPOINT_URL`` for
+MinIO/Ceph/moto-style endpoints), so no code changes between AWS and a loopback server. Writes are
+atomic: an object or file appears under its final name only once it is complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from typing import Callable, Iterator, TypeVar
+
+import fsspec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def scheme(url: str) -> str:
+    m = _SCHEME.match(str(url))
+    return m.group(1).lower() if m else "file"
+
+
+def is_remote(url: str) -> bool:
+    return scheme(url) != "file"
+
+
+def local_path(url: str) -> str:
+    """``file:///a/b`` or ``a/b`` -> absolute local path."""
+    url = str(url)
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def normalize(url: str) -> str:
+    """Canonical form: ``s3://bucket/key`` without a trailing slash, or an absolute local path."""
+    url = str(url)
+    s = scheme(url)
+    if s == "file":
+        return local_path(url)
+    if s in ("s3", "s3a"):
+        return "s3://" + url.split("://", 1)[1].strip("/")
+    raise ValueError(f"unsupported storage URL {redact(url)!r}: use a local path, file:// or s3://")
+
+
+def join(url: str, *parts: str) -> str:
+    base = normalize(url)
+    tail = "/".join(p.strip("/") for p in parts if p)
+    if not tail:
+        return base
+    return base.rstrip("/") + "/" + tail
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.lru_cache(maxsize=8)
+def _s3fs(endpoint: str | None):
+    import s3fs
+
+    # botocore's "standard" retry mode retries 503 SlowDown, throttling and connection errors;
+    # s3fs adds its own retries for read timeouts and incomplete reads.
+    config = {"retries": {"max_attempts": 10, "mode": "standard"}, "connect_timeout": 10,
+              "read_timeout": 60}
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, config_kwargs=config,
+                           skip_instance_cache=True, use_listings_cache=False)
+    fs.retries = 10  # a class attribute in s3fs, not a constructor argument
+    return fs
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """URL -> (fsspec filesystem, path within it)."""
+    url = normalize(url)
+    if scheme(url) == "s3":
+        return _s3fs(s3_endpoint()), url[len("s3://"):]
+    return fsspec.filesystem("file"), url
+
+
+def arrow_filesystem(url: str):
+    """URL -> (pyarrow filesystem, path), for Ray Data and pyarrow readers/writers."""
+    import pyarrow.fs as pafs
+
+    url = normalize(url)
+    if scheme(url) == "s3":
+        endpoint = s3_endpoint()
+        kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+        if endpoint:
+            kwargs["endpoint_override"] = endpoint
+            kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), url[len("s3://"):]
+    return pafs.LocalFileSystem(), url
+
+
+# --- retries -------------------------------------------------------------------------------------
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    markers = ("SlowDown", "ServiceUnavailable", "503", "500 ", "InternalError", "RequestTimeout",
+               "Connection reset", "ConnectionReset", "Connection was closed", "IncompleteRead",
+               "ServerDisconnected", "ClientPayloadError", "EndpointConnectionError",
+               "ResponseStreamingError", "ReadTimeout", "Broken pipe")
+    return any(m in text for m in markers)
+
+
+def retry(fn: Callable[..., T], *args, attempts: int = 8, base_delay: float = 0.2, **kwargs) -> T:
+    """Call ``fn`` and retry transient storage errors with jittered exponential back-off."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - filtered by _transient
+            if attempt == attempts or not _transient(exc):
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.debug("transient storage error (%s), retry %d in %.2fs", redact(str(exc)), attempt, delay)
+            time.sleep(min(delay, 10.0))
+    raise AssertionError("unreachable")
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return retry(fs.exists, path)
+
+
+def isdir(url: str) -> bool:
+    fs, path = filesystem(url)
+    return retry(fs.isdir, path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return retry(fs.cat_file, path)
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def size(url: str) -> int:
+    fs, path = filesystem(url)
+    return int(retry(fs.size, path))
+
+
+def list_files(url: str, suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[str]:
+    """Files under a folder or prefix, as full URLs, sorted; ``suffixes`` filters case-insensitively."""
+    fs, path = filesystem(url)
+    prefix = "s3://" if scheme(normalize(url)) == "s3" else ""
+    if recursive:
+        found = retry(fs.find, path)
+    else:
+        found = [p for p in retry(fs.ls, path, detail=False) if retry(fs.isfile, p)]
+    out = []
+    for p in found:
+        if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
+            continue
+        out.append(prefix + p if prefix else p)
+    return sorted(out)
+
+
+def open_input(url: str, mode: str = "rb"):
+    fs, path = filesystem(url)
+    return retry(fs.open, path, mode)
+
+
+def download(url: str, local: str) -> None:
+    fs, path = filesystem(url)
+    os.makedirs(os.path.dirname(os.path.abspath(local)) or ".", exist_ok=True)
+    retry(fs.get_file, path, local)
+
+
+# --- writing (atomic) ----------------------------------------------------------------------------
+
+def makedirs(url: str) -> None:
+    if not is_remote(url):
+        os.makedirs(local_path(url), exist_ok=True)  # S3 has no folders
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole object atomically (S3 PUT is atomic; locally a temp file is renamed)."""
+    fs, path = filesystem(url)
+    if is_remote(url):
+        retry(fs.pipe_file, path, data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def upload(local: str, url: str) -> None:
+    """Copy a finished local file to ``url``; it appears there only when complete."""
+    fs, path = filesystem(url)
+    if is_remote(url):
+        retry(fs.put_file, local, path)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    os.close(fd)
+    try:
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output(url: str, suffix: str = "") -> Iterator[str]:
+    """Yield a local temp path to write; on success it is moved/uploaded to ``url``, else dropped."""
+    fd, tmp = tempfile.mkstemp(prefix="roadseg-", suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        upload(tmp, url)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def upload_dir(local_dir: str, url: str) -> None:
+    """Upload every file of a local folder below ``url`` (each file atomically)."""
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, local_dir).replace(os.sep, "/")
+            upload(full, join(url, rel))
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, path = filesystem(url)
+    if retry(fs.exists, path):
+        retry(fs.rm, path, recursive=recursive)
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(aws_secret_access_key|aws_session_token|secret|token|password)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@"),  # user:password@ in URLs
+)
+
+
+def redact(text: str) -> str:
+    """Strip credentials from text that may reach a log, report or manifest."""
+    text = str(text)
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN"):
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + m.group(2) + "***", text)
+    return _SECRET_PATTERNS[1].sub("***@", text)
