@@ -174,6 +174,20 @@ def list_files(url: str, suffixes: tuple[str, ...] | None = None, recursive: boo
     return sorted(out)
 
 
+def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Like ``list_files`` (recursive) but one listing call returns each file's size: {url: bytes}."""
+    fs, path = filesystem(url)
+    prefix = "s3://" if scheme(normalize(url)) == "s3" else ""
+    found = retry(fs.find, path, detail=True)
+    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+    out = {}
+    for p, info in found.items():
+        if info.get("type", "file") != "file" or (wanted and not p.lower().endswith(wanted)):
+            continue
+        out[prefix + p] = int(info.get("size") or 0)
+    return dict(sorted(out.items()))
+
+
 def open_input(url: str, mode: str = "rb"):
     fs, path = filesystem(url)
     return retry(fs.open, path, mode)
