@@ -1,0 +1,81 @@
+"""``TrainSettings``: every knob of ``roadseg train``, one field per CLI flag and YAML key."""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from roadseg_dist import settings
+from roadseg_dist.settings import field, parse_size
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    data: str = field(help="Shard folder (local, file:// or s3://) holding train-*.tar and val-*.tar with indexes.")
+    storage: str = field(help="Where run directories live (local, file:// or s3://); the run is STORAGE/NAME.")
+    name: str = field(help="Run name: the run directory is STORAGE/NAME.")
+    model: str = field("unet", help="Model name from the zoo (roadseg models).")
+    pretrained: bool = field(False, help="Start the encoder from pretrained weights.")
+    base_channels: int | None = field(None, help="Width of the classic U-Net (unet only; smaller is faster).")
+    epochs: int = field(10, help="Total epochs of the run (a resumed run continues up to this number).")
+    batch_size: int = field(8, help="Images per worker per step (global batch = batch size x workers).")
+    lr: float = field(1e-3, help="Peak learning rate, reached after the warm-up.")
+    optimizer: str = field("adamw", choices=("adamw", "sgd"), help="Optimizer.")
+    weight_decay: float = field(1e-4, help="Weight decay.")
+    momentum: float = field(0.9, help="SGD momentum.")
+    warmup_epochs: float = field(0.0, help="Linear warm-up length in epochs (fractions allowed).")
+    poly_power: float = field(0.9, help="Exponent of the poly learning-rate decay.")
+    class_weights: bool = field(False, help="Weight the loss by the class weights of the train split's stats.")
+    crop: tuple = field((512, 1024), parse=parse_size, help="Training crop HxW after random scaling.")
+    scale_range: tuple = field((0.5, 2.0), parse=lambda v: _pair(v, float, "scale_range"),
+                               help="Random scale range MIN,MAX applied before cropping.")
+    flip: bool = field(True, help="Random horizontal flip.")
+    jitter: float = field(0.2, help="Photometric jitter strength (brightness/contrast/saturation), 0 = off.")
+    num_workers: int = field(2, help="Training workers (DDP processes; one GPU each with --gpu).")
+    gpu: bool = field(False, flag="--gpu/--cpu", help="Train on one GPU per worker, or on CPUs.")
+    amp: str = field("bf16", choices=("bf16", "fp16", "off"), help="Mixed precision on GPU (ignored on CPU).")
+    cpus_per_worker: float = field(1.0, help="CPUs reserved per training worker.")
+    placement_strategy: str = field("PACK", choices=("PACK", "SPREAD", "STRICT_SPREAD"),
+                                    help="How workers are placed on nodes: PACK fills nodes first, SPREAD "
+                                         "spreads them (one GPU per node clusters want SPREAD).")
+    ingest_cpus: float = field(0.5, help="CPUs per Ray Data decode/augment task (fractions let them share cores).")
+    shuffle_buffer: int = field(64, help="Samples in each worker's local shuffle buffer.")
+    val_batch_size: int = field(4, help="Images per validation batch (full resolution).")
+    keep: int = field(3, help="Keep the last K checkpoints (the best by val mIoU is kept as well).")
+    max_failures: int = field(0, help="Restart from the latest checkpoint this many times when a worker dies.")
+    resume: bool = field(False, help="Continue STORAGE/NAME from its latest checkpoint.")
+    seed: int = field(0, help="Seed of model init, epoch order and augmentation: runs are repeatable.")
+    address: str | None = field(None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+    num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores).")
+    record_keys: bool = field(False, help="Debug: workers write the sample keys they see per epoch to the run dir.")
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise click.BadParameter(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.val_batch_size < 1:
+            raise click.BadParameter("batch sizes must be >= 1")
+        if self.num_workers < 1:
+            raise click.BadParameter(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.lr <= 0:
+            raise click.BadParameter(f"lr must be positive, got {self.lr}")
+        if self.keep < 1:
+            raise click.BadParameter(f"keep must be >= 1, got {self.keep}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise click.BadParameter(f"scale_range must be 0 < MIN <= MAX, got {lo},{hi}")
+        if "/" in self.name or not self.name.strip():
+            raise click.BadParameter(f"name {self.name!r} must be a plain folder name (no '/')")
+
+    def to_config(self) -> dict:
+        """The settings as a plain dict for the workers and ``meta.json`` (URLs redacted)."""
+        return settings.to_dict(self)
+
+
+def _pair(value, cast, name):
+    if isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+    else:
+        parts = list(value)
+    if len(parts) != 2:
+        raise click.BadParameter(f"{name}: expected two numbers MIN,MAX, got {value!r}")
+    return tuple(cast(p) for p in parts)
