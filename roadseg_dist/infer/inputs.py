@@ -1,0 +1,125 @@
+"""What to segment: INPUT (a video, a folder/prefix, or a list file) -> sources with safe ids.
+
+A source is a video file or a folder of images (its frames in name order). Its id is its path
+relative to INPUT without the extension (``IN/a/b.mp4`` -> ``a/b``), cleaned so that no id can
+name anything outside OUTPUT or collide with the run's own state folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import posixpath
+import re
+
+from roadseg_dist import storage
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+LIST_EXTS = (".txt", ".lst", ".list", ".csv")
+STATE_DIR = ".roadseg"  # resume state under OUTPUT; safe ids never start with "."
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    id: str
+    url: str = ""                  # the video file, for kind == "video"
+    images: tuple[str, ...] = ()   # the frames in order, for kind == "images"
+
+    @property
+    def kind(self) -> str:
+        return "images" if self.images else "video"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def safe_id(relative: str) -> str:
+    """``"a/b c.mp4"`` -> ``"a/b_c"``; ``..``, empty and hidden components cannot survive."""
+    parts = [p for p in re.split(r"[/\\]+", relative) if p not in ("", ".")]
+    if parts:
+        stem, ext = posixpath.splitext(parts[-1])
+        parts[-1] = stem if stem and ext.lower() in VIDEO_EXTS + IMAGE_EXTS else parts[-1]
+    clean = []
+    for p in parts:
+        p = _UNSAFE.sub("_", p)
+        if p.startswith("."):  # "..", ".roadseg", ".hidden" -> "_..", "_.roadseg", "_.hidden"
+            p = "_" + p
+        clean.append(p)
+    return "/".join(clean) or "_"
+
+
+def _relative(url: str, root: str) -> str:
+    url, root = storage.normalize(url), storage.normalize(root).rstrip("/")
+    if url.startswith(root + "/"):
+        return url[len(root) + 1:]
+    return url.rsplit("/", 1)[-1]
+
+
+def _common_root(urls: list[str]) -> str:
+    parents = [storage.normalize(u).rsplit("/", 1)[0] for u in urls]
+    root = os.path.commonprefix(parents)
+    # commonprefix works on characters; cut back to a whole folder name.
+    while root and not all(p == root or p.startswith(root + "/") for p in parents):
+        root = root.rsplit("/", 1)[0] if "/" in root else ""
+    return root
+
+
+def _read_list(url: str) -> list[str]:
+    lines = [ln.strip() for ln in storage.read_text(url).splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _unique_ids(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """(relative path, key) -> id; two inputs mapping to one id (``a.mp4``, ``a.avi``) keep their extension,
+    and a hash of the path settles anything left."""
+    by_id: dict[str, list[str]] = {}
+    for rel, _ in pairs:
+        by_id.setdefault(safe_id(rel), []).append(rel)
+    out = {}
+    for rel, key in pairs:
+        sid = safe_id(rel)
+        if len(by_id[sid]) > 1:
+            sid = sid + "_" + _UNSAFE.sub("_", posixpath.splitext(rel)[1].lstrip("."))
+            if sum(1 for r in by_id[safe_id(rel)] if posixpath.splitext(r)[1] == posixpath.splitext(rel)[1]) > 1:
+                sid += "_" + hashlib.sha1(rel.encode()).hexdigest()[:8]
+        out[key] = sid
+    return out
+
+
+def discover(input_url: str) -> list[Source]:
+    """Every source under INPUT, sorted by id. Raises FileNotFoundError/ValueError with what to do."""
+    url = storage.normalize(input_url)
+    if storage.isdir(url) or (storage.is_remote(url) and not storage.exists(url)):
+        files = storage.list_files(url)
+        if not files and not storage.exists(url):
+            raise FileNotFoundError(f"input {storage.redact(input_url)} does not exist")
+        root = url
+    elif storage.exists(url):
+        ext = posixpath.splitext(url)[1].lower()
+        if ext in VIDEO_EXTS or ext in IMAGE_EXTS:
+            files, root = [url], url.rsplit("/", 1)[0]
+        elif ext in LIST_EXTS:
+            files = [storage.normalize(u) for u in _read_list(url)]
+            if not files:
+                raise ValueError(f"list file {storage.redact(input_url)} names no inputs")
+            root = _common_root(files)
+        else:
+            raise ValueError(f"input {storage.redact(input_url)} is neither a video ({', '.join(VIDEO_EXTS)}), "
+                             f"an image, a folder nor a list file ({', '.join(LIST_EXTS)})")
+    else:
+        raise FileNotFoundError(f"input {storage.redact(input_url)} does not exist")
+
+    videos = [f for f in files if f.lower().endswith(VIDEO_EXTS)]
+    images: dict[str, list[str]] = {}
+    for f in files:
+        if f.lower().endswith(IMAGE_EXTS):
+            images.setdefault(f.rsplit("/", 1)[0], []).append(f)
+    pairs = [(_relative(v, root), v) for v in videos]
+    # an image folder's id is the folder relative to INPUT (INPUT itself: its own name)
+    pairs += [(_relative(folder, root) if folder != root else folder.rsplit("/", 1)[-1], folder)
+              for folder in images]
+    ids = _unique_ids(pairs)
+    sources = [Source(id=ids[v], url=v) for v in videos]
+    sources += [Source(id=ids[folder], images=tuple(sorted(frames))) for folder, frames in images.items()]
+    return sorted(sources, key=lambda s: s.id)

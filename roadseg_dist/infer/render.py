@@ -1,0 +1,109 @@
+"""Turning a frame and its mask into the files people look at, cheaply.
+
+The CPU spent here per frame bounds throughput on GPU nodes, so each encoding is picked for cost:
+the mask PNG at zlib level 1 with the SUB filter (label rows are long runs); the colour PNG is that same PNG with a palette spliced in (an 8-bit
+paletted PNG stores exactly the bytes of an 8-bit grey one, so it costs no second encode); the
+overlay is ``cv2.applyColorMap`` with the palette as a lookup table, ``cv2.addWeighted`` and a
+quality-85 JPEG; class fractions come from ``cv2.calcHist``.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+
+from roadseg_dist import labels
+
+PNG_LEVEL = 1  # ~3x cheaper than the default 3 at 720p, masks barely grow
+
+
+def _bgr_lut(palette=labels.PALETTE) -> np.ndarray:
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:, ::-1]
+    lut[labels.IGNORE_INDEX] = labels.IGNORE_COLOR[::-1]
+    return lut
+
+
+_BGR_LUT = _bgr_lut()
+_BGR_LUT_CV = np.ascontiguousarray(_BGR_LUT.reshape(256, 1, 3))  # the shape applyColorMap wants
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A model-size mask -> the source frame's size (nearest: ids are labels, not intensities)."""
+    if mask.shape == (height, width):
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL,
+                                          cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB])
+    if not ok:
+        raise RuntimeError("PNG encoding of a mask failed")
+    return buf.tobytes()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def palettize_png(grey_png: bytes, palette=labels.PALETTE) -> bytes:
+    """An 8-bit greyscale PNG of train ids -> the same image as an indexed PNG in ``palette``."""
+    if grey_png[:8] != b"\x89PNG\r\n\x1a\n" or grey_png[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    ihdr = bytearray(grey_png[16:29])
+    if ihdr[8] != 8 or ihdr[9] != 0:
+        raise ValueError(f"need an 8-bit greyscale PNG, got bit depth {ihdr[8]} colour type {ihdr[9]}")
+    ihdr[9] = 3  # colour type 3: indexed
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    colours[labels.IGNORE_INDEX] = labels.IGNORE_COLOR
+    rest = grey_png[33:]  # after signature (8) + IHDR chunk (4 + 4 + 13 + 4)
+    return grey_png[:8] + _chunk(b"IHDR", bytes(ihdr)) + _chunk(b"PLTE", colours.tobytes()) + rest
+
+
+def colorize_bgr(mask: np.ndarray) -> np.ndarray:
+    return cv2.applyColorMap(mask, _BGR_LUT_CV)  # 3-4x faster than numpy take at 720p
+
+
+def blend_overlay(frame_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    return cv2.addWeighted(frame_bgr, 1.0 - alpha, colorize_bgr(mask), alpha, 0.0)
+
+
+def encode_jpeg(image_bgr: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def class_fractions(mask: np.ndarray, num_classes: int = labels.NUM_CLASSES) -> np.ndarray:
+    """Fraction of the frame's pixels per class (float32, length ``num_classes``)."""
+    counts = cv2.calcHist([mask], [0], None, [256], [0, 256]).ravel()[:num_classes]
+    return (counts / max(1, mask.size)).astype(np.float32)
+
+
+def render_frame(frame_bgr: np.ndarray, mask: np.ndarray, kinds: set[str], alpha: float = 0.5,
+                 quality: int = 85) -> dict[str, bytes]:
+    """Encoded files of one frame, by output kind: mask/color (.png), overlay/original (.jpg)."""
+    files: dict[str, bytes] = {}
+    if "mask" in kinds or "color" in kinds:
+        png = encode_mask_png(mask)
+        if "mask" in kinds:
+            files["mask"] = png
+        if "color" in kinds:
+            files["color"] = palettize_png(png)
+    if "overlay" in kinds:
+        files["overlay"] = encode_jpeg(blend_overlay(frame_bgr, mask, alpha), quality)
+    if "original" in kinds:
+        files["original"] = encode_jpeg(frame_bgr, quality)
+    return files
+
+
+EXTENSIONS = {"mask": ".png", "color": ".png", "overlay": ".jpg", "original": ".jpg"}
+
+
+def frame_name(index: int, kind: str) -> str:
+    return f"{kind}/{index:06d}{EXTENSIONS[kind]}"

@@ -1,0 +1,68 @@
+"""The model side of inference: frames -> train-id masks, as plain functions and one actor class.
+
+``Segmenter`` is the callable class Ray Data runs in an actor pool (``map_batches``): it loads the
+model once and turns a batch of decoded frames into masks at the model's input size. Upsampling to
+the source size happens later, in the writer tasks, to keep CPU work off the (GPU) actors.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+
+def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
+    """BGR uint8 frames of any size -> a normalised float batch (N, 3, H, W) in RGB."""
+    h, w = size
+    batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if f.shape[0] > h else cv2.INTER_LINEAR)
+                      for f in frames_bgr])
+    x = torch.from_numpy(batch[..., ::-1].copy()).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+@torch.inference_mode()
+def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu") -> np.ndarray:
+    """Normalised batch -> uint8 train-id masks (N, H, W)."""
+    x = x.to(device, non_blocking=True)
+    if device.startswith("cuda"):
+        with torch.autocast("cuda", dtype=torch.float16):
+            logits = model(x)
+    else:
+        logits = model(x)
+    return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def frame_from_row(data: bytes, height: int, width: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(int(height), int(width), 3)
+
+
+class Segmenter:
+    """Ray Data actor: load the checkpoint once, then segment batches of frame rows.
+
+    Rows with ``index < 0`` mark the end of a frame range and carry no frame; they pass through
+    with an empty mask so the driver learns how many frames the range had.
+    """
+
+    def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1):
+        from roadseg_dist.models.checkpoint import load_model
+
+        self.device = "cuda" if gpu else "cpu"
+        if not gpu:
+            torch.set_num_threads(max(1, int(threads)))
+        self.model, meta = load_model(checkpoint, device=self.device)
+        self.model.eval()
+        self.size = tuple(size or meta.get("input_size") or (512, 1024))
+        norm = meta.get("normalization") or {}
+        self.mean, self.std = norm.get("mean", (0.485, 0.456, 0.406)), norm.get("std", (0.229, 0.224, 0.225))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["index"])
+        masks = np.zeros((n, *self.size), dtype=np.uint8)
+        rows = [i for i in range(n) if batch["index"][i] >= 0]
+        if rows:
+            frames = [frame_from_row(batch["frame"][i], batch["height"][i], batch["width"][i]) for i in rows]
+            masks[rows] = predict_masks(self.model, preprocess(frames, self.size, self.mean, self.std), self.device)
+        batch["mask"] = masks
+        return batch

@@ -1,0 +1,65 @@
+"""``InferSettings``: every knob of ``roadseg infer``, one field per CLI flag / YAML key."""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from roadseg_dist.settings import field, parse_list, parse_size
+
+OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
+DEFAULT_OUTPUTS = ("mask", "color", "overlay", "video", "stats")
+
+
+@dataclasses.dataclass
+class InferSettings:
+    checkpoint: str = field(argument=True, help="checkpoint or training run directory (best checkpoint)")
+    input: str = field(argument=True, help="a video, a folder/prefix of videos or images, or a list file")
+    output: str = field(argument=True, help="where the outputs go (local path, file:// or s3://)")
+    size: tuple | None = field(None, parse=parse_size,
+                               help="model input size HxW; default: the checkpoint's input_size")
+    every: int = field(1, help="segment every N-th source frame")
+    fps: float | None = field(None, help="segment about F frames per second (sets the stride from the source rate)")
+    batch_size: int = field(8, help="frames per model call")
+    outputs: tuple = field(DEFAULT_OUTPUTS, parse=parse_list,
+                           help=f"what to write, from {','.join(OUTPUT_KINDS)}")
+    segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
+    gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
+    concurrency: int = field(1, help="number of model actors")
+    actor_cpus: float = field(1.0, help="CPUs reserved per model actor (on CPU also its torch threads)")
+    overwrite: bool = field(False, help="redo everything instead of resuming")
+    alpha: float = field(0.5, help="weight of the class colours in the overlay")
+    jpeg_quality: int = field(85, help="JPEG quality of overlays and originals")
+    address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
+    num_cpus: float | None = field(None, help="CPUs of the local Ray (default: all)")
+
+    def validate(self) -> None:
+        unknown = [o for o in self.outputs if o not in OUTPUT_KINDS]
+        if unknown or not self.outputs:
+            raise click.BadParameter(
+                f"--outputs {','.join(self.outputs)!r}: choose from {','.join(OUTPUT_KINDS)}")
+        for name in ("every", "batch_size", "segment_frames", "concurrency"):
+            if getattr(self, name) < 1:
+                raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.actor_cpus <= 0:
+            raise click.BadParameter(f"--actor-cpus must be positive, got {self.actor_cpus}")
+        if self.fps is not None and self.fps <= 0:
+            raise click.BadParameter(f"--fps must be positive, got {self.fps}")
+        if self.fps is not None and self.every != 1:
+            raise click.BadParameter("give either --every or --fps, not both")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise click.BadParameter(f"--alpha must be within 0..1, got {self.alpha}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise click.BadParameter(f"--jpeg-quality must be within 1..100, got {self.jpeg_quality}")
+
+    def writes(self, kind: str) -> bool:
+        # overlay.mp4 is assembled from the overlay JPEGs, so asking for the video writes them too.
+        if kind == "overlay":
+            return "overlay" in self.outputs or "video" in self.outputs
+        return kind in self.outputs
+
+    def stride(self, source_fps: float) -> int:
+        """Source frames per segmented frame."""
+        if self.fps is None or not source_fps or source_fps <= 0:
+            return self.every
+        return max(1, round(source_fps / self.fps))
