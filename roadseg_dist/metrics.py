@@ -1,28 +1,52 @@
 """Confusion-matrix metrics, with the definitions of the official BDD100K evaluator.
 
-The matrix is (ground truth x prediction), pixels labelled 255 are not counted. mIoU is the mean
-IoU over the classes present in the ground truth (``bdd100k.eval.seg`` does the same). Workers sum
-their matrices (``all_reduce``) so every sample counts exactly once.
+``bdd100k.eval.seg`` (the toolkit on PyPI) builds a (ground truth x prediction) histogram over the
+19 classes plus one "ignored" column, and from it:
+
+- IoU per class   tp / (gt + predicted - tp); a prediction outside 0-18 (e.g. 255) is a miss.
+- mIoU            the mean IoU over the classes present in the ground truth.
+- Acc per class   tp / predicted pixels of the class (the toolkit's definition: a precision).
+- mAcc            the mean Acc over the classes present in the ground truth.
+- pAcc            correctly predicted / labelled pixels.
+- fIoU            the IoUs weighted by each class's share of the labelled pixels.
+
+Pixels labelled 255 (or any value outside 0-18) in the ground truth are not counted. Workers sum
+their matrices (``all_reduce``) so every sample counts exactly once. Values are fractions in [0, 1]
+(the toolkit prints percentages). Per-class values are ``None`` for classes absent from the ground
+truth: the toolkit shows 0 there, and they enter no mean.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from roadseg_dist.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from roadseg_dist.labels import CLASSES, NUM_CLASSES
 
 
 class ConfusionMatrix:
+    """``mat[t, p]`` counts pixels of true class ``t`` predicted as ``p``; the last column counts
+    predictions outside the classes (scored as wrong, as the official evaluator does)."""
+
     def __init__(self, num_classes: int = NUM_CLASSES):
         self.num_classes = num_classes
-        self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.mat = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
 
     def update(self, target, pred) -> None:
         """Add a batch: ``target`` and ``pred`` are integer arrays/tensors of the same shape."""
-        target = _numpy(target).reshape(-1).astype(np.int64)
-        pred = _numpy(pred).reshape(-1).astype(np.int64)
-        keep = (target != IGNORE_INDEX) & (target >= 0) & (target < self.num_classes)
-        idx = target[keep] * self.num_classes + pred[keep]
-        self.mat += np.bincount(idx, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+        target = _numpy(target).reshape(-1)
+        pred = _numpy(pred).reshape(-1)
+        if target.shape != pred.shape:
+            raise ValueError(f"target has {target.size} pixels but prediction {pred.size}")
+        n = self.num_classes
+        keep = target < n  # drops 255 (IGNORE_INDEX) and any other value outside the classes
+        if target.dtype.kind == "i":
+            keep &= target >= 0
+        # select and clamp in the masks' own (usually uint8) dtype, widen only for the index
+        p = pred[keep]
+        p[p >= n] = n
+        if p.dtype.kind == "i":
+            p[p < 0] = n
+        idx = target[keep].astype(np.intp) * (n + 1) + p
+        self.mat += np.bincount(idx, minlength=n * (n + 1)).reshape(n, n + 1)
 
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
         self.mat += other.mat
@@ -45,26 +69,29 @@ class ConfusionMatrix:
         return int(self.mat.sum())
 
     def compute(self, class_names=CLASSES) -> dict:
+        n = self.num_classes
         mat = self.mat.astype(np.float64)
-        tp = np.diag(mat)
-        gt = mat.sum(1)
-        pred = mat.sum(0)
-        union = gt + pred - tp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(union > 0, tp / union, np.nan)
-            acc = np.where(gt > 0, tp / gt, np.nan)
-        present = gt > 0
+        tp = np.diag(mat[:, :n])
+        gt = mat.sum(1)              # every labelled pixel of the class, misses included
+        pred = mat[:, :n].sum(0)     # pixels predicted as the class (on labelled pixels)
         total = mat.sum()
-        freq = gt / total if total else np.zeros_like(gt)
-        names = list(class_names)[: self.num_classes]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.nan_to_num(tp / (gt + pred - tp))
+            acc = np.nan_to_num(tp / pred)
+        present = gt > 0
+        names = list(class_names)[:n]
+
+        def per_class(values):
+            return {name: (float(v) if p else None) for name, v, p in zip(names, values, present)}
+
         return {
-            "miou": float(np.nanmean(iou[present])) if present.any() else 0.0,
+            "miou": float(iou[present].mean()) if present.any() else 0.0,
+            "mean_acc": float(acc[present].mean()) if present.any() else 0.0,
             "pixel_acc": float(tp.sum() / total) if total else 0.0,
-            "mean_acc": float(np.nanmean(acc[present])) if present.any() else 0.0,
-            "fwiou": float(np.nansum(freq[present] * iou[present])) if total else 0.0,
+            "fwiou": float((iou * gt / total).sum()) if total else 0.0,
             "labelled_pixels": int(total),
-            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
-            "acc": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, acc)},
+            "iou": per_class(iou),
+            "acc": per_class(acc),
         }
 
 

@@ -1,0 +1,236 @@
+"""``roadseg compare``: models side by side on one split and one machine.
+
+One row per model: mIoU and per-class IoU on the split (scored by ``evaluate.score_split`` on Ray),
+parameters, and inference frames/s measured here, one model after the other, at the same input size
+and batch size (``measure_fps``: the model's forward pass and argmax on random frames, after a
+warm-up). Written as compare.json, compare.md and compare.png (per-class IoU bars + mIoU vs speed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import time
+
+import click
+import numpy as np
+
+from roadseg_dist import labels, storage
+from roadseg_dist.evaluate import fmt, score_split
+from roadseg_dist.settings import field, parse_list, parse_size
+
+
+@dataclasses.dataclass
+class CompareSettings:
+    data: str = field(help="shard folder (local, file:// or s3://) holding SPLIT-*.tar and SPLIT-index.parquet")
+    models: tuple = field((), parse=parse_list,
+                          help="checkpoints or run directories (on the command line: CKPT_OR_RUN...)")
+    split: str = field("val", help="which split to score")
+    size: tuple | None = field(None, parse=parse_size,
+                               help="input size HxW of the speed measurement; default: the split's most "
+                                    "common image size")
+    speed_batch: int = field(1, help="frames per model call in the speed measurement")
+    speed_seconds: float = field(3.0, help="time spent measuring each model's speed")
+    limit: int | None = field(None, help="score only the first N samples of the split")
+    out: str = field("compare", help="where compare.json, compare.md and compare.png go")
+    batch_size: int = field(4, help="images per model call while scoring")
+    workers: int = field(2, help="model actors scoring in parallel")
+    cpus_per_worker: float = field(1.0, help="CPUs reserved per model actor")
+    gpu: bool = field(False, flag="--gpu/--cpu", help="score and time on GPU, or on CPU")
+    address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
+    num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise click.UsageError("name at least one checkpoint or run directory to compare")
+        if self.speed_batch < 1 or self.batch_size < 1 or self.workers < 1:
+            raise click.BadParameter("--speed-batch, --batch-size and --workers must be at least 1")
+        if self.speed_seconds <= 0:
+            raise click.BadParameter(f"--speed-seconds must be positive, got {self.speed_seconds}")
+
+
+def count_parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",
+                min_iters: int = 3) -> float:
+    """Frames per second of forward + argmax at ``size`` (H, W), after two warm-up calls."""
+    import torch
+
+    x = torch.randn(batch, 3, *size, device=device)
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x).argmax(1)
+        _sync(device)
+        iters, start = 0, time.perf_counter()
+        while iters < min_iters or time.perf_counter() - start < seconds:
+            model(x).argmax(1)
+            iters += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    return batch * iters / elapsed
+
+
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def common_size(data: str, split: str) -> tuple[int, int]:
+    """The most common (height, width) of the split's images, from its index."""
+    from roadseg_dist.data.shards import read_index
+
+    index = read_index(data, split)
+    df = index.to_pandas() if hasattr(index, "to_pandas") else index
+    counts = df.groupby(["height", "width"]).size().sort_values(ascending=False)
+    h, w = counts.index[0]
+    return int(h), int(w)
+
+
+def model_labels(urls) -> list[str]:
+    """Short unique names for the rows: the last path parts that tell the models apart (a
+    ``checkpoint_*`` folder keeps its run's name in front)."""
+    parts = [storage.normalize(u).rstrip("/").split("/") for u in urls]
+
+    def name(p: list[str], depth: int) -> str:
+        return "/".join(p[-(depth + p[-1].startswith("checkpoint")):])
+
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = [name(p, depth) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{i}:{n}" for i, n in enumerate(names)]
+
+
+# --- reports (plain) --------------------------------------------------------------------------------
+
+def markdown_table(result: dict) -> str:
+    h, w = result["size"]
+    lines = [f"# Model comparison on `{result['split']}` of `{result['data']}`", "",
+             f"{result['images']} images per model; IoU in %; frames/s of forward + argmax at {h}x{w}, "
+             f"batch {result['speed_batch']}, on {result['device']}.", "",
+             "| model | arch | params | frames/s | mIoU | " + " | ".join(labels.CLASSES) + " |",
+             "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in labels.CLASSES) + " |"]
+    for row in result["models"]:
+        ious = " | ".join(fmt(row["iou"][n]) for n in labels.CLASSES)
+        lines.append(f"| {row['name']} | {row['arch']} | {row['params']:,} | {row['fps']:.2f} | "
+                     f"{fmt(row['miou'])} | {ious} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_chart(result: dict) -> bytes:
+    """Left: per-class IoU, one bar per model. Right: mIoU against frames/s, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["models"]
+    names = list(labels.CLASSES)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5), dpi=100, gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(rows)
+    x = np.arange(len(names))
+    for i, row in enumerate(rows):
+        values = [100 * (row["iou"][n] or 0.0) for n in names]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=f"{row['name']} "
+               f"(mIoU {100 * row['miou']:.1f})")
+        ax2.scatter(row["fps"], 100 * row["miou"], s=60)
+        ax2.annotate(row["name"], (row["fps"], 100 * row["miou"]), textcoords="offset points",
+                     xytext=(4, 4), fontsize=8)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title(f"per-class IoU on {result['split']} ({result['images']} images)", fontsize=10)
+    h, w = result["size"]
+    ax2.set_xlabel(f"frames/s at {h}x{w} ({result['device']})")
+    ax2.set_ylabel("mIoU (%)")
+    ax2.set_xlim(left=0)
+    ax2.set_ylim(0, 100)
+    ax2.grid(alpha=0.3)
+    ax2.set_title("accuracy vs speed", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def print_table(result: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    h, w = result["size"]
+    table = Table(title=f"{result['split']} · {result['images']} images · speed at {h}x{w} on {result['device']}")
+    for col, justify in (("model", "left"), ("arch", "left"), ("params", "right"), ("frames/s", "right"),
+                         ("mIoU %", "right")):
+        table.add_column(col, justify=justify)
+    # per-class columns only for classes that some model was scored on, to keep the table readable
+    shown = [n for n in labels.CLASSES if any(r["iou"][n] is not None for r in result["models"])]
+    for n in shown:
+        table.add_column(n[:8], justify="right")
+    for row in result["models"]:
+        table.add_row(row["name"], row["arch"], f"{row['params'] / 1e6:.2f}M", f"{row['fps']:.2f}",
+                      f"[bold]{fmt(row['miou'])}", *[fmt(row["iou"][n]) for n in shown])
+    console.print(table)
+
+
+# --- the job ----------------------------------------------------------------------------------------
+
+def run_compare(s: CompareSettings, console=None) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.models.checkpoint import load_model
+
+    console = console or Console()
+    device = "cuda" if s.gpu else "cpu"
+    size = tuple(s.size) if s.size else common_size(s.data, s.split)
+    init_ray(s.address, s.num_cpus)
+    rows, images = [], 0
+    names = model_labels(s.models)
+    with Progress(TextColumn("[bold]compare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        for name, url in zip(names, s.models):
+            try:
+                model, meta = load_model(url, device)
+            except (FileNotFoundError, ValueError) as exc:
+                raise click.ClickException(f"cannot load {storage.redact(url)}: {exc}") from exc
+            task = bar.add_task(f"{name}: scoring", total=None)
+            cm, images = score_split(
+                meta["checkpoint"], s.data, s.split, limit=s.limit, batch_size=s.batch_size, workers=s.workers,
+                cpus_per_worker=s.cpus_per_worker, gpu=s.gpu,
+                progress=lambda done, total, t=task: bar.update(t, completed=done, total=total))
+            bar.update(task, description=f"{name}: timing at {size[0]}x{size[1]}")
+            fps = measure_fps(model, size, batch=s.speed_batch, seconds=s.speed_seconds, device=device)
+            bar.update(task, description=f"{name}: done")
+            m = cm.compute()
+            rows.append({"name": name, "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"),
+                         "epoch": meta.get("epoch"), "params": count_parameters(model), "fps": round(fps, 3),
+                         "miou": m["miou"], "mean_acc": m["mean_acc"], "pixel_acc": m["pixel_acc"],
+                         "fwiou": m["fwiou"], "iou": m["iou"]})
+            del model
+    result = {"data": storage.redact(s.data), "split": s.split, "images": images, "size": list(size),
+              "speed_batch": s.speed_batch, "device": _device_name(device), "models": rows}
+    paths = {"json": storage.join(s.out, "compare.json"), "markdown": storage.join(s.out, "compare.md"),
+             "chart": storage.join(s.out, "compare.png")}
+    storage.write_text(paths["json"], json.dumps(result, indent=2) + "\n")
+    storage.write_text(paths["markdown"], markdown_table(result))
+    storage.write_bytes(paths["chart"], comparison_chart(result))
+    result["reports"] = {k: storage.redact(v) for k, v in paths.items()}
+    return result
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
