@@ -23,11 +23,239 @@ def main(verbose: bool) -> None:
 
 
 # --- data (issue: sharding) ----------------------------------------------------------------------
+
+from roadseg_dist.data.shards import ShardSettings  # noqa: E402 - each section owns its imports
+from roadseg_dist.data.synth import SynthSettings  # noqa: E402
+
+
+@main.command()
+@settings.cli_options(SynthSettings)
+def synth(config, **values):
+    """Write a synthetic BDD100K-like dataset (images, masks, colormaps, driving clips) under ROOT.
+
+    Same layout as the real BDD100K 10K release, so every other command runs on it unchanged.
+    """
+    from roadseg_dist import storage
+    from roadseg_dist.data import synth as synth_mod
+
+    s = settings.build(SynthSettings, config, **values)
+    synth_mod.generate(s.root, train=s.train, val=s.val, height=s.height, width=s.width, videos=s.videos,
+                       video_frames=s.video_frames, fps=s.fps, seed=s.seed, detail=s.detail, progress=True)
+    click.echo(f"wrote {s.train} train + {s.val} val images ({s.height}x{s.width}) and {s.videos} clip(s) "
+               f"under {storage.redact(storage.normalize(s.root))}")
+
+
+@main.command()
+@settings.cli_options(ShardSettings)
+def shard(config, **values):
+    """Shard one split of a BDD100K root (ROOT) into WebDataset tar files under DEST, with Ray tasks.
+
+    Writes DEST/SPLIT-000000.tar ..., then DEST/SPLIT-stats.json and, last, DEST/SPLIT-index.parquet.
+    A re-run skips shards that are already complete and correct. Bad input (unpaired files, size
+    mismatches, label values outside 0-18/255, unreadable files) is listed and no index is written.
+    """
+    from roadseg_dist.data import shards as shards_mod
+    from roadseg_dist.data.bdd100k import DatasetError
+
+    s = settings.build(ShardSettings, config, **values)
+    try:
+        summary = shards_mod.run_shard(s)
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    verified = f", verified {summary['verified_shards']} shard(s)" if "verified_shards" in summary else ""
+    click.echo(f"{summary['split']}: {summary['samples']} samples in {summary['shards']} shard(s) under "
+               f"{summary['dest']} ({summary['written']} written, {summary['skipped']} already complete"
+               f"{verified}); {summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s")
 # --- models (issue: model zoo) -------------------------------------------------------------------
+
+from roadseg_dist.models.export import ExportSettings  # noqa: E402 - each section owns its imports
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per model) instead of a table.")
+def models(as_json: bool) -> None:
+    """List the model zoo: parameters, GFLOPs of one 720x1280 frame, encoder, ImageNet weights file.
+
+    GFLOPs count 2 per multiply-add (torch.utils.flop_counter) and are cached after the first run.
+    """
+    import json as json_mod
+    import os
+
+    from roadseg_dist.models import zoo
+
+    rows = []
+    for name in zoo.list_models():
+        info = dict(zoo.model_info(name))
+        path, present = zoo.pretrained_weights_file(name)
+        info.update(pretrained_weights=path, pretrained_available=present)
+        rows.append(info)
+    if as_json:
+        click.echo(json_mod.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="roadseg model zoo", caption=f"ImageNet weights are read from {zoo.torch_hub_dir()}"
+                  " (or build_model(..., weights=PATH)); GFLOPs: one 720x1280 frame, 2 per multiply-add")
+    for col, justify in (("name", "left"), ("params", "right"), ("GFLOPs", "right"),
+                         ("encoder", "left"), ("ImageNet weights", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "ImageNet weights", overflow="fold")
+    for r in rows:
+        weights = "-" if r["pretrained_weights"] is None else (
+            ("found " if r["pretrained_available"] else "missing ") + os.path.basename(r["pretrained_weights"]))
+        table.add_row(r["name"], f"{r['parameters'] / 1e6:.1f}M", f"{r['gflops_720x1280']:.0f}",
+                      r["encoder"] or "- (scratch)", weights)
+    Console().print(table)
+
+
+@main.command("export")
+@settings.cli_options(ExportSettings)
+def export_cmd(config, **values):
+    """Export CHECKPOINT (a checkpoint dir, or a run dir: its best checkpoint) to OUT.
+
+    TorchScript (torch.jit.load) or ONNX (onnxruntime), with dynamic batch, height and width. The
+    export is run at an awkward size and compared with the eager model before OUT is written.
+    """
+    from roadseg_dist import storage
+    from roadseg_dist.models.export import export_checkpoint
+
+    s = settings.build(ExportSettings, config, **values)
+    try:
+        report = export_checkpoint(s.checkpoint, s.out, s.format, opset=s.opset, check=s.check,
+                                   tolerance=s.tolerance)
+    except (ValueError, RuntimeError, OSError) as exc:  # CheckpointError, bad URL, parity, S3 access
+        raise click.ClickException(storage.redact(str(exc))) from None
+    parity = (f"; max |exported - eager| = {report['max_abs_diff']:.2g} at "
+              f"{report['checked_at'][0]}x{report['checked_at'][1]}") if "max_abs_diff" in report else ""
+    click.echo(f"exported {report['arch']} from {report['checkpoint']} to {report['out']} "
+               f"({report['format']}, {report['bytes'] / 1e6:.1f} MB){parity}")
+
 # --- train ---------------------------------------------------------------------------------------
+
+from roadseg_dist.train.settings import TrainSettings  # noqa: E402 - each section owns its imports
+
+
+@main.command()
+@settings.cli_options(TrainSettings)
+def train(config, **values):
+    """Train a zoo model with Ray Train (DDP), streaming the shards of --data; the run goes to STORAGE/NAME.
+
+    Prints one line per epoch and, at the end, the best val mIoU and where its checkpoint is.
+    """
+    from roadseg_dist.train import driver
+
+    s = settings.build(TrainSettings, config, **values)
+    driver.train(s)
+
 # --- infer ---------------------------------------------------------------------------------------
+
+from roadseg_dist.infer.settings import InferSettings  # noqa: E402 - each section owns its imports
+
+EXIT_SOME_INPUTS_FAILED = 3
+
+
+@main.command()
+@settings.cli_options(InferSettings)
+def infer(config, **values):
+    """Segment every frame of every video (or image folder) under INPUT with Ray Data; write under OUTPUT.
+
+    Per source id (its path relative to INPUT): OUTPUT/ID/{mask,color,overlay,original}/NNNNNN.*
+    and OUTPUT/ID/overlay.mp4; for the run: OUTPUT/frames.parquet and OUTPUT/report.json. A re-run
+    resumes: only missing work is done. Exits 3 when some inputs failed (listed in report.json).
+    """
+    from roadseg_dist import storage
+    from roadseg_dist.infer import pipeline
+    from roadseg_dist.models.checkpoint import CheckpointError
+
+    s = settings.build(InferSettings, config, **values)
+    try:
+        report = pipeline.run(s)
+    except (pipeline.InputError, CheckpointError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(storage.redact(str(exc))) from None
+    click.echo(f"{report['videos_done']}/{report['sources']} source(s) done "
+               f"({report['videos_skipped']} already complete), {report['frames_this_run']} frame(s) "
+               f"this run at {report['frames_per_second']:.2f} frames/s; report: "
+               f"{storage.join(storage.redact(storage.normalize(s.output)), 'report.json')}")
+    for f in report["failures"]:
+        click.echo(f"FAILED {f['id']} ({f['input']}): {f['reason']}", err=True)
+    if report["failures"]:
+        sys.exit(EXIT_SOME_INPUTS_FAILED)
 # --- eval / compare / demo -----------------------------------------------------------------------
+
+from roadseg_dist.compare import CompareSettings  # noqa: E402 - each section owns its imports
+from roadseg_dist.evaluate import EvalSettings  # noqa: E402
+
+
+@main.command("eval")
+@settings.cli_options(EvalSettings)
+def eval_(config, **values):
+    """Score CHECKPOINT (or a run's best checkpoint) on a sharded split, in parallel on Ray.
+
+    mIoU, per-class IoU/accuracy, pixel accuracy and fwIoU with the official BDD100K evaluator's
+    definitions, written to OUT/eval.json, eval.md and iou.png; --save-preds also writes the
+    predicted train-id masks so the official toolkit can score them.
+    """
+    from roadseg_dist import evaluate
+
+    s = settings.build(EvalSettings, config, **values)
+    result = evaluate.run_eval(s)
+    evaluate.print_summary(result)
+    click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
+
+
+@main.command()
+@click.argument("model_args", metavar="CKPT_OR_RUN...", nargs=-1)
+@settings.cli_options(CompareSettings)
+def compare(model_args, config, **values):
+    """Compare checkpoints or runs side by side: mIoU, per-class IoU, parameters, frames/s.
+
+    Every model is scored on the same split and timed at the same input size on this machine;
+    the table goes to the terminal and to OUT/compare.md, compare.json and compare.png.
+    """
+    from roadseg_dist import compare as compare_mod
+
+    if model_args:
+        values["models"] = model_args
+    s = settings.build(CompareSettings, config, **values)
+    result = compare_mod.run_compare(s)
+    compare_mod.print_table(result)
+    click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
+
+from roadseg_dist.demo import DemoSettings  # noqa: E402
+
+
+@main.command()
+@settings.cli_options(DemoSettings)
+def demo(config, **values):
+    """The whole story on this machine: synthetic data -> shards -> 2-worker Ray training ->
+    evaluation -> segmentation of driving clips; ends with the mIoU and where the outputs are."""
+    from roadseg_dist import demo as demo_mod
+
+    s = settings.build(DemoSettings, config, **values)
+    demo_mod.run_demo(s)
+
 # --- cluster -------------------------------------------------------------------------------------
+
+from roadseg_dist.submit import SubmitSettings  # noqa: E402 - each section owns its imports
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@settings.cli_options(SubmitSettings)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def submit(args, config, **values):
+    """Run JOB (train, infer, shard, check) on a Ray cluster: roadseg submit JOB -- ARGS...
+
+    The project is shipped as the job's working directory, the S3 settings of this environment
+    go with it, the logs are followed, and the exit code is the job's (0 = SUCCEEDED).
+    """
+    from roadseg_dist import submit as submit_mod
+
+    s = settings.build(SubmitSettings, config, **values)
+    sys.exit(submit_mod.submit(s, args))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,24 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
     if address and address != "local":
         ray.init(address=address, **common)
     else:
-        ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 2),
-                 include_dashboard=False, runtime_env={"env_vars": storage_env()}, **common)
+        _start_local(num_cpus, common)
     quiet_ray_data()
+
+
+def _start_local(num_cpus: float | None, common: dict, attempts: int = 3) -> None:
+    """Start the embedded Ray; a busy machine can make its raylet miss its start-up deadline, so retry."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 2),
+                     include_dashboard=False, runtime_env={"env_vars": storage_env()}, **common)
+            return
+        except Exception as exc:  # noqa: BLE001 - only start-up time-outs are retried
+            if attempt == attempts or "timed out" not in str(exc).lower():
+                raise
+            logging.getLogger(__name__).warning("local Ray did not start in time (%s); retrying", exc)
+            ray.shutdown()
 
 
 def quiet_ray_data() -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 import uuid
 
 import pytest
@@ -85,3 +86,21 @@ def ray_local(s3_server):
     init_ray(num_cpus=4)
     yield
     shutdown_ray()
+
+
+class SyntheticData(typing.NamedTuple):
+    root: str      # a BDD100K-layout folder made by data.synth.generate
+    shards: str    # a folder of train and val shards of it (shard_size 8) made by data.shards.run_shard
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory, ray_local) -> SyntheticData:
+    """A tiny synthetic BDD100K (24 train, 8 val, 64x96, one 12-frame clip) and its shards."""
+    from roadseg_dist.data import shards, synth
+
+    base = tmp_path_factory.mktemp("synthetic")
+    root, dest = str(base / "bdd100k"), str(base / "shards")
+    synth.generate(root, train=24, val=8, height=64, width=96, videos=1, video_frames=12, seed=0)
+    for split in ("train", "val"):
+        shards.run_shard(shards.ShardSettings(root=root, dest=dest, split=split, shard_size=8))
+    return SyntheticData(root, dest)
