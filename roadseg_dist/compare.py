@@ -50,10 +50,6 @@ class CompareSettings:
             raise click.BadParameter(f"--speed-seconds must be positive, got {self.speed_seconds}")
 
 
-def count_parameters(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",
                 min_iters: int = 3) -> float:
     """Frames per second of forward + argmax at ``size`` (H, W), after two warm-up calls."""
@@ -189,6 +185,7 @@ def run_compare(s: CompareSettings, console=None) -> dict:
 
     from roadseg_dist.cluster import init_ray
     from roadseg_dist.models.checkpoint import load_model
+    from roadseg_dist.models.zoo import count_parameters
 
     console = console or Console()
     device = "cuda" if s.gpu else "cpu"
@@ -213,7 +210,7 @@ def run_compare(s: CompareSettings, console=None) -> dict:
             bar.update(task, description=f"{name}: done")
             m = cm.compute()
             rows.append({"name": name, "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"),
-                         "epoch": meta.get("epoch"), "params": count_parameters(model), "fps": round(fps, 3),
+                         "epoch": meta.get("epoch"), "params": int(count_parameters(model)), "fps": round(fps, 3),
                          "miou": m["miou"], "mean_acc": m["mean_acc"], "pixel_acc": m["pixel_acc"],
                          "fwiou": m["fwiou"], "iou": m["iou"]})
             del model

@@ -58,16 +58,6 @@ class EvalSettings:
 
 # --- prediction (plain torch) ----------------------------------------------------------------------
 
-def normalization(meta: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The checkpoint's input normalisation as 0-1 scale mean/std (ImageNet's when absent)."""
-    norm = meta.get("normalization") or {}
-    mean = tuple(float(v) for v in norm.get("mean", labels.MEAN))
-    std = tuple(float(v) for v in norm.get("std", labels.STD))
-    if max(mean) > 1.0:  # given on the 0-255 scale
-        mean, std = tuple(v / 255 for v in mean), tuple(v / 255 for v in std)
-    return mean, std
-
-
 def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tuple[int, int] | None = None,
                   out_sizes: Sequence[tuple[int, int]] | None = None, device="cpu") -> list[np.ndarray]:
     """RGB uint8 images (H, W, 3) -> train-id masks (uint8), each at its ``out_sizes`` entry
@@ -75,7 +65,9 @@ def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tupl
     import torch
     import torch.nn.functional as F
 
-    mean, std = normalization(meta)
+    from roadseg_dist.models.checkpoint import input_normalization
+
+    mean, std = input_normalization(meta)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out_sizes = list(out_sizes or [img.shape[:2] for img in images])
@@ -96,16 +88,6 @@ def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tupl
             for j, i in enumerate(idx):
                 masks[i] = pred[j]
     return masks  # type: ignore[return-value]
-
-
-def encode_png(mask: np.ndarray) -> bytes:
-    """A single-channel 8-bit PNG, readable by PIL as the official toolkit reads it."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", mask)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
 
 
 # --- the Ray pipeline -------------------------------------------------------------------------------
@@ -156,6 +138,7 @@ class Scorer:
 
     def __call__(self, batch: dict) -> dict:
         from roadseg_dist.data.shards import decode_sample
+        from roadseg_dist.infer.render import encode_mask_png
 
         decoded = [decode_sample(bytes(j), bytes(p)) for j, p in zip(batch["jpg"], batch["png"])]
         images = [rgb for rgb, _ in decoded]
@@ -166,7 +149,7 @@ class Scorer:
         for key, target, pred in zip(batch["key"], targets, preds):
             cm.update(target, pred)
             if self.save_preds:
-                storage.write_bytes(storage.join(self.save_preds, f"{key}.png"), encode_png(pred))
+                storage.write_bytes(storage.join(self.save_preds, f"{key}.png"), encode_mask_png(pred))
         return {"confusion": cm.mat.reshape(1, -1), "images": np.array([len(images)])}
 
 

@@ -46,7 +46,7 @@ class Segmenter:
     """
 
     def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1):
-        from roadseg_dist.models.checkpoint import load_model
+        from roadseg_dist.models.checkpoint import input_normalization, load_model
 
         self.device = "cuda" if gpu else "cpu"
         if not gpu:
@@ -54,8 +54,7 @@ class Segmenter:
         self.model, meta = load_model(checkpoint, device=self.device)
         self.model.eval()
         self.size = tuple(size or meta.get("input_size") or (512, 1024))
-        norm = meta.get("normalization") or {}
-        self.mean, self.std = norm.get("mean", (0.485, 0.456, 0.406)), norm.get("std", (0.229, 0.224, 0.225))
+        self.mean, self.std = input_normalization(meta)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["index"])

@@ -174,6 +174,16 @@ def resolve_checkpoint(url: str, pick: str = "best") -> str:
     return chosen
 
 
+def input_normalization(meta: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The checkpoint's input normalisation as 0-1 scale (mean, std) (ImageNet's when absent)."""
+    norm = meta.get("normalization") or {}
+    mean = tuple(float(v) for v in norm.get("mean", labels.MEAN))
+    std = tuple(float(v) for v in norm.get("std", labels.STD))
+    if max(mean) > 1.0:  # given on the 0-255 scale
+        mean, std = tuple(v / 255 for v in mean), tuple(v / 255 for v in std)
+    return mean, std
+
+
 def read_meta(url: str) -> dict:
     """meta.json of a checkpoint (or of a run's best checkpoint), with ``checkpoint`` = its URL."""
     ckpt = resolve_checkpoint(url)

@@ -52,13 +52,9 @@ def checkpoint_dirs(run_dir: str) -> list[str]:
     return sorted(found)
 
 
-def read_meta(checkpoint_dir: str) -> dict:
-    return json.loads(storage.read_text(storage.join(checkpoint_dir, "meta.json")))
-
-
 def best_checkpoint(run_dir: str) -> tuple[str, dict] | None:
     """(url, meta) of the run's best checkpoint, by the model zoo's rule (``resolve_checkpoint``)."""
-    from roadseg_dist.models.checkpoint import CheckpointError, resolve_checkpoint
+    from roadseg_dist.models.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
     try:
         url = resolve_checkpoint(run_dir, pick="best")
