@@ -184,6 +184,60 @@ def infer(config, **values):
         click.echo(f"FAILED {f['id']} ({f['input']}): {f['reason']}", err=True)
     if report["failures"]:
         sys.exit(EXIT_SOME_INPUTS_FAILED)
+# --- results: view / frames ----------------------------------------------------------------------
+
+from roadseg_dist.results.settings import FramesSettings, ViewSettings  # noqa: E402 - each section owns its imports
+
+
+@main.command()
+@settings.cli_options(ViewSettings)
+def view(config, **values):
+    """Write OUTPUT/index.html: a static page of an inference run (no server, no CDN; relative links,
+    so it works from disk or an S3 prefix served as static files), with one page per source:
+    its overlay video, class-fraction timeline, thumbnails where the class mix changes most, legend."""
+    from roadseg_dist import storage
+    from roadseg_dist.results.page import write_site
+    from roadseg_dist.results.run import ResultsError
+
+    s = settings.build(ViewSettings, config, **values)
+    try:
+        index = write_site(s.output, s.thumbnails)
+    except ResultsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"results page: {storage.redact(index)}")
+
+
+@main.command()
+@settings.cli_options(FramesSettings)
+def frames(config, **values):
+    """Search OUTPUT/frames.parquet (local or S3) with a SQL filter over the class fractions (0..1).
+
+    Columns: video, frame, timestamp and one per class, spaces written as _ (traffic_light,
+    traffic_sign). Example: roadseg frames OUT --where "person > 0.02 and road > 0.3"
+    --order-by "person desc" --limit 50 --sheet people.jpg. A bad EXPR exits with code 2.
+    """
+    import json as json_mod
+
+    from roadseg_dist import storage
+    from roadseg_dist.results import query, sheet
+
+    s = settings.build(FramesSettings, config, **values)
+    try:
+        rows = query.search(s.output, s.where, s.order_by, s.limit)
+    except query.QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    if s.json_output:
+        click.echo(json_mod.dumps(rows, indent=1))
+    else:
+        click.echo(query.format_table(rows, query.shown_columns(s.where, s.order_by)))
+        click.echo(f"{len(rows)} frame(s)" + (" (--limit reached)" if len(rows) == s.limit else ""), err=True)
+    if s.sheet and rows:
+        sheet.write_sheet(s.sheet, sheet.contact_sheet(s.output, rows, s.sheet_columns))
+        click.echo(f"contact sheet: {storage.redact(s.sheet)}", err=True)
+
+
 # --- eval / compare / demo -----------------------------------------------------------------------
 
 from roadseg_dist.compare import CompareSettings  # noqa: E402 - each section owns its imports

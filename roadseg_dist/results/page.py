@@ -1,0 +1,151 @@
+"""``roadseg view OUTPUT``: a static results page, no server and no CDN.
+
+    OUTPUT/index.html        the run (sources done/failed, frames, frames/s, model, settings) and one
+                             row per source with its mean class mix, linking to
+    OUTPUT/<id>/index.html   overlay.mp4 in a <video>, the thumbnail strip, the class timeline, the legend
+
+Every link is relative, so the pages work from local disk and from an S3 prefix served as static
+files; one small page per source keeps an archive of a thousand videos fast to open.
+"""
+from __future__ import annotations
+
+import html
+import json
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+import numpy as np
+
+from roadseg_dist import labels, storage
+from roadseg_dist.infer.render import frame_name
+from roadseg_dist.results import moments, timeline
+from roadseg_dist.results.run import RunView, load
+
+WRITE_THREADS = 8  # page PUTs are latency-bound
+THUMBNAILS = 6
+
+_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:980px;padding:12px 20px;color:#222}
+h1{font-size:20px}h2{font-size:16px;margin-top:22px}table{border-collapse:collapse}
+td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}th{color:#555;font-weight:600}
+.mix{display:flex;width:260px;height:12px;background:#eee}.mix span{display:block;height:12px}
+.legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px}.legend i{display:inline-block;width:12px;
+height:12px;margin-right:4px;vertical-align:-2px}video{width:100%;background:#000}
+.strip{display:flex;gap:6px}.strip figure{margin:0;flex:1;cursor:pointer}.strip img{width:100%;display:block}
+.strip figcaption{font-size:11px;color:#555}.fail{color:#a00}nav a{margin-right:12px}"""
+_SEEK_JS = """const v=document.querySelector('video');
+document.querySelectorAll('[data-t]').forEach(e=>e.onclick=()=>{if(v){v.currentTime=+e.dataset.t;v.play();}});"""
+
+
+def _page(title: str, body: str, script: str = "") -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width"><style>{_CSS}</style></head>'
+            f'<body>{body}{f"<script>{script}</script>" if script else ""}</body></html>\n')
+
+
+def _hex(rgb) -> str:
+    return "#%02x%02x%02x" % tuple(rgb)
+
+
+def legend() -> str:
+    items = "".join(f'<span><i style="background:{_hex(c)}"></i>{html.escape(n)}</span>'
+                    for n, c in zip(labels.CLASSES, labels.PALETTE))
+    return f'<h2>Legend (BDD100K palette)</h2><div class="legend">{items}</div>'
+
+
+def mix_bar(means: np.ndarray) -> str:
+    """The mean class mix of a source as one stacked bar (classes under 0.5 % left out)."""
+    parts = "".join(f'<span title="{html.escape(n)} {100 * m:.1f} %" style="width:{100 * m:.2f}%;'
+                    f'background:{_hex(c)}"></span>'
+                    for n, c, m in zip(labels.CLASSES, labels.PALETTE, means) if m >= 0.005)
+    return f'<div class="mix">{parts}</div>'
+
+
+def _fmt(value, spec: str = "", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def summary_html(view: RunView) -> str:
+    r, m = view.report, view.model
+    failed = r.get("failures") or []
+    if "error" in m:
+        model = f'<span class="fail">{html.escape(m["error"])}</span>'
+    else:
+        kwargs = ", ".join(f"{k}={v}" for k, v in m["arch_kwargs"].items())
+        miou = "-" if m["val_miou"] is None else f"{100 * m['val_miou']:.1f} %"
+        model = (f'{html.escape(str(m["arch"]))}{f" ({html.escape(kwargs)})" if kwargs else ""}, epoch '
+                 f'{_fmt(m["epoch"])}, val mIoU {miou}, {_fmt(m["parameters"], ",")} parameters')
+    rows = [("sources", f'{r.get("videos_done", 0)} done, {r.get("videos_failed", 0)} failed, of {r["sources"]}'),
+            ("frames", f'{r.get("frames_total", 0):,} in all; {r.get("frames_this_run", 0):,} this run in '
+                       f'{r.get("seconds", 0):.1f} s = {r.get("frames_per_second", 0):.2f} frames/s'),
+            ("model", model), ("checkpoint", html.escape(str(m.get("checkpoint") or r.get("checkpoint")))),
+            ("input", html.escape(str(r.get("input")))), ("finished", html.escape(str(r.get("finished_at"))))]
+    table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    settings = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>"
+                       for k, v in (r.get("settings") or {}).items())
+    out = f"<table>{table}</table><details><summary>settings</summary><table>{settings}</table></details>"
+    if failed:
+        rows = "".join(f'<tr><td>{html.escape(f["id"])}</td><td>{html.escape(f["input"])}</td>'
+                       f'<td class="fail">{html.escape(f["reason"])}</td></tr>' for f in failed)
+        out += f"<h2>Failed sources ({len(failed)})</h2><table><tr><th>id</th><th>input</th><th>reason</th></tr>{rows}</table>"
+    return out
+
+
+def index_html(view: RunView, groups: dict) -> str:
+    rows = []
+    for sid, g in groups.items():
+        duration = float(g["timestamp"].iloc[-1]) if len(g) else 0.0
+        means = g[list(labels.CLASSES)].to_numpy(np.float64).mean(axis=0)
+        rows.append(f'<tr><td><a href="{quote(sid)}/index.html">{html.escape(sid)}</a></td><td>{len(g):,}</td>'
+                    f"<td>{duration:.1f} s</td><td>{mix_bar(means)}</td></tr>")
+    if view.stats is None:
+        sources = "<p>No frames.parquet in OUTPUT (the run was made without <code>stats</code> in --outputs).</p>"
+    else:
+        sources = ("<table><tr><th>source</th><th>frames</th><th>last frame at</th><th>mean class mix</th></tr>"
+                   + "".join(rows) + "</table>")
+    body = (f"<h1>Segmentation results: {html.escape(str(view.report.get('output')))}</h1>{summary_html(view)}"
+            f"<h2>Sources ({len(groups)})</h2>{sources}{legend()}")
+    return _page("roadseg results", body)
+
+
+def source_html(view: RunView, sid: str, g, prev_id: str | None, next_id: str | None, thumbnails: int) -> str:
+    up = "../" * (sid.count("/") + 1)
+    nav = [f'<a href="{up}index.html">all sources</a>']
+    nav += [f'<a href="{up}{quote(o)}/index.html">{label} {html.escape(o)}</a>'
+            for label, o in (("previous:", prev_id), ("next:", next_id)) if o]
+    ts = g["timestamp"].to_numpy(np.float64)
+    body = f"<nav>{''.join(nav)}</nav><h1>{html.escape(sid)}</h1><p>{len(g):,} frames, last at {ts[-1]:.2f} s</p>"
+    if "video" in view.outputs:
+        body += '<video src="overlay.mp4" controls muted preload="auto"></video>'
+    picks = moments.strip_frames(g[list(labels.CLASSES)].to_numpy(np.float64), thumbnails) if thumbnails else []
+    if picks and (view.outputs & {"overlay", "video"}):
+        figs = "".join(f'<figure data-t="{ts[i]:.3f}"><img src="{frame_name(int(g["frame"].iloc[i]), "overlay")}" '
+                       f'alt="frame {int(g["frame"].iloc[i])}"><figcaption>frame {int(g["frame"].iloc[i])}, '
+                       f"{ts[i]:.2f} s</figcaption></figure>" for i in picks)
+        body += f'<h2>Where the class mix changes most</h2><div class="strip">{figs}</div>'
+    svg = timeline.svg(ts, timeline.driving_fractions(g), [ts[i] for i in picks])
+    body += f"<h2>Class fractions over time</h2>{svg}{legend()}"
+    return _page(f"{sid} - roadseg results", body, _SEEK_JS)
+
+
+def write_html(url: str, text: str) -> None:
+    # through a local .html file: the S3 upload then carries Content-Type text/html, which a
+    # browser needs to render a page served from a bucket
+    with storage.atomic_output(url, suffix=".html") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_site(output: str, thumbnails: int = THUMBNAILS) -> str:
+    """Write OUTPUT/index.html and a page per finished source; returns the index URL."""
+    view = load(output)
+    ids = view.sources()
+    groups = {sid: g.reset_index(drop=True) for sid, g in view.stats.groupby("video", sort=True)} if ids else {}
+    pages = [(storage.join(view.output, sid, "index.html"),
+              source_html(view, sid, groups[sid], ids[i - 1] if i else None,
+                          ids[i + 1] if i + 1 < len(ids) else None, thumbnails))
+             for i, sid in enumerate(ids)]
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        list(pool.map(lambda p: write_html(*p), pages))
+    index = storage.join(view.output, "index.html")
+    write_html(index, index_html(view, groups))  # last: the index links only pages that exist
+    return index

@@ -1,0 +1,37 @@
+"""``ViewSettings`` and ``FramesSettings``: the flags of ``roadseg view`` and ``roadseg frames``."""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from roadseg_dist.settings import field
+
+
+@dataclasses.dataclass
+class ViewSettings:
+    output: str = field(argument=True, help="the OUTPUT of a `roadseg infer` run (local path, file:// or s3://)")
+    thumbnails: int = field(6, help="overlay thumbnails per source (first frame + biggest changes of class mix)")
+
+    def validate(self) -> None:
+        if self.thumbnails < 0:
+            raise click.BadParameter(f"--thumbnails must be 0 or more, got {self.thumbnails}")
+
+
+@dataclasses.dataclass
+class FramesSettings:
+    output: str = field(argument=True, help="the OUTPUT of a `roadseg infer` run (local path, file:// or s3://)")
+    where: str = field("true", help="SQL filter over the columns, e.g. \"person > 0.02 and road > 0.3\"")
+    order_by: str = field("video, frame", help="SQL ORDER BY, e.g. \"person desc\"")
+    limit: int = field(20, help="at most this many frames")
+    json_output: bool = field(False, flag="--json", help="print JSON (every column) instead of a table")
+    sheet: str | None = field(None, help="also write a contact sheet of the matching overlays (.png or .jpg)")
+    sheet_columns: int = field(5, help="thumbnails per row of the contact sheet")
+
+    def validate(self) -> None:
+        if self.limit < 1:
+            raise click.BadParameter(f"--limit must be at least 1, got {self.limit}")
+        if self.sheet_columns < 1:
+            raise click.BadParameter(f"--sheet-columns must be at least 1, got {self.sheet_columns}")
+        if self.sheet and not self.sheet.lower().endswith((".png", ".jpg", ".jpeg")):
+            raise click.BadParameter(f"--sheet {self.sheet}: name a .png, .jpg or .jpeg file")
