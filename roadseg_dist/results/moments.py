@@ -28,8 +28,9 @@ def change_scores(fractions: np.ndarray, window: int) -> np.ndarray:
 def change_moments(fractions: np.ndarray, k: int, window: int | None = None) -> list[int]:
     """Positions (row numbers, ascending) of at most ``k`` frames where the class mix changes most.
 
-    Peaks are taken greedily by score, each at least ``window`` frames from the ones already taken,
-    so one change is not shown k times; frames where nothing changes are never chosen.
+    Peaks are taken greedily by score, each at least ``2 * window`` frames from the ones already
+    taken (their windows do not overlap), so one change is not shown k times; frames where nothing
+    changes are never chosen.
     """
     n = len(fractions)
     if n < 2 or k < 1:
@@ -40,7 +41,7 @@ def change_moments(fractions: np.ndarray, k: int, window: int | None = None) -> 
     for i in np.argsort(-scores, kind="stable"):
         if scores[i] <= 1e-6 or len(chosen) == k:
             break
-        if all(abs(int(i) - c) >= window for c in chosen):
+        if all(abs(int(i) - c) >= 2 * window for c in chosen):
             chosen.append(int(i))
     return sorted(chosen)
 
