@@ -38,7 +38,7 @@ document.querySelectorAll('[data-t]').forEach(e=>e.onclick=()=>{if(v){v.currentT
 
 def _page(title: str, body: str, script: str = "") -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width"><style>{_CSS}</style></head>'
+            f'<meta name="viewport" content="width=device-width"><link rel="icon" href="data:,"><style>{_CSS}</style></head>'
             f'<body>{body}{f"<script>{script}</script>" if script else ""}</body></html>\n')
 
 

@@ -1,0 +1,150 @@
+"""issue 12 in a real browser: the results page of a real `roadseg infer` run, opened in headless
+Chromium (Debian's `chromium`, installed by tests/setup_system.sh) from local disk and from the
+loopback S3 server serving the output prefix as static files.
+
+Run alone: pytest -q tests/test_results_page.py   (ROADSEG_SCREENSHOTS=DIR keeps the screenshots)
+
+test_overlay_videos_play needs overlay.mp4 in H.264 (the archive-scale issue's writer); with the
+Motion-JPEG writer it fails and says so, because Chromium cannot play Motion JPEG.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from roadseg_dist import storage
+from roadseg_dist.cli import main
+from roadseg_dist.data import synth
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+CLIPS = {"clips/day": 13, "clips/night": 9}  # id -> frames, at FPS
+FPS = 10.0
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: run `bash tests/setup_system.sh` (installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def segmented(s3_server, ray_local, tmp_path_factory):
+    """`roadseg infer` of two clips and a broken file to S3, then `roadseg view`; a local copy too.
+    Returns {"file": local index URL, "s3": the index served over HTTP by the S3 server}."""
+    import torch
+
+    from roadseg_dist.models.checkpoint import save_checkpoint
+    from roadseg_dist.models.zoo import build_model
+
+    base = tmp_path_factory.mktemp("results-page")
+    bucket = s3_server.new_bucket("page")
+    out = f"s3://{bucket}/segmented"
+    torch.manual_seed(0)
+    save_checkpoint(str(base / "ckpt"), build_model("unet", base_channels=4), input_size=(32, 48))
+    for i, (sid, frames) in enumerate(CLIPS.items()):
+        synth.write_video(str(base / "in" / f"{sid}.mp4"), np.random.default_rng(i), 64, 96, frames, FPS)
+    (base / "in" / "broken.mp4").write_bytes(b"not a video")
+    res = CliRunner().invoke(main, ["infer", str(base / "ckpt"), str(base / "in"), out], catch_exceptions=False)
+    assert res.exit_code == 3, res.output  # the broken file fails, the clips do not
+    res = CliRunner().invoke(main, ["view", out], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    publish(s3_server, bucket, "segmented/")
+    fs, path = storage.filesystem(out)
+    fs.get(path, str(base / "local"), recursive=True)
+    return {"file": f"file://{base / 'local'}/index.html", "s3": f"{s3_server.endpoint}/{bucket}/segmented/index.html",
+            "local": str(base / "local")}
+
+
+def publish(s3_server, bucket: str, prefix: str) -> None:
+    """Let anyone GET the objects under ``prefix``: the usual way to serve a prefix as a static site."""
+    statement = {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                 "Resource": f"arn:aws:s3:::{bucket}/{prefix}*"}
+    s3_server.client().put_bucket_policy(
+        Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+
+
+def open_page(browser, url: str):
+    """A page loaded from ``url`` and the console errors it logs (a list that keeps filling)."""
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url} {r.failure}"))
+    page.goto(url, wait_until="load")
+    return page, errors
+
+
+def screenshot(page, path: str) -> None:
+    """A full-page PNG at ``path``, checked not to be blank (one flat colour)."""
+    import cv2
+
+    page.screenshot(path=path, full_page=True)
+    img = cv2.imread(path)
+    assert img is not None and img.shape[0] > 300
+    assert img.std() > 10 and (img.min(axis=2) < 200).mean() > 0.01, f"{path} is blank"
+    keep = os.environ.get("ROADSEG_SCREENSHOTS")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(path, os.path.join(keep, os.path.basename(path)))
+
+
+def source_links(page) -> list[str]:
+    return page.eval_on_selector_all("table a[href$='index.html']", "els => els.map(e => e.href)")
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_results_page_in_chromium(browser, segmented, where, tmp_path):
+    page, errors = open_page(browser, segmented[where])
+    assert "2 done, 1 failed, of 3" in page.inner_text("body")
+    assert "not a readable video" in page.inner_text("body")  # the broken file's reason
+    links = source_links(page)
+    assert [u.rsplit("/", 2)[-2] for u in links] == ["day", "night"]
+    screenshot(page, str(tmp_path / f"index-{where}.png"))
+    for url, (sid, frames) in zip(links, CLIPS.items()):
+        page.goto(url, wait_until="load")
+        images = page.eval_on_selector_all(".strip img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        assert len(images) == min(6, frames) and all(done and w > 0 for done, w in images), images
+        box = page.locator("svg.timeline").bounding_box()
+        assert box and box["width"] > 500 and box["height"] > 200
+        assert page.locator("svg.timeline polygon").count() == 10
+        assert page.locator("video").count() == 1
+        screenshot(page, str(tmp_path / f"{sid.replace('/', '-')}-{where}.png"))
+    assert not errors, errors
+    page.close()
+
+
+def test_overlay_videos_play(browser, segmented):
+    import av
+
+    for sid in CLIPS:
+        with av.open(os.path.join(segmented["local"], sid, "overlay.mp4")) as f:
+            codec = f.streams.video[0].codec_context.name
+        if codec != "h264":
+            pytest.fail(f"{sid}/overlay.mp4 is {codec}, not H.264: Chromium plays H.264 (yuv420p) but not "
+                        "Motion JPEG, so the page's <video> cannot play it. This passes once `roadseg infer` "
+                        "writes H.264 overlays (the archive-scale issue).")
+    for where in ("file", "s3"):
+        page, errors = open_page(browser, segmented[where])
+        for url, (sid, frames) in zip(source_links(page), CLIPS.items()):
+            page.goto(url, wait_until="load")
+            page.wait_for_function("[...document.querySelectorAll('video')].every(v => v.readyState >= 2)",
+                                   timeout=30_000)
+            state = page.eval_on_selector("video", "v => [v.readyState, v.duration, v.videoWidth]")
+            assert state[0] >= 2 and state[2] == 96, (where, sid, state)
+            assert state[1] == pytest.approx(frames / FPS, abs=1.01 / FPS), (where, sid, state)
+        assert not errors, errors
+        page.close()
