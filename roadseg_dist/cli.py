@@ -182,6 +182,8 @@ def infer(config, **values):
                f"{storage.join(storage.redact(storage.normalize(s.output)), 'report.json')}")
     for f in report["failures"]:
         click.echo(f"FAILED {f['id']} ({f['input']}): {f['reason']}", err=True)
+    if s.view:
+        write_results_page(s.output)
     if report["failures"]:
         sys.exit(EXIT_SOME_INPUTS_FAILED)
 # --- results: view / frames ----------------------------------------------------------------------
@@ -236,6 +238,18 @@ def frames(config, **values):
     if s.sheet and rows:
         sheet.write_sheet(s.sheet, sheet.contact_sheet(s.output, rows, s.sheet_columns))
         click.echo(f"contact sheet: {storage.redact(s.sheet)}", err=True)
+
+
+def write_results_page(output: str) -> None:
+    """The end of an infer run: its results page. The frames are already safe, so a page that cannot
+    be written is a warning, not a failed run."""
+    from roadseg_dist import storage
+    from roadseg_dist.results.page import write_site
+
+    try:
+        click.echo(f"results page: {storage.redact(write_site(output))}")
+    except Exception as exc:  # noqa: BLE001 - the run's outputs stand without the page
+        click.echo(f"WARNING: no results page ({storage.redact(str(exc))}); retry with: roadseg view OUTPUT", err=True)
 
 
 # --- eval / compare / demo -----------------------------------------------------------------------

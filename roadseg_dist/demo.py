@@ -231,6 +231,7 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
             raise click.ClickException(f"segmentation failed for {report['videos_failed']} clip(s): "
                                        f"{report['failures']}")
 
+    page = results_page(paths["segmented"], paths["eval"].rsplit("/", 1)[0])
     if storage.is_remote(paths["run"]):  # the S3 server goes away with the demo: keep the run
         local_run = storage.join(paths["eval"].rsplit("/", 1)[0], "runs", "demo")
         copy_tree(paths["run"], local_run)
@@ -247,7 +248,19 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
         "frames_segmented": report.get("frames_this_run"), "frames_per_second": report.get("frames_per_second"),
         "masks": [storage.join(c, "mask") for c in clips], "overlays": [storage.join(c, "overlay") for c in clips],
         "overlay_videos": videos, "infer_report": storage.join(paths["segmented"], "report.json"),
+        "results_page": page,
     }
+
+
+def results_page(segmented: str, workdir: str) -> str:
+    """`roadseg view` of the segmented clips; from the loopback S3 server, which goes away with the
+    demo, over a local copy of them."""
+    from roadseg_dist.results.page import write_site
+
+    if storage.is_remote(segmented):
+        copy_tree(segmented, storage.join(workdir, "segmented"))
+        segmented = storage.join(workdir, "segmented")
+    return write_site(segmented)
 
 
 def print_summary(summary: dict, console) -> None:
@@ -268,3 +281,4 @@ def print_summary(summary: dict, console) -> None:
     table.add_row("overlay videos", "\n".join(summary["overlay_videos"]))
     console.rule("[bold]demo finished")
     console.print(table)
+    console.print(f"[bold]results page:[/] {summary['results_page']}")

@@ -58,5 +58,7 @@ def test_demo_pipeline_at_reduced_size(ray_local, tmp_path):
     masks = storage.list_files(summary["masks"][0], suffixes=(".png",))
     overlays = storage.list_files(summary["overlays"][0])
     assert len(masks) == 6 and len(overlays) == 6
+    assert summary["results_page"] == str(work / "segmented" / "index.html")
+    assert "1 done, 0 failed, of 1" in (work / "segmented" / "index.html").read_text()
     mask = cv2.imread(masks[0], cv2.IMREAD_UNCHANGED)
     assert mask.shape[:2] == (64, 96)

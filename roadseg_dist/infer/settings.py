@@ -32,6 +32,7 @@ class InferSettings:
     jpeg_quality: int = field(85, help="JPEG quality of overlays and originals")
     address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
     num_cpus: float | None = field(None, help="CPUs of the local Ray (default: all)")
+    view: bool = field(True, help="write the results page OUTPUT/index.html at the end (roadseg view)")
 
     def validate(self) -> None:
         unknown = [o for o in self.outputs if o not in OUTPUT_KINDS]
