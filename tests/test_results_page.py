@@ -60,6 +60,7 @@ def segmented(s3_server, ray_local, tmp_path_factory):
     (base / "in" / "broken.mp4").write_bytes(b"not a video")
     res = CliRunner().invoke(main, ["infer", str(base / "ckpt"), str(base / "in"), out], catch_exceptions=False)
     assert res.exit_code == 3, res.output  # the broken file fails, the clips do not
+    assert f"results page: {out}/index.html" in res.output  # written by infer itself
     res = CliRunner().invoke(main, ["view", out], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     publish(s3_server, bucket, "segmented/")
