@@ -147,5 +147,9 @@ def test_overlay_videos_play(browser, segmented):
             state = page.eval_on_selector("video", "v => [v.readyState, v.duration, v.videoWidth]")
             assert state[0] >= 2 and state[2] == 96, (where, sid, state)
             assert state[1] == pytest.approx(frames / FPS, abs=1.01 / FPS), (where, sid, state)
+            thumb = page.locator(".strip figure").nth(2)  # a click plays the video from that moment
+            thumb.click()
+            page.wait_for_function(f"document.querySelector('video').currentTime >= {thumb.get_attribute('data-t')}",
+                                   timeout=10_000)
         assert not errors, errors
         page.close()

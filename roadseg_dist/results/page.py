@@ -32,8 +32,11 @@ td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}th{color:#555;fo
 height:12px;margin-right:4px;vertical-align:-2px}video{width:100%;background:#000}
 .strip{display:flex;gap:6px}.strip figure{margin:0;flex:1;cursor:pointer}.strip img{width:100%;display:block}
 .strip figcaption{font-size:11px;color:#555}.fail{color:#a00}nav a{margin-right:12px}"""
-_SEEK_JS = """const v=document.querySelector('video');
-document.querySelectorAll('[data-t]').forEach(e=>e.onclick=()=>{if(v){v.currentTime=+e.dataset.t;v.play();}});"""
+# a click on a thumbnail or on the timeline plays the video from that moment
+_SEEK_JS = f"""const v=document.querySelector('video'),s=document.querySelector('svg.timeline');
+document.querySelectorAll('[data-t]').forEach(e=>e.onclick=()=>{{if(v){{v.currentTime=+e.dataset.t;v.play();}}}});
+if(v&&s)s.onclick=e=>{{const r=s.getBoundingClientRect(),x=(e.clientX-r.left)/r.width*{timeline.WIDTH}-{timeline.LABEL_W};
+if(x>0){{v.currentTime=x/{timeline.WIDTH - timeline.LABEL_W}*s.dataset.duration;v.play();}}}};"""
 
 
 def _page(title: str, body: str, script: str = "") -> str:
