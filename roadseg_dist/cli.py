@@ -235,7 +235,9 @@ def frames(config, **values):
     else:
         click.echo(query.format_table(rows, query.shown_columns(s.where, s.order_by)))
         click.echo(f"{len(rows)} frame(s)" + (" (--limit reached)" if len(rows) == s.limit else ""), err=True)
-    if s.sheet and rows:
+    if s.sheet and not rows:
+        click.echo("no frame matched: no contact sheet written", err=True)
+    elif s.sheet:
         sheet.write_sheet(s.sheet, sheet.contact_sheet(s.output, rows, s.sheet_columns))
         click.echo(f"contact sheet: {storage.redact(s.sheet)}", err=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 from roadseg_dist import labels, storage
 from roadseg_dist.infer.render import frame_name
 from roadseg_dist.results import moments, timeline
-from roadseg_dist.results.run import RunView, load
+from roadseg_dist.results.run import RunView, SourceStats, load
 
 WRITE_THREADS = 8  # page PUTs are latency-bound
 THUMBNAILS = 6
@@ -27,7 +27,7 @@ THUMBNAILS = 6
 _CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:980px;padding:12px 20px;color:#222}
 h1{font-size:20px}h2{font-size:16px;margin-top:22px}table{border-collapse:collapse}
 td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}th{color:#555;font-weight:600}
-.mix{display:flex;width:260px;height:12px;background:#eee}.mix span{display:block;height:12px}
+.mix{width:260px;height:12px;background:#eee}
 .legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:12px}.legend i{display:inline-block;width:12px;
 height:12px;margin-right:4px;vertical-align:-2px}video{width:100%;background:#000}
 .strip{display:flex;gap:6px}.strip figure{margin:0;flex:1;cursor:pointer}.strip img{width:100%;display:block}
@@ -56,11 +56,17 @@ def legend() -> str:
 
 
 def mix_bar(means: np.ndarray) -> str:
-    """The mean class mix of a source as one stacked bar (classes under 0.5 % left out)."""
-    parts = "".join(f'<span title="{html.escape(n)} {100 * m:.1f} %" style="width:{100 * m:.2f}%;'
-                    f'background:{_hex(c)}"></span>'
-                    for n, c, m in zip(labels.CLASSES, labels.PALETTE, means) if m >= 0.005)
-    return f'<div class="mix">{parts}</div>'
+    """The mean class mix of a source as one stacked bar: a single element with a CSS gradient
+    (classes under 0.5 % left out), so a thousand rows stay light."""
+    stops, at, tip = [], 0.0, []
+    for n, c, m in sorted(zip(labels.CLASSES, labels.PALETTE, means), key=lambda t: -t[2]):
+        if m < 0.005:
+            continue
+        stops.append(f"{_hex(c)} {100 * at:.1f}% {100 * (at + m):.1f}%")
+        tip.append(f"{n} {100 * m:.0f}%")
+        at += m
+    gradient = f"background:linear-gradient(90deg,{','.join(stops)},#eee 0)" if stops else ""
+    return f'<div class="mix" style="{gradient}" title="{html.escape(", ".join(tip))}"></div>'
 
 
 def _fmt(value, spec: str = "", none: str = "-") -> str:
@@ -93,41 +99,39 @@ def summary_html(view: RunView) -> str:
     return out
 
 
-def index_html(view: RunView, groups: dict) -> str:
-    rows = []
-    for sid, g in groups.items():
-        duration = float(g["timestamp"].iloc[-1]) if len(g) else 0.0
-        means = g[list(labels.CLASSES)].to_numpy(np.float64).mean(axis=0)
-        rows.append(f'<tr><td><a href="{quote(sid)}/index.html">{html.escape(sid)}</a></td><td>{len(g):,}</td>'
-                    f"<td>{duration:.1f} s</td><td>{mix_bar(means)}</td></tr>")
+def index_html(view: RunView) -> str:
+    rows = "".join(f'<tr><td><a href="{quote(src.id)}/index.html">{html.escape(src.id)}</a></td>'
+                   f"<td>{len(src.frames):,}</td><td>{src.timestamps[-1]:.1f} s</td>"
+                   f"<td>{mix_bar(src.fractions.mean(axis=0))}</td></tr>" for src in view.stats or [])
     if view.stats is None:
         sources = "<p>No frames.parquet in OUTPUT (the run was made without <code>stats</code> in --outputs).</p>"
     else:
         sources = ("<table><tr><th>source</th><th>frames</th><th>last frame at</th><th>mean class mix</th></tr>"
-                   + "".join(rows) + "</table>")
+                   f"{rows}</table>")
     body = (f"<h1>Segmentation results: {html.escape(str(view.report.get('output')))}</h1>{summary_html(view)}"
-            f"<h2>Sources ({len(groups)})</h2>{sources}{legend()}")
+            f"<h2>Sources ({len(view.stats or [])})</h2>{sources}{legend()}")
     return _page("roadseg results", body)
 
 
-def source_html(view: RunView, sid: str, g, prev_id: str | None, next_id: str | None, thumbnails: int) -> str:
-    up = "../" * (sid.count("/") + 1)
+def source_html(view: RunView, src: SourceStats, prev_id: str | None, next_id: str | None, thumbnails: int) -> str:
+    up = "../" * (src.id.count("/") + 1)
     nav = [f'<a href="{up}index.html">all sources</a>']
     nav += [f'<a href="{up}{quote(o)}/index.html">{label} {html.escape(o)}</a>'
             for label, o in (("previous:", prev_id), ("next:", next_id)) if o]
-    ts = g["timestamp"].to_numpy(np.float64)
-    body = f"<nav>{''.join(nav)}</nav><h1>{html.escape(sid)}</h1><p>{len(g):,} frames, last at {ts[-1]:.2f} s</p>"
+    ts = src.timestamps
+    body = (f"<nav>{''.join(nav)}</nav><h1>{html.escape(src.id)}</h1>"
+            f"<p>{len(ts):,} frames, last at {ts[-1]:.2f} s</p>")
     if "video" in view.outputs:
         body += '<video src="overlay.mp4" controls muted preload="auto"></video>'
-    picks = moments.strip_frames(g[list(labels.CLASSES)].to_numpy(np.float64), thumbnails) if thumbnails else []
+    picks = moments.strip_frames(src.fractions, thumbnails) if thumbnails else []
     if picks and (view.outputs & {"overlay", "video"}):
-        figs = "".join(f'<figure data-t="{ts[i]:.3f}"><img src="{frame_name(int(g["frame"].iloc[i]), "overlay")}" '
-                       f'alt="frame {int(g["frame"].iloc[i])}"><figcaption>frame {int(g["frame"].iloc[i])}, '
-                       f"{ts[i]:.2f} s</figcaption></figure>" for i in picks)
+        figs = "".join(f'<figure data-t="{ts[i]:.3f}"><img src="{frame_name(int(src.frames[i]), "overlay")}" '
+                       f'alt="frame {src.frames[i]}"><figcaption>frame {src.frames[i]}, {ts[i]:.2f} s</figcaption>'
+                       "</figure>" for i in picks)
         body += f'<h2>Where the class mix changes most</h2><div class="strip">{figs}</div>'
-    svg = timeline.svg(ts, timeline.driving_fractions(g), [ts[i] for i in picks])
+    svg = timeline.svg(ts, timeline.driving_fractions(src.fractions), [ts[i] for i in picks])
     body += f"<h2>Class fractions over time</h2>{svg}{legend()}"
-    return _page(f"{sid} - roadseg results", body, _SEEK_JS)
+    return _page(f"{src.id} - roadseg results", body, _SEEK_JS)
 
 
 def write_html(url: str, text: str) -> None:
@@ -141,14 +145,16 @@ def write_html(url: str, text: str) -> None:
 def write_site(output: str, thumbnails: int = THUMBNAILS) -> str:
     """Write OUTPUT/index.html and a page per finished source; returns the index URL."""
     view = load(output)
-    ids = view.sources()
-    groups = {sid: g.reset_index(drop=True) for sid, g in view.stats.groupby("video", sort=True)} if ids else {}
-    pages = [(storage.join(view.output, sid, "index.html"),
-              source_html(view, sid, groups[sid], ids[i - 1] if i else None,
-                          ids[i + 1] if i + 1 < len(ids) else None, thumbnails))
-             for i, sid in enumerate(ids)]
+    sources = view.stats or []
+    ids = [src.id for src in sources]
+
+    def write_source(i: int) -> None:
+        page = source_html(view, sources[i], ids[i - 1] if i else None, ids[i + 1] if i + 1 < len(ids) else None,
+                           thumbnails)
+        write_html(storage.join(view.output, ids[i], "index.html"), page)
+
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
-        list(pool.map(lambda p: write_html(*p), pages))
+        list(pool.map(write_source, range(len(sources))))
     index = storage.join(view.output, "index.html")
-    write_html(index, index_html(view, groups))  # last: the index links only pages that exist
+    write_html(index, index_html(view))  # last: the index links only pages that exist
     return index

@@ -55,7 +55,10 @@ def search(output: str, where: str = "true", order_by: str = "video, frame", lim
         rows, names = rel.fetchall(), rel.columns
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
-        raise QueryError(f"cannot run --where {where!r} --order-by {order_by!r}: {first}\n"
+        spaced = [f"{c!r} is written {alias(c)}" for c in labels.CLASSES
+                  if " " in c and c in f"{where} {order_by}".lower()]
+        hint = f" ({'; '.join(spaced)})" if spaced else ""
+        raise QueryError(f"cannot run --where {where!r} --order-by {order_by!r}: {first}{hint}\n"
                          f"columns: {', '.join(columns)}\n(class names with spaces are written with _: "
                          f"traffic_light, traffic_sign; fractions are 0..1)") from None
     finally:

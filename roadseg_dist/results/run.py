@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
-import pandas as pd
+import numpy as np
 
-from roadseg_dist import storage
+from roadseg_dist import labels, storage
 
 REPORT, STATS = "report.json", "frames.parquet"
 
@@ -18,20 +18,25 @@ class ResultsError(ValueError):
     """OUTPUT holds no finished inference run; the message says what is missing and what to do."""
 
 
+class SourceStats(NamedTuple):
+    """One finished source's rows of frames.parquet, in frame order."""
+    id: str
+    frames: np.ndarray      # (n,) source frame indices
+    timestamps: np.ndarray  # (n,) seconds
+    fractions: np.ndarray   # (n, 19) class fractions, labels.CLASSES order
+
+
 @dataclasses.dataclass
 class RunView:
     output: str                       # normalised OUTPUT URL
     report: dict[str, Any]            # report.json as written by `roadseg infer`
     model: dict[str, Any]             # arch, epoch, val_miou, ... or {"error": why it is unknown}
-    stats: pd.DataFrame | None        # frames.parquet sorted by (video, frame); None when not written
+    stats: list[SourceStats] | None   # frames.parquet per source, by id; None when it was not written
 
     @property
     def outputs(self) -> set[str]:
         return set((self.report.get("settings") or {}).get("outputs") or ())
 
-    def sources(self) -> list[str]:
-        """Ids of the finished sources (those with rows in frames.parquet), in name order."""
-        return [] if self.stats is None else sorted(self.stats["video"].unique())
 
 
 def read_report(output: str) -> dict[str, Any]:
@@ -48,22 +53,32 @@ def read_report(output: str) -> dict[str, Any]:
     return report
 
 
-def read_stats(output: str) -> pd.DataFrame | None:
+def read_stats(output: str) -> list[SourceStats] | None:
+    """frames.parquet split by source (ids in name order), or None when OUTPUT has none."""
     import pyarrow.parquet as pq
 
     url = storage.join(output, STATS)
     if not storage.exists(url):
         return None
     table = pq.read_table(io.BytesIO(storage.read_bytes(url)))
-    return table.to_pandas().sort_values(["video", "frame"], kind="stable").reset_index(drop=True)
+    table = table.sort_by([("video", "ascending"), ("frame", "ascending")])
+    videos = table.column("video").to_numpy(zero_copy_only=False)
+    frames = table.column("frame").to_numpy()
+    timestamps = table.column("timestamp").to_numpy()
+    fractions = np.column_stack([table.column(c).to_numpy() for c in labels.CLASSES]) if len(table) else (
+        np.zeros((0, labels.NUM_CLASSES), np.float32))
+    ids, starts = np.unique(videos, return_index=True)
+    ends = list(starts[1:]) + [len(videos)]
+    return [SourceStats(str(sid), frames[a:b], timestamps[a:b], fractions[a:b])
+            for sid, a, b in zip(ids, starts, ends)]
 
 
 def model_summary(checkpoint: str | None) -> dict[str, Any]:
     """Arch, epoch, val mIoU, parameters of the checkpoint a report names, or {"error": why not}."""
-    from roadseg_dist.models.checkpoint import read_meta
-
     if not checkpoint:
         return {"error": "report.json names no checkpoint"}
+    from roadseg_dist.models.checkpoint import read_meta  # (imports torch: only when there is one)
+
     try:
         meta = read_meta(checkpoint)
     except (ValueError, OSError) as exc:  # CheckpointError, unreachable storage

@@ -19,7 +19,7 @@ TIMELINE_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("motorcycle", ("motorcycle",)), ("traffic light/sign", ("traffic light", "traffic sign")),
 )
 WIDTH, ROW, LABEL_W, AXIS_H = 900, 24, 150, 18
-MAX_POINTS = 400  # columns of the chart: long videos are averaged down to this many
+MAX_POINTS = 250  # columns of the chart (3 px each): long videos are averaged down to this many
 MIN_SCALE = 0.01  # a strip's top is at least 1 % of the frame, so a few stray pixels stay flat
 
 
@@ -29,10 +29,10 @@ def color(label: str) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def driving_fractions(table) -> np.ndarray:
-    """(frames, len(TIMELINE_CLASSES)) fractions from a frames table (a DataFrame or dict of columns)."""
-    return np.stack([np.sum([np.asarray(table[c], dtype=np.float64) for c in cols], axis=0)
-                     for _, cols in TIMELINE_CLASSES], axis=1)
+def driving_fractions(fractions: np.ndarray) -> np.ndarray:
+    """(frames, 19) class fractions -> (frames, len(TIMELINE_CLASSES)), traffic light + sign summed."""
+    x = np.asarray(fractions, dtype=np.float64)
+    return np.stack([x[:, [labels.CLASS_ID[c] for c in cols]].sum(axis=1) for _, cols in TIMELINE_CLASSES], axis=1)
 
 
 def bucket_means(values: np.ndarray, buckets: int) -> np.ndarray:
