@@ -120,14 +120,15 @@ def test_infer_s3_videos_broken_files_and_rerun(s3_server, s3_bucket, ray_local,
         assert np.allclose(rows.drop(columns=["video", "frame", "timestamp"]).sum(axis=1), 1.0, atol=1e-4)
     assert frames.probe(f"{DATA}/tree.avi").header_frames == 444  # the lying header really was in play
 
-    # A re-run of the same command completes nothing new and rewrites nothing (the report aside).
+    # A re-run of the same command completes nothing new and rewrites nothing (the report and the
+    # results page's index, which shows it, aside).
     before = objects(s3_server, s3_bucket, "segmented/")
     result = invoke(*args)
     assert result.exit_code == 3
     after = objects(s3_server, s3_bucket, "segmented/")
-    report_key = "segmented/report.json"
-    assert {k: v for k, v in after.items() if k != report_key} == \
-           {k: v for k, v in before.items() if k != report_key}
+    report_keys = ("segmented/report.json", "segmented/index.html")
+    assert {k: v for k, v in after.items() if k not in report_keys} == \
+           {k: v for k, v in before.items() if k not in report_keys}
     again = json.loads(storage.read_text(out + "/report.json"))
     assert again["videos_skipped"] == 3 and again["frames_this_run"] == 0
 

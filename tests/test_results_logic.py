@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 
 import cv2
 import numpy as np
@@ -220,9 +221,14 @@ def test_view_on_s3_serves_pages_as_html(s3_server, s3_bucket):
     res = CliRunner().invoke(main, ["view", out, "--thumbnails", "3"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     bucket, client = s3_bucket[len("s3://"):], s3_server.client()
+    heads = {}
     for key in ("segmented/index.html", "segmented/clips/a/index.html"):
-        head = client.head_object(Bucket=bucket, Key=key)
-        assert head["ContentType"].startswith("text/html")  # a bucket served as a website renders it
+        heads[key] = client.head_object(Bucket=bucket, Key=key)
+        assert heads[key]["ContentType"].startswith("text/html")  # a bucket served as a website renders it
+    time.sleep(1.1)  # LastModified counts whole seconds
+    CliRunner().invoke(main, ["view", out, "--thumbnails", "3"], catch_exceptions=False)
+    for key, head in heads.items():  # the same pages again: not rewritten
+        assert client.head_object(Bucket=bucket, Key=key)["LastModified"] == head["LastModified"]
     page = storage.read_text(out + "/clips/a/index.html")
     assert sum(t.startswith("overlay/") for t in links(page)) == 3
     # sources in name order (c, clips/a, clips/b_mp4): back to the index, previous and next

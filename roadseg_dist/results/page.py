@@ -134,12 +134,20 @@ def source_html(view: RunView, src: SourceStats, prev_id: str | None, next_id: s
     return _page(f"{src.id} - roadseg results", body, _SEEK_JS)
 
 
-def write_html(url: str, text: str) -> None:
-    # through a local .html file: the S3 upload then carries Content-Type text/html, which a
-    # browser needs to render a page served from a bucket
+def write_html(url: str, text: str) -> bool:
+    """Write a page unless the same bytes are already there (a re-run rewrites nothing that holds);
+    True when written. Through a local .html file, so that the S3 upload carries Content-Type
+    text/html, which a browser needs to render a page served from a bucket."""
+    data = text.encode("utf-8")
+    try:
+        if storage.read_bytes(url) == data:
+            return False
+    except FileNotFoundError:
+        pass
     with storage.atomic_output(url, suffix=".html") as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return True
 
 
 def write_site(output: str, thumbnails: int = THUMBNAILS) -> str:
