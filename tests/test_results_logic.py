@@ -22,7 +22,6 @@ from click.testing import CliRunner
 from roadseg_dist import labels, storage
 from roadseg_dist.cli import main
 from roadseg_dist.results import moments, query, timeline
-from roadseg_dist.results.page import write_site
 
 # --- the thumbnail chooser -----------------------------------------------------------------------
 

@@ -112,6 +112,7 @@ def test_results_page_in_chromium(browser, segmented, where, tmp_path):
     page, errors = open_page(browser, segmented[where])
     assert "2 done, 1 failed, of 3" in page.inner_text("body")
     assert "not a readable video" in page.inner_text("body")  # the broken file's reason
+    assert "testing-secret-key" not in page.content()  # the S3 fixture's secret never reaches a page
     links = source_links(page)
     assert [u.rsplit("/", 2)[-2] for u in links] == ["day", "night"]
     screenshot(page, str(tmp_path / f"index-{where}.png"))
