@@ -215,8 +215,12 @@ def frames(config, **values):
     """Search OUTPUT/frames.parquet (local or S3) with a SQL filter over the class fractions (0..1).
 
     Columns: video, frame, timestamp and one per class, spaces written as _ (traffic_light,
-    traffic_sign). Example: roadseg frames OUT --where "person > 0.02 and road > 0.3"
-    --order-by "person desc" --limit 50 --sheet people.jpg. A bad EXPR exits with code 2.
+    traffic_sign). Prints the matching frames; --sheet draws their overlays in a grid. A mistake in
+    --where or --order-by exits with code 2 and lists the columns. For example:
+
+    \b
+      roadseg frames OUT --where "person > 0.02 and road > 0.3" --order-by "person desc" \\
+          --limit 50 --sheet people.jpg
     """
     import json as json_mod
 

@@ -154,3 +154,20 @@ def test_overlay_videos_play(browser, segmented):
                                    timeout=10_000)
         assert not errors, errors
         page.close()
+
+
+def test_infer_no_view_skips_the_page_and_view_writes_it(ray_local, tmp_path):
+    from roadseg_dist.models.checkpoint import save_checkpoint
+    from roadseg_dist.models.zoo import build_model
+
+    save_checkpoint(str(tmp_path / "ckpt"), build_model("unet", base_channels=4), input_size=(32, 48))
+    synth.write_video(str(tmp_path / "in" / "cam.mp4"), np.random.default_rng(0), 64, 96, 3, FPS)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["infer", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(out), "--no-view"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0 and "results page" not in res.output, res.output
+    assert (out / "frames.parquet").exists() and not (out / "index.html").exists()
+    res = CliRunner().invoke(main, ["view", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0 and (out / "index.html").exists() and (out / "cam" / "index.html").exists()
+    assert "unet (base_channels=4), epoch 0" in (out / "index.html").read_text()  # from the checkpoint's meta
+
