@@ -186,6 +186,21 @@ def infer(config, **values):
         write_results_page(s.output)
     if report["failures"]:
         sys.exit(EXIT_SOME_INPUTS_FAILED)
+
+
+def write_results_page(output: str) -> None:
+    """The end of an infer run: its results page. The frames are already safe, so a page that cannot
+    be written is a warning, not a failed run."""
+    from roadseg_dist import storage
+    from roadseg_dist.results.page import write_site
+
+    try:
+        click.echo(f"results page: {storage.redact(write_site(output))}")
+    except Exception as exc:  # noqa: BLE001 - the run's outputs stand without the page
+        click.echo(f"WARNING: no results page ({storage.redact(str(exc))}); "
+                   f"retry with: roadseg view {storage.redact(output)}", err=True)
+
+
 # --- results: view / frames ----------------------------------------------------------------------
 
 from roadseg_dist.results.settings import FramesSettings, ViewSettings  # noqa: E402 - each section owns its imports
@@ -244,18 +259,6 @@ def frames(config, **values):
     elif s.sheet:
         sheet.write_sheet(s.sheet, sheet.contact_sheet(s.output, rows, s.sheet_columns))
         click.echo(f"contact sheet: {storage.redact(s.sheet)}", err=True)
-
-
-def write_results_page(output: str) -> None:
-    """The end of an infer run: its results page. The frames are already safe, so a page that cannot
-    be written is a warning, not a failed run."""
-    from roadseg_dist import storage
-    from roadseg_dist.results.page import write_site
-
-    try:
-        click.echo(f"results page: {storage.redact(write_site(output))}")
-    except Exception as exc:  # noqa: BLE001 - the run's outputs stand without the page
-        click.echo(f"WARNING: no results page ({storage.redact(str(exc))}); retry with: roadseg view OUTPUT", err=True)
 
 
 # --- eval / compare / demo -----------------------------------------------------------------------
