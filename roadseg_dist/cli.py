@@ -24,7 +24,7 @@ def main(verbose: bool) -> None:
 
 # --- data (issue: sharding) ----------------------------------------------------------------------
 
-from roadseg_dist.data.shards import ShardSettings  # noqa: E402 - each section owns its imports
+from roadseg_dist.data.shard_job import ShardSettings  # noqa: E402 - each section owns its imports
 from roadseg_dist.data.synth import SynthSettings  # noqa: E402
 
 
@@ -54,12 +54,12 @@ def shard(config, **values):
     A re-run skips shards that are already complete and correct. Bad input (unpaired files, size
     mismatches, label values outside 0-18/255, unreadable files) is listed and no index is written.
     """
-    from roadseg_dist.data import shards as shards_mod
+    from roadseg_dist.data import shard_job
     from roadseg_dist.data.bdd100k import DatasetError
 
     s = settings.build(ShardSettings, config, **values)
     try:
-        summary = shards_mod.run_shard(s)
+        summary = shard_job.run_shard(s)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     except FileNotFoundError as exc:

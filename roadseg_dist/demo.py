@@ -1,7 +1,7 @@
 """``roadseg demo`` (what ``make demo`` runs): the whole story on one machine, no GPU, no cloud account.
 
     1 synth   synthetic BDD100K-like scenes, labels and driving clips     data.synth.generate
-    2 shard   train and val splits -> WebDataset shards                   data.shards.run_shard
+    2 shard   train and val splits -> WebDataset shards                   data.shard_job.run_shard
     3 train   a U-Net on a local Ray with two DDP workers                  train.driver.train
     4 eval    the best checkpoint on the val shards                        evaluate.run_eval
     5 infer   the driving clips -> masks, overlays, overlay videos         infer.pipeline.run
@@ -191,7 +191,7 @@ def run_demo(s: DemoSettings, console=None) -> dict:
 
 def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, console) -> dict:
     from roadseg_dist import evaluate
-    from roadseg_dist.data import shards, synth
+    from roadseg_dist.data import shard_job, synth
     from roadseg_dist.infer import pipeline
     from roadseg_dist.infer.settings import InferSettings
     from roadseg_dist.train import driver
@@ -206,7 +206,7 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
 
     with display.stage("shards"):
         for split in ("train", "val"):
-            shards.run_shard(build(shards.ShardSettings, root=paths["data"], dest=paths["shards"], split=split,
+            shard_job.run_shard(build(shard_job.ShardSettings, root=paths["data"], dest=paths["shards"], split=split,
                                    shard_size=64))
         console.print(f"shards in {storage.redact(paths['shards'])}")
 

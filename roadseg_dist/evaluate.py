@@ -113,7 +113,7 @@ def plan_reads(index, workers: int, limit: int | None = None) -> list[dict]:
 
 def read_task_rows(task: dict, data: str) -> Iterator[dict]:
     """Ray Data ``flat_map`` body: one read task -> its samples as (key, jpg, png) bytes rows."""
-    from roadseg_dist.data.ingest import read_samples
+    from roadseg_dist.data.shards import read_samples
 
     for key, jpg, png in read_samples(storage.join(data, task["shard"]), list(task["keys"])):
         yield {"key": key, "jpg": jpg, "png": png}

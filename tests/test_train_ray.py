@@ -29,13 +29,13 @@ MIOU_BAR = 0.8
 def s3_shards(ray_local, s3_server, tmp_path_factory):
     """Coarse synthetic scenes (large classes only: a tiny model can learn them in a CPU test's budget),
     128 train + 8 val images at 64x96, sharded straight into the loopback S3 server."""
-    from roadseg_dist.data import shards, synth
+    from roadseg_dist.data import shard_job, synth
 
     root = str(tmp_path_factory.mktemp("coarse") / "bdd100k")
     synth.generate(root, train=128, val=8, height=64, width=96, videos=0, seed=0, detail="coarse")
     url = "s3://" + s3_server.new_bucket("shards") + "/bdd100k"
     for split in ("train", "val"):
-        shards.run_shard(shards.ShardSettings(root=root, dest=url, split=split, shard_size=32))
+        shard_job.run_shard(shard_job.ShardSettings(root=root, dest=url, split=split, shard_size=32))
     return url
 
 
