@@ -13,12 +13,11 @@ import json
 import os
 import time
 
-import click
 import numpy as np
 
 from roadseg_dist import labels, storage
 from roadseg_dist.evaluate import fmt, score_split
-from roadseg_dist.settings import field, parse_list, parse_size
+from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
 
 
 @dataclasses.dataclass
@@ -43,11 +42,11 @@ class CompareSettings:
 
     def validate(self) -> None:
         if not self.models:
-            raise click.UsageError("name at least one checkpoint or run directory to compare")
+            raise SettingsError("name at least one checkpoint or run directory to compare")
         if self.speed_batch < 1 or self.batch_size < 1 or self.workers < 1:
-            raise click.BadParameter("--speed-batch, --batch-size and --workers must be at least 1")
+            raise SettingsError("--speed-batch, --batch-size and --workers must be at least 1")
         if self.speed_seconds <= 0:
-            raise click.BadParameter(f"--speed-seconds must be positive, got {self.speed_seconds}")
+            raise SettingsError(f"--speed-seconds must be positive, got {self.speed_seconds}")
 
 
 def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",
@@ -184,7 +183,7 @@ def run_compare(s: CompareSettings, console=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from roadseg_dist.cluster import init_ray
-    from roadseg_dist.models.checkpoint import load_model
+    from roadseg_dist.models.checkpoint import CheckpointError, load_model
     from roadseg_dist.models.zoo import count_parameters
 
     console = console or Console()
@@ -199,7 +198,7 @@ def run_compare(s: CompareSettings, console=None) -> dict:
             try:
                 model, meta = load_model(url, device)
             except (FileNotFoundError, ValueError) as exc:
-                raise click.ClickException(f"cannot load {storage.redact(url)}: {exc}") from exc
+                raise CheckpointError(f"cannot load {storage.redact(url)}: {exc}") from exc
             task = bar.add_task(f"{name}: scoring", total=None)
             cm, images = score_split(
                 meta["checkpoint"], s.data, s.split, limit=s.limit, batch_size=s.batch_size, workers=s.workers,

@@ -23,10 +23,9 @@ import sys
 import time
 from typing import Iterator
 
-import click
-
 from roadseg_dist import settings as settings_mod, storage
-from roadseg_dist.settings import field, parse_size
+from roadseg_dist.errors import JobError
+from roadseg_dist.settings import SettingsError, field, parse_size
 
 SUBFOLDERS = ("bdd100k", "shards", "runs", "eval", "segmented")  # what a demo run owns in its workdir
 
@@ -57,12 +56,12 @@ class DemoSettings:
         for name in ("train_images", "val_images", "videos", "video_frames", "epochs", "batch_size",
                      "train_workers", "base_channels"):
             if getattr(self, name) < 1:
-                raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.train_images < self.train_workers:
-            raise click.BadParameter("--train-images must be at least --train-workers")
+            raise SettingsError("--train-images must be at least --train-workers")
         if storage.is_remote(self.workdir):
-            raise click.BadParameter(f"--workdir must be a local folder (got {storage.redact(self.workdir)}); "
-                                     "use --s3 to exercise object storage")
+            raise SettingsError(f"--workdir must be a local folder (got {storage.redact(self.workdir)}); "
+                                "use --s3 to exercise object storage")
 
 
 # --- the loopback S3 server -------------------------------------------------------------------------
@@ -83,8 +82,8 @@ def loopback_s3(bucket: str = "roadseg-demo", timeout: float = 30.0) -> Iterator
     try:
         import moto.server  # noqa: F401 - only to give a clear error
     except ImportError:
-        raise click.ClickException("--s3 needs moto's server: pip install 'moto[server]' "
-                                   "(make demo installs it)") from None
+        raise JobError("--s3 needs moto's server: pip install 'moto[server]' "
+                       "(make demo installs it)") from None
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,7 +96,7 @@ def loopback_s3(bucket: str = "roadseg-demo", timeout: float = 30.0) -> Iterator
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if proc.poll() is not None or time.time() > deadline:
-                raise click.ClickException(f"the loopback S3 server did not start on port {port}")
+                raise JobError(f"the loopback S3 server did not start on port {port}")
             time.sleep(0.1)
         os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="demo",
                           AWS_SECRET_ACCESS_KEY="demo-secret", AWS_DEFAULT_REGION="us-east-1")
@@ -228,8 +227,8 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
                                     input=storage.join(paths["data"], "videos"), output=paths["segmented"],
                                     size=(s.height, s.width), batch_size=8, concurrency=1))
         if report.get("videos_failed"):
-            raise click.ClickException(f"segmentation failed for {report['videos_failed']} clip(s): "
-                                       f"{report['failures']}")
+            raise JobError(f"segmentation failed for {report['videos_failed']} clip(s): "
+                           f"{report['failures']}")
 
     if storage.is_remote(paths["run"]):  # the S3 server goes away with the demo: keep the run
         local_run = storage.join(paths["eval"].rsplit("/", 1)[0], "runs", "demo")

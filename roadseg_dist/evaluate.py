@@ -17,12 +17,12 @@ import json
 import time
 from typing import Iterator, Sequence
 
-import click
 import numpy as np
 
 from roadseg_dist import labels, storage
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.settings import field, parse_size
+from roadseg_dist.errors import JobError
+from roadseg_dist.settings import SettingsError, field, parse_size
 
 
 @dataclasses.dataclass
@@ -46,11 +46,11 @@ class EvalSettings:
     def validate(self) -> None:
         for name in ("batch_size", "workers"):
             if getattr(self, name) < 1:
-                raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
-            raise click.BadParameter(f"--limit must be at least 1, got {self.limit}")
+            raise SettingsError(f"--limit must be at least 1, got {self.limit}")
         if self.cpus_per_worker <= 0:
-            raise click.BadParameter(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
+            raise SettingsError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
 
     def output_dir(self) -> str:
         return self.out or storage.join(self.checkpoint, f"eval-{self.split}")
@@ -166,13 +166,10 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
 
     from roadseg_dist.data.shards import read_index
 
-    try:
-        index = read_index(data, split)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+    index = read_index(data, split)
     tasks = plan_reads(index, workers, limit)
     if not tasks:
-        raise click.ClickException(f"the {split} split under {storage.redact(data)} has no samples")
+        raise JobError(f"the {split} split under {storage.redact(data)} has no samples")
     total = sum(len(t["keys"]) for t in tasks)
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     ds = ds.flat_map(functools.partial(read_task_rows, data=data), num_cpus=0.25)
@@ -281,14 +278,14 @@ def run_eval(s: EvalSettings, console=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from roadseg_dist.cluster import init_ray
-    from roadseg_dist.models.checkpoint import load_model
+    from roadseg_dist.models.checkpoint import CheckpointError, load_model
 
     console = console or Console()
     try:
         # fail fast, on the driver, on a bad checkpoint; the actors load the checkpoint resolved here
         _, meta = load_model(s.checkpoint, "cpu")
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"cannot load checkpoint {storage.redact(s.checkpoint)}: {exc}") from exc
+        raise CheckpointError(f"cannot load checkpoint {storage.redact(s.checkpoint)}: {exc}") from exc
     init_ray(s.address, s.num_cpus)
     start = time.time()
     with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 
-import click
 import pytest
 import torch
 
 from roadseg_dist import settings, storage
 from roadseg_dist.train import driver, run
+from roadseg_dist.settings import SettingsError
 from roadseg_dist.train.settings import TrainSettings
 
 EPOCHS = 8
@@ -114,7 +114,7 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
     assert any("best val mIoU" in line for line in lines) and sum(l.startswith("epoch") for l in lines) >= EPOCHS
 
     # without --resume the finished run is not overwritten
-    with pytest.raises(click.UsageError, match="--resume"):
+    with pytest.raises(SettingsError, match="--resume"):
         driver.train(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1))
 
     # --resume continues from the latest checkpoint without repeating finished epochs

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from roadseg_dist import labels, settings, storage
+from roadseg_dist.settings import SettingsError
 
 C = labels.CLASS_ID
 NEAR, FAR = 1.0, 400.0       # metres: clipping planes of the camera
@@ -528,12 +529,10 @@ class SynthSettings:
                                  help="full: all 19 classes; coarse: large classes only, for quick learning checks")
 
     def validate(self) -> None:
-        import click
-
         if min(self.height, self.width) < 32:
-            raise click.BadParameter(f"--height and --width must be at least 32, got {self.height}x{self.width}")
+            raise SettingsError(f"--height and --width must be at least 32, got {self.height}x{self.width}")
         if min(self.train, self.val, self.videos, self.video_frames) < 0 or self.fps <= 0:
-            raise click.BadParameter("counts must be 0 or more and --fps positive")
+            raise SettingsError("counts must be 0 or more and --fps positive")
 
 
 def sample_name(seed: int, split: str, index: int) -> str:
