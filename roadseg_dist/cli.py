@@ -107,7 +107,7 @@ def models(as_json: bool) -> None:
     import json as json_mod
     import os
 
-    from roadseg_dist.models import zoo
+    from roadseg_dist.models import pretrained, zoo
 
     rows = []
     for name in zoo.list_models():
@@ -121,7 +121,7 @@ def models(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="roadseg model zoo", caption=f"ImageNet weights are read from {zoo.torch_hub_dir()}"
+    table = Table(title="roadseg model zoo", caption=f"ImageNet weights are read from {pretrained.torch_hub_dir()}"
                   " (or build_model(..., weights=PATH)); GFLOPs: one 720x1280 frame, 2 per multiply-add")
     for col, justify in (("name", "left"), ("params", "right"), ("GFLOPs", "right"),
                          ("encoder", "left"), ("ImageNet weights", "left")):
@@ -217,11 +217,11 @@ def eval_(config, **values):
     definitions, written to OUT/eval.json, eval.md and iou.png; --save-preds also writes the
     predicted train-id masks so the official toolkit can score them.
     """
-    from roadseg_dist import evaluate
+    from roadseg_dist import eval_report, evaluate
 
     s = settings.build(EvalSettings, config, **values)
     result = evaluate.run_eval(s)
-    evaluate.print_summary(result)
+    eval_report.print_summary(result)
     click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
 
 

@@ -189,7 +189,7 @@ def run_demo(s: DemoSettings, console=None) -> dict:
 
 
 def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, console) -> dict:
-    from roadseg_dist import evaluate
+    from roadseg_dist import eval_report, evaluate
     from roadseg_dist.data import shard_job, synth
     from roadseg_dist.infer import pipeline
     from roadseg_dist.infer.settings import InferSettings
@@ -220,7 +220,7 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
     with display.stage("evaluation"):
         ev = evaluate.run_eval(build(evaluate.EvalSettings, checkpoint=paths["run"], data=paths["shards"],
                                      split="val", out=paths["eval"], workers=1, batch_size=8), console=console)
-        evaluate.print_summary(ev, console)
+        eval_report.print_summary(ev, console)
 
     with display.stage("video segmentation"):
         report = pipeline.run(build(InferSettings, checkpoint=paths["run"],

@@ -7,19 +7,19 @@
       -> driver: sum the matrices                    metrics.ConfusionMatrix.compute (the BDD100K definitions)
       -> OUT/eval.json, eval.md, iou.png             numbers, a Markdown table, a per-class IoU chart
 
-Prediction (``predict_masks``) and the reports are plain functions; only ``score_split`` touches Ray.
+Prediction (``predict_masks``, on ``models/predict``) and the reports (``eval_report``) are plain
+functions; only ``score_split`` touches Ray.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import time
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from roadseg_dist import labels, storage
+from roadseg_dist import storage
+from roadseg_dist.eval_report import write_eval_reports
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.errors import JobError
 from roadseg_dist.settings import SettingsError, field, parse_size
@@ -61,32 +61,25 @@ class EvalSettings:
 def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tuple[int, int] | None = None,
                   out_sizes: Sequence[tuple[int, int]] | None = None, device="cpu") -> list[np.ndarray]:
     """RGB uint8 images (H, W, 3) -> train-id masks (uint8), each at its ``out_sizes`` entry
-    (default: the image's own size). Same-sized images go through the model together."""
-    import torch
+    (default: the image's own size). Same-sized images go through the model together; with ``size``
+    the model runs at that HxW and its logits are resized to the output size."""
     import torch.nn.functional as F
 
     from roadseg_dist.models.checkpoint import input_normalization
+    from roadseg_dist.models.predict import normalize, predict
 
     mean, std = input_normalization(meta)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out_sizes = list(out_sizes or [img.shape[:2] for img in images])
     masks: list[np.ndarray | None] = [None] * len(images)
     groups: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault((img.shape, tuple(out_sizes[i])), []).append(i)
-    with torch.inference_mode():
-        for (shape, out_size), idx in groups.items():
-            x = torch.from_numpy(np.stack([images[i] for i in idx])).to(device)
-            x = (x.permute(0, 3, 1, 2).float().div_(255.0) - mean_t) / std_t
-            if size is not None and tuple(size) != tuple(shape[:2]):
-                x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-            logits = model(x)
-            if tuple(logits.shape[-2:]) != tuple(out_size):
-                logits = F.interpolate(logits.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
-            pred = logits.argmax(1).to(torch.uint8).cpu().numpy()
-            for j, i in enumerate(idx):
-                masks[i] = pred[j]
+    for (shape, out_size), idx in groups.items():
+        x = normalize(np.stack([images[i] for i in idx]), mean, std, device)
+        if size is not None and tuple(size) != tuple(shape[:2]):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        for i, mask in zip(idx, predict(model, x, out_size)):
+            masks[i] = mask
     return masks  # type: ignore[return-value]
 
 
@@ -184,90 +177,11 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
     done = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for flat, n in zip(batch["confusion"], batch["images"]):
-            cm.mat += np.asarray(flat, dtype=np.int64).reshape(cm.mat.shape)
+            cm.merge(ConfusionMatrix.from_counts(flat))
             done += int(n)
         if progress:
             progress(done, total)
     return cm, done
-
-
-# --- reports (plain) --------------------------------------------------------------------------------
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{100 * value:.{digits}f}"
-
-
-def markdown_report(result: dict) -> str:
-    m = result["metrics"]
-    lines = [f"# Evaluation of `{result['checkpoint']}`", "",
-             f"{result['images']} images of split `{result['split']}` from `{result['data']}`, "
-             f"{m['labelled_pixels']:,} labelled pixels. Values in %; the BDD100K evaluator's definitions "
-             "(mIoU and mAcc over the classes present in the ground truth; — = class absent).", "",
-             "| mIoU | mAcc | pixel acc | fwIoU |", "| ---: | ---: | ---: | ---: |",
-             f"| {fmt(m['miou'])} | {fmt(m['mean_acc'])} | {fmt(m['pixel_acc'])} | {fmt(m['fwiou'])} |", "",
-             "| class | IoU | Acc |", "| --- | ---: | ---: |"]
-    for name in labels.CLASSES:
-        lines.append(f"| {name} | {fmt(m['iou'][name])} | {fmt(m['acc'][name])} |")
-    return "\n".join(lines) + "\n"
-
-
-def iou_chart(metrics: dict, title: str) -> bytes:
-    """A horizontal bar per class in its official colour, and the mIoU as a dashed line (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(labels.CLASSES)
-    values = [100 * (metrics["iou"][n] or 0.0) for n in names]
-    colors = [np.array(labels.PALETTE[i]) / 255 for i in range(len(names))]
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
-    bars = ax.barh(names, values, color=colors, edgecolor="black", linewidth=0.5)
-    for bar, name, value in zip(bars, names, values):
-        text = "absent" if metrics["iou"][name] is None else f"{value:.1f}"
-        ax.text(value + 1, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
-    ax.axvline(100 * metrics["miou"], color="black", linestyle="--", linewidth=1,
-               label=f"mIoU {100 * metrics['miou']:.1f} (classes present in the ground truth)")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlim(0, 110)
-    ax.invert_yaxis()
-    ax.set_xlabel("IoU (%)")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_reports(result: dict, out: str) -> dict[str, str]:
-    """eval.json, eval.md and iou.png under ``out``; returns their URLs."""
-    paths = {"json": storage.join(out, "eval.json"), "markdown": storage.join(out, "eval.md"),
-             "chart": storage.join(out, "iou.png")}
-    storage.write_text(paths["json"], json.dumps(result, indent=2) + "\n")
-    storage.write_text(paths["markdown"], markdown_report(result))
-    title = f"{result['arch']} on {result['split']} ({result['images']} images)"
-    storage.write_bytes(paths["chart"], iou_chart(result["metrics"], title))
-    return paths
-
-
-def print_summary(result: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    m = result["metrics"]
-    table = Table(title=f"{result['arch']} · {result['split']} · {result['images']} images", show_lines=False)
-    table.add_column("class")
-    table.add_column("IoU %", justify="right")
-    table.add_column("Acc %", justify="right")
-    for name in labels.CLASSES:
-        table.add_row(name, fmt(m["iou"][name]), fmt(m["acc"][name]))
-    table.add_section()
-    table.add_row("[bold]mIoU / mAcc", f"[bold]{fmt(m['miou'])}", f"[bold]{fmt(m['mean_acc'])}")
-    console.print(table)
-    console.print(f"pixel acc {fmt(m['pixel_acc'])} %   fwIoU {fmt(m['fwiou'])} %   "
-                  f"({result['seconds']:.1f} s, {result['images_per_s']:.2f} images/s)")
 
 
 # --- the job ----------------------------------------------------------------------------------------
@@ -304,5 +218,5 @@ def run_eval(s: EvalSettings, console=None) -> dict:
         "images_per_s": round(images / seconds, 3) if seconds > 0 else 0.0,
         "predictions": storage.redact(s.save_preds) if s.save_preds else None,
     }
-    result["reports"] = {k: storage.redact(v) for k, v in write_reports(result, s.output_dir()).items()}
+    result["reports"] = {k: storage.redact(v) for k, v in write_eval_reports(result, s.output_dir()).items()}
     return result

@@ -154,7 +154,7 @@ def test_plan_reads_covers_every_sample_once_and_feeds_every_actor():
 
 
 def test_markdown_and_chart_render():
-    from roadseg_dist.evaluate import iou_chart, markdown_report
+    from roadseg_dist.eval_report import iou_chart, markdown_report
 
     cm = ConfusionMatrix()
     for gt, pred in random_pairs(5):

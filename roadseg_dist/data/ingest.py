@@ -143,15 +143,9 @@ def augment(rgb: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, cro
 
 def to_model_input(images, device=None):
     """uint8 (N, H, W, 3) array/tensor -> normalised float (N, 3, H, W), the models' input contract."""
-    import torch
+    from roadseg_dist.models.predict import normalize
 
-    x = torch.as_tensor(images)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(images, MEAN, STD, device)
 
 
 # --- reading shards ------------------------------------------------------------------------------
