@@ -65,7 +65,7 @@ class TrainSettings:
             raise SettingsError(f"name {self.name!r} must be a plain folder name (no '/')")
 
     def to_config(self) -> dict:
-        """The settings as a plain dict for the workers and ``meta.json`` (URLs redacted)."""
+        """The settings as a plain dict for the workers; ``meta.json`` gets ``checkpoint.scrub`` of it."""
         return settings.to_dict(self)
 
 
