@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+
 # --- the world ----------------------------------------------------------------------------------
 
 @dataclasses.dataclass
