@@ -92,3 +92,22 @@ def test_functions_and_modules_stay_short():
     assert not long_modules, long_modules
     assert [text for name, text in long_functions if name not in PENDING] == []
     assert {name for name, _ in long_functions} >= set(PENDING), "fixed: drop it from PENDING"
+
+
+def test_the_core_raises_its_own_errors_and_the_cli_maps_them(tmp_path):
+    from click.testing import CliRunner
+
+    from roadseg_dist import settings
+    from roadseg_dist.cli import main
+    from roadseg_dist.data.shard_job import ShardSettings
+
+    with pytest.raises(settings.SettingsError, match="--shard-size must be at least 1"):
+        settings.build(ShardSettings, root="r", dest="d", shard_size=0)
+    with pytest.raises(settings.SettingsError, match="missing required setting"):
+        settings.build(ShardSettings, dest="d")
+    result = CliRunner().invoke(main, ["shard", "r", "d", "--shard-size", "0"])
+    assert result.exit_code == 2 and "--shard-size must be at least 1, got 0" in result.output
+    assert "Usage: " in result.output  # a usage error, with the command's usage line
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "nothing"), "--data", str(tmp_path)])
+    assert result.exit_code == 1 and "Error: cannot load checkpoint" in result.output
+    assert "Traceback" not in result.output

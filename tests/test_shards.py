@@ -302,3 +302,20 @@ def test_tar_writer_gives_the_fixed_header_gnu_tar_of_earlier_releases(tmp_path)
         for key in ("a", "b"):
             tar.write({"__key__": key, "jpg": dict(members)[f"{key}.jpg"], "png": dict(members)[f"{key}.png"]})
     assert new.getvalue() == old.getvalue()
+
+
+def test_iter_shard_reads_webdataset_samples_and_names_a_missing_member(tmp_path):
+    url = str(tmp_path / "train-000000.tar")
+    with open(url, "wb") as f, shard_writer.tar_writer(f) as tar:
+        tar.write({"__key__": "a", "jpg": b"J1", "png": b"P1"})
+        tar.write({"__key__": "b", "jpg": b"J2"})
+    got = shards.iter_shard(url)
+    assert next(got) == ("a", b"J1", b"P1")
+    with pytest.raises(ValueError, match="sample 'b' lacks its png member"):
+        next(got)
+    assert list(shards.read_samples(url, ["a"])) == [("a", b"J1", b"P1")]  # stops before the broken one
+    whole = str(tmp_path / "train-000001.tar")
+    with open(whole, "wb") as f, shard_writer.tar_writer(f) as tar:
+        tar.write({"__key__": "a", "jpg": b"J1", "png": b"P1"})
+    with pytest.raises(ValueError, match="lacks 1 sample.*'c'.*re-run `roadseg shard`"):
+        list(shards.read_samples(whole, ["a", "c"]))
