@@ -64,7 +64,7 @@ def main() -> None:
     import boto3
 
     from roadseg_dist.cluster import init_ray, shutdown_ray
-    from roadseg_dist.data import bdd100k, shards, synth
+    from roadseg_dist.data import bdd100k, shard_job, synth
 
     proc, endpoint = start_s3()
     try:
@@ -87,15 +87,15 @@ def main() -> None:
                     print(f"Ray did not start ({exc}); retrying")
                     shutdown_ray()
             # warm-up: start Ray's worker processes (and their imports) before anything is timed
-            shards.run_shard(shards.ShardSettings(root=root, dest="s3://bench/warmup", split="val", shard_size=2))
+            shard_job.run_shard(shard_job.ShardSettings(root=root, dest="s3://bench/warmup", split="val", shard_size=2))
             t = time.perf_counter()
-            plain_copy(files, root, "s3://bench/copy", threads=int(args.cpus / shards.TASK_CPUS))
+            plain_copy(files, root, "s3://bench/copy", threads=int(args.cpus / shard_job.TASK_CPUS))
             copy_s = time.perf_counter() - t
 
-            settings = shards.ShardSettings(root=root, dest="s3://bench/shards", split="train",
+            settings = shard_job.ShardSettings(root=root, dest="s3://bench/shards", split="train",
                                             shard_size=args.shard_size)
-            first = shards.run_shard(settings)
-            again = shards.run_shard(settings)
+            first = shard_job.run_shard(settings)
+            again = shard_job.run_shard(settings)
             shutdown_ray()
     finally:
         proc.terminate()
@@ -104,7 +104,7 @@ def main() -> None:
     shard_mbs, copy_mbs = mb / first["seconds"], mb / copy_s
     print(f"source files : {len(files)} files, {mb:.1f} MB; {first['shards']} shards of {args.shard_size}; "
           f"{args.cpus} CPUs")
-    print(f"plain copy   : {copy_s:6.2f} s  {copy_mbs:7.2f} MB/s  ({int(args.cpus / shards.TASK_CPUS)} threads)")
+    print(f"plain copy   : {copy_s:6.2f} s  {copy_mbs:7.2f} MB/s  ({int(args.cpus / shard_job.TASK_CPUS)} threads)")
     print(f"shard        : {first['seconds']:6.2f} s  {shard_mbs:7.2f} MB/s  (validate + count + tar + index)")
     print(f"shard re-run : {again['seconds']:6.2f} s  {mb / again['seconds']:7.2f} MB/s  "
           f"({again['skipped']} of {again['shards']} shards already complete, {again['written']} written)")

@@ -58,7 +58,7 @@ def main() -> None:
 
     from roadseg_dist import storage
     from roadseg_dist.cluster import init_ray
-    from roadseg_dist.data import ingest, shards, synth
+    from roadseg_dist.data import ingest, shard_job, shards, synth
     from roadseg_dist.models.zoo import build_model
     from roadseg_dist.train import loop
 
@@ -70,7 +70,7 @@ def main() -> None:
             data = "s3://bench/shards"
             init_ray("local", args.cpus)
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset otherwise
-            shards.run_shard(shards.ShardSettings(root=tmp + "/root", dest=data, split="train", shard_size=8))
+            shard_job.run_shard(shard_job.ShardSettings(root=tmp + "/root", dest=data, split="train", shard_size=8))
         index = shards.read_index(data, "train")
         crop = (args.height, args.width)
         device = torch.device(args.device)
@@ -119,7 +119,7 @@ def main() -> None:
         from roadseg_dist.data.shards import decode_sample
         t0, m = time.perf_counter(), 0
         for task in ingest.plan_epoch(index, 1, 0, 1)[0]:
-            for key, jpg, png in ingest.read_samples(storage.join(data, task.shard), task.keys):
+            for key, jpg, png in shards.read_samples(storage.join(data, task.shard), task.keys):
                 rgb, label = decode_sample(jpg, png)
                 ingest.augment(rgb, label, ingest.sample_rng(0, 1, key), crop=crop, scale_range=(0.75, 1.5))
                 m += 1

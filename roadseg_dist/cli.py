@@ -1,7 +1,8 @@
 """The ``roadseg`` command line: one subcommand per job, each a thin call into the package.
 
 Options come from each job's settings dataclass (``settings.cli_options``), so a flag, its YAML key
-and the dataclass field are the same name.
+and the dataclass field are the same name. The package raises its own errors (``errors.py``); this
+module alone turns them into click errors, in ``Command.invoke`` below.
 """
 from __future__ import annotations
 
@@ -13,7 +14,36 @@ import click
 from roadseg_dist import __version__, settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors whose message is meant for the user as it is (exit code 1)."""
+    from roadseg_dist.data.bdd100k import DatasetError
+    from roadseg_dist.errors import JobError
+    from roadseg_dist.infer.pipeline import InputError
+    from roadseg_dist.models.checkpoint import CheckpointError
+
+    return DatasetError, CheckpointError, InputError, JobError, FileNotFoundError
+
+
+class Command(click.Command):
+    """A subcommand whose settings errors are usage errors (exit 2) and whose user errors are
+    ``Error: message`` (exit 1); any other exception keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from roadseg_dist import storage
+
+        try:
+            return super().invoke(ctx)
+        except settings.SettingsError as exc:
+            raise click.UsageError(str(exc), ctx) from None
+        except _user_errors() as exc:
+            raise click.ClickException(storage.redact(str(exc))) from None
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="roadseg")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
 def main(verbose: bool) -> None:
@@ -24,7 +54,7 @@ def main(verbose: bool) -> None:
 
 # --- data (issue: sharding) ----------------------------------------------------------------------
 
-from roadseg_dist.data.shards import ShardSettings  # noqa: E402 - each section owns its imports
+from roadseg_dist.data.shard_job import ShardSettings  # noqa: E402 - each section owns its imports
 from roadseg_dist.data.synth import SynthSettings  # noqa: E402
 
 
@@ -54,16 +84,10 @@ def shard(config, **values):
     A re-run skips shards that are already complete and correct. Bad input (unpaired files, size
     mismatches, label values outside 0-18/255, unreadable files) is listed and no index is written.
     """
-    from roadseg_dist.data import shards as shards_mod
-    from roadseg_dist.data.bdd100k import DatasetError
+    from roadseg_dist.data import shard_job
 
     s = settings.build(ShardSettings, config, **values)
-    try:
-        summary = shards_mod.run_shard(s)
-    except DatasetError as exc:
-        raise click.ClickException(str(exc)) from None
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+    summary = shard_job.run_shard(s)
     verified = f", verified {summary['verified_shards']} shard(s)" if "verified_shards" in summary else ""
     click.echo(f"{summary['split']}: {summary['samples']} samples in {summary['shards']} shard(s) under "
                f"{summary['dest']} ({summary['written']} written, {summary['skipped']} already complete"
@@ -83,7 +107,7 @@ def models(as_json: bool) -> None:
     import json as json_mod
     import os
 
-    from roadseg_dist.models import zoo
+    from roadseg_dist.models import pretrained, zoo
 
     rows = []
     for name in zoo.list_models():
@@ -97,7 +121,7 @@ def models(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="roadseg model zoo", caption=f"ImageNet weights are read from {zoo.torch_hub_dir()}"
+    table = Table(title="roadseg model zoo", caption=f"ImageNet weights are read from {pretrained.torch_hub_dir()}"
                   " (or build_model(..., weights=PATH)); GFLOPs: one 720x1280 frame, 2 per multiply-add")
     for col, justify in (("name", "left"), ("params", "right"), ("GFLOPs", "right"),
                          ("encoder", "left"), ("ImageNet weights", "left")):
@@ -147,7 +171,7 @@ def train(config, **values):
     from roadseg_dist.train import driver
 
     s = settings.build(TrainSettings, config, **values)
-    driver.train(s)
+    driver.train(s, echo=click.echo)
 
 # --- infer ---------------------------------------------------------------------------------------
 
@@ -167,15 +191,9 @@ def infer(config, **values):
     """
     from roadseg_dist import storage
     from roadseg_dist.infer import pipeline
-    from roadseg_dist.models.checkpoint import CheckpointError
 
     s = settings.build(InferSettings, config, **values)
-    try:
-        report = pipeline.run(s)
-    except (pipeline.InputError, CheckpointError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except FileNotFoundError as exc:
-        raise click.ClickException(storage.redact(str(exc))) from None
+    report = pipeline.run(s)
     click.echo(f"{report['videos_done']}/{report['sources']} source(s) done "
                f"({report['videos_skipped']} already complete), {report['frames_this_run']} frame(s) "
                f"this run at {report['frames_per_second']:.2f} frames/s; report: "
@@ -276,11 +294,11 @@ def eval_(config, **values):
     definitions, written to OUT/eval.json, eval.md and iou.png; --save-preds also writes the
     predicted train-id masks so the official toolkit can score them.
     """
-    from roadseg_dist import evaluate
+    from roadseg_dist import eval_report, evaluate
 
     s = settings.build(EvalSettings, config, **values)
     result = evaluate.run_eval(s)
-    evaluate.print_summary(result)
+    eval_report.print_summary(result)
     click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
 
 

@@ -2,23 +2,21 @@
 
 One row per model: mIoU and per-class IoU on the split (scored by ``evaluate.score_split`` on Ray),
 parameters, and inference frames/s measured here, one model after the other, at the same input size
-and batch size (``measure_fps``: the model's forward pass and argmax on random frames, after a
-warm-up). Written as compare.json, compare.md and compare.png (per-class IoU bars + mIoU vs speed).
+and batch size (``measure_fps``: ``models.predict.predict`` on random frames, i.e. the forward
+pass, the argmax and the masks back on the host, after a warm-up). Written as compare.json, compare.md and compare.png (per-class IoU bars + mIoU vs speed).
 """
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import os
 import time
 
-import click
 import numpy as np
 
-from roadseg_dist import labels, storage
-from roadseg_dist.evaluate import fmt, score_split
-from roadseg_dist.settings import field, parse_list, parse_size
+from roadseg_dist import labels, reports, storage
+from roadseg_dist.evaluate import score_split
+from roadseg_dist.reports import percent
+from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
 
 
 @dataclasses.dataclass
@@ -43,38 +41,30 @@ class CompareSettings:
 
     def validate(self) -> None:
         if not self.models:
-            raise click.UsageError("name at least one checkpoint or run directory to compare")
+            raise SettingsError("name at least one checkpoint or run directory to compare")
         if self.speed_batch < 1 or self.batch_size < 1 or self.workers < 1:
-            raise click.BadParameter("--speed-batch, --batch-size and --workers must be at least 1")
+            raise SettingsError("--speed-batch, --batch-size and --workers must be at least 1")
         if self.speed_seconds <= 0:
-            raise click.BadParameter(f"--speed-seconds must be positive, got {self.speed_seconds}")
+            raise SettingsError(f"--speed-seconds must be positive, got {self.speed_seconds}")
 
 
 def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",
                 min_iters: int = 3) -> float:
-    """Frames per second of forward + argmax at ``size`` (H, W), after two warm-up calls."""
+    """Frames per second of ``predict`` (forward, argmax, masks to the host) at ``size`` (H, W), after
+    two warm-up calls. Each call ends with the masks on the host, so no GPU work is left uncounted."""
     import torch
+
+    from roadseg_dist.models.predict import predict
 
     x = torch.randn(batch, 3, *size, device=device)
     model.eval()
-    with torch.inference_mode():
-        for _ in range(2):
-            model(x).argmax(1)
-        _sync(device)
-        iters, start = 0, time.perf_counter()
-        while iters < min_iters or time.perf_counter() - start < seconds:
-            model(x).argmax(1)
-            iters += 1
-        _sync(device)
-        elapsed = time.perf_counter() - start
-    return batch * iters / elapsed
-
-
-def _sync(device) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+    for _ in range(2):
+        predict(model, x)
+    iters, start = 0, time.perf_counter()
+    while iters < min_iters or time.perf_counter() - start < seconds:
+        predict(model, x)
+        iters += 1
+    return batch * iters / (time.perf_counter() - start)
 
 
 def common_size(data: str, split: str) -> tuple[int, int]:
@@ -113,19 +103,15 @@ def markdown_table(result: dict) -> str:
              "| model | arch | params | frames/s | mIoU | " + " | ".join(labels.CLASSES) + " |",
              "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in labels.CLASSES) + " |"]
     for row in result["models"]:
-        ious = " | ".join(fmt(row["iou"][n]) for n in labels.CLASSES)
+        ious = " | ".join(percent(row["iou"][n]) for n in labels.CLASSES)
         lines.append(f"| {row['name']} | {row['arch']} | {row['params']:,} | {row['fps']:.2f} | "
-                     f"{fmt(row['miou'])} | {ious} |")
+                     f"{percent(row['miou'])} | {ious} |")
     return "\n".join(lines) + "\n"
 
 
 def comparison_chart(result: dict) -> bytes:
     """Left: per-class IoU, one bar per model. Right: mIoU against frames/s, one point per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = reports.pyplot()
     rows = result["models"]
     names = list(labels.CLASSES)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5), dpi=100, gridspec_kw={"width_ratios": [3, 1]})
@@ -151,10 +137,7 @@ def comparison_chart(result: dict) -> bytes:
     ax2.grid(alpha=0.3)
     ax2.set_title("accuracy vs speed", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return reports.figure_png(fig)
 
 
 def print_table(result: dict, console=None) -> None:
@@ -173,7 +156,7 @@ def print_table(result: dict, console=None) -> None:
         table.add_column(n[:8], justify="right")
     for row in result["models"]:
         table.add_row(row["name"], row["arch"], f"{row['params'] / 1e6:.2f}M", f"{row['fps']:.2f}",
-                      f"[bold]{fmt(row['miou'])}", *[fmt(row["iou"][n]) for n in shown])
+                      f"[bold]{percent(row['miou'])}", *[percent(row["iou"][n]) for n in shown])
     console.print(table)
 
 
@@ -184,7 +167,7 @@ def run_compare(s: CompareSettings, console=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from roadseg_dist.cluster import init_ray
-    from roadseg_dist.models.checkpoint import load_model
+    from roadseg_dist.models.checkpoint import CheckpointError, load_model
     from roadseg_dist.models.zoo import count_parameters
 
     console = console or Console()
@@ -199,7 +182,7 @@ def run_compare(s: CompareSettings, console=None) -> dict:
             try:
                 model, meta = load_model(url, device)
             except (FileNotFoundError, ValueError) as exc:
-                raise click.ClickException(f"cannot load {storage.redact(url)}: {exc}") from exc
+                raise CheckpointError(f"cannot load {storage.redact(url)}: {exc}") from exc
             task = bar.add_task(f"{name}: scoring", total=None)
             cm, images = score_split(
                 meta["checkpoint"], s.data, s.split, limit=s.limit, batch_size=s.batch_size, workers=s.workers,
@@ -216,11 +199,8 @@ def run_compare(s: CompareSettings, console=None) -> dict:
             del model
     result = {"data": storage.redact(s.data), "split": s.split, "images": images, "size": list(size),
               "speed_batch": s.speed_batch, "device": _device_name(device), "models": rows}
-    paths = {"json": storage.join(s.out, "compare.json"), "markdown": storage.join(s.out, "compare.md"),
-             "chart": storage.join(s.out, "compare.png")}
-    storage.write_text(paths["json"], json.dumps(result, indent=2) + "\n")
-    storage.write_text(paths["markdown"], markdown_table(result))
-    storage.write_bytes(paths["chart"], comparison_chart(result))
+    paths = reports.write_reports(s.out, "compare", result, markdown_table(result), comparison_chart(result),
+                                  "compare.png")
     result["reports"] = {k: storage.redact(v) for k, v in paths.items()}
     return result
 

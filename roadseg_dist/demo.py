@@ -1,7 +1,7 @@
 """``roadseg demo`` (what ``make demo`` runs): the whole story on one machine, no GPU, no cloud account.
 
     1 synth   synthetic BDD100K-like scenes, labels and driving clips     data.synth.generate
-    2 shard   train and val splits -> WebDataset shards                   data.shards.run_shard
+    2 shard   train and val splits -> WebDataset shards                   data.shard_job.run_shard
     3 train   a U-Net on a local Ray with two DDP workers                  train.driver.train
     4 eval    the best checkpoint on the val shards                        evaluate.run_eval
     5 infer   the driving clips -> masks, overlays, overlay videos         infer.pipeline.run
@@ -23,10 +23,9 @@ import sys
 import time
 from typing import Iterator
 
-import click
-
 from roadseg_dist import settings as settings_mod, storage
-from roadseg_dist.settings import field, parse_size
+from roadseg_dist.errors import JobError
+from roadseg_dist.settings import SettingsError, field, parse_size
 
 SUBFOLDERS = ("bdd100k", "shards", "runs", "eval", "segmented")  # what a demo run owns in its workdir
 
@@ -57,12 +56,12 @@ class DemoSettings:
         for name in ("train_images", "val_images", "videos", "video_frames", "epochs", "batch_size",
                      "train_workers", "base_channels"):
             if getattr(self, name) < 1:
-                raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.train_images < self.train_workers:
-            raise click.BadParameter("--train-images must be at least --train-workers")
+            raise SettingsError("--train-images must be at least --train-workers")
         if storage.is_remote(self.workdir):
-            raise click.BadParameter(f"--workdir must be a local folder (got {storage.redact(self.workdir)}); "
-                                     "use --s3 to exercise object storage")
+            raise SettingsError(f"--workdir must be a local folder (got {storage.redact(self.workdir)}); "
+                                "use --s3 to exercise object storage")
 
 
 # --- the loopback S3 server -------------------------------------------------------------------------
@@ -83,8 +82,8 @@ def loopback_s3(bucket: str = "roadseg-demo", timeout: float = 30.0) -> Iterator
     try:
         import moto.server  # noqa: F401 - only to give a clear error
     except ImportError:
-        raise click.ClickException("--s3 needs moto's server: pip install 'moto[server]' "
-                                   "(make demo installs it)") from None
+        raise JobError("--s3 needs moto's server: pip install 'moto[server]' "
+                       "(make demo installs it)") from None
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,7 +96,7 @@ def loopback_s3(bucket: str = "roadseg-demo", timeout: float = 30.0) -> Iterator
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             if proc.poll() is not None or time.time() > deadline:
-                raise click.ClickException(f"the loopback S3 server did not start on port {port}")
+                raise JobError(f"the loopback S3 server did not start on port {port}")
             time.sleep(0.1)
         os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="demo",
                           AWS_SECRET_ACCESS_KEY="demo-secret", AWS_DEFAULT_REGION="us-east-1")
@@ -190,8 +189,8 @@ def run_demo(s: DemoSettings, console=None) -> dict:
 
 
 def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, console) -> dict:
-    from roadseg_dist import evaluate
-    from roadseg_dist.data import shards, synth
+    from roadseg_dist import eval_report, evaluate
+    from roadseg_dist.data import shard_job, synth
     from roadseg_dist.infer import pipeline
     from roadseg_dist.infer.settings import InferSettings
     from roadseg_dist.train import driver
@@ -206,7 +205,7 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
 
     with display.stage("shards"):
         for split in ("train", "val"):
-            shards.run_shard(build(shards.ShardSettings, root=paths["data"], dest=paths["shards"], split=split,
+            shard_job.run_shard(build(shard_job.ShardSettings, root=paths["data"], dest=paths["shards"], split=split,
                                    shard_size=64))
         console.print(f"shards in {storage.redact(paths['shards'])}")
 
@@ -221,15 +220,15 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
     with display.stage("evaluation"):
         ev = evaluate.run_eval(build(evaluate.EvalSettings, checkpoint=paths["run"], data=paths["shards"],
                                      split="val", out=paths["eval"], workers=1, batch_size=8), console=console)
-        evaluate.print_summary(ev, console)
+        eval_report.print_summary(ev, console)
 
     with display.stage("video segmentation"):
         report = pipeline.run(build(InferSettings, checkpoint=paths["run"],
                                     input=storage.join(paths["data"], "videos"), output=paths["segmented"],
                                     size=(s.height, s.width), batch_size=8, concurrency=1))
         if report.get("videos_failed"):
-            raise click.ClickException(f"segmentation failed for {report['videos_failed']} clip(s): "
-                                       f"{report['failures']}")
+            raise JobError(f"segmentation failed for {report['videos_failed']} clip(s): "
+                           f"{report['failures']}")
 
     page = results_page(paths["segmented"], paths["eval"].rsplit("/", 1)[0])
     if storage.is_remote(paths["run"]):  # the S3 server goes away with the demo: keep the run

@@ -7,22 +7,22 @@
       -> driver: sum the matrices                    metrics.ConfusionMatrix.compute (the BDD100K definitions)
       -> OUT/eval.json, eval.md, iou.png             numbers, a Markdown table, a per-class IoU chart
 
-Prediction (``predict_masks``) and the reports are plain functions; only ``score_split`` touches Ray.
+Prediction (``predict_masks``, on ``models/predict``) and the reports (``eval_report``) are plain
+functions; only ``score_split`` touches Ray.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import time
 from typing import Iterator, Sequence
 
-import click
 import numpy as np
 
-from roadseg_dist import labels, storage
+from roadseg_dist import storage
+from roadseg_dist.eval_report import write_eval_reports
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.settings import field, parse_size
+from roadseg_dist.errors import JobError
+from roadseg_dist.settings import SettingsError, field, parse_size
 
 
 @dataclasses.dataclass
@@ -46,11 +46,11 @@ class EvalSettings:
     def validate(self) -> None:
         for name in ("batch_size", "workers"):
             if getattr(self, name) < 1:
-                raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
-            raise click.BadParameter(f"--limit must be at least 1, got {self.limit}")
+            raise SettingsError(f"--limit must be at least 1, got {self.limit}")
         if self.cpus_per_worker <= 0:
-            raise click.BadParameter(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
+            raise SettingsError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
 
     def output_dir(self) -> str:
         return self.out or storage.join(self.checkpoint, f"eval-{self.split}")
@@ -61,32 +61,25 @@ class EvalSettings:
 def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tuple[int, int] | None = None,
                   out_sizes: Sequence[tuple[int, int]] | None = None, device="cpu") -> list[np.ndarray]:
     """RGB uint8 images (H, W, 3) -> train-id masks (uint8), each at its ``out_sizes`` entry
-    (default: the image's own size). Same-sized images go through the model together."""
-    import torch
+    (default: the image's own size). Same-sized images go through the model together; with ``size``
+    the model runs at that HxW and its logits are resized to the output size."""
     import torch.nn.functional as F
 
     from roadseg_dist.models.checkpoint import input_normalization
+    from roadseg_dist.models.predict import normalize, predict
 
     mean, std = input_normalization(meta)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out_sizes = list(out_sizes or [img.shape[:2] for img in images])
     masks: list[np.ndarray | None] = [None] * len(images)
     groups: dict[tuple, list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault((img.shape, tuple(out_sizes[i])), []).append(i)
-    with torch.inference_mode():
-        for (shape, out_size), idx in groups.items():
-            x = torch.from_numpy(np.stack([images[i] for i in idx])).to(device)
-            x = (x.permute(0, 3, 1, 2).float().div_(255.0) - mean_t) / std_t
-            if size is not None and tuple(size) != tuple(shape[:2]):
-                x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-            logits = model(x)
-            if tuple(logits.shape[-2:]) != tuple(out_size):
-                logits = F.interpolate(logits.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
-            pred = logits.argmax(1).to(torch.uint8).cpu().numpy()
-            for j, i in enumerate(idx):
-                masks[i] = pred[j]
+    for (shape, out_size), idx in groups.items():
+        x = normalize(np.stack([images[i] for i in idx]), mean, std, device)
+        if size is not None and tuple(size) != tuple(shape[:2]):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        for i, mask in zip(idx, predict(model, x, out_size)):
+            masks[i] = mask
     return masks  # type: ignore[return-value]
 
 
@@ -113,7 +106,7 @@ def plan_reads(index, workers: int, limit: int | None = None) -> list[dict]:
 
 def read_task_rows(task: dict, data: str) -> Iterator[dict]:
     """Ray Data ``flat_map`` body: one read task -> its samples as (key, jpg, png) bytes rows."""
-    from roadseg_dist.data.ingest import read_samples
+    from roadseg_dist.data.shards import read_samples
 
     for key, jpg, png in read_samples(storage.join(data, task["shard"]), list(task["keys"])):
         yield {"key": key, "jpg": jpg, "png": png}
@@ -166,13 +159,10 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
 
     from roadseg_dist.data.shards import read_index
 
-    try:
-        index = read_index(data, split)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
+    index = read_index(data, split)
     tasks = plan_reads(index, workers, limit)
     if not tasks:
-        raise click.ClickException(f"the {split} split under {storage.redact(data)} has no samples")
+        raise JobError(f"the {split} split under {storage.redact(data)} has no samples")
     total = sum(len(t["keys"]) for t in tasks)
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     ds = ds.flat_map(functools.partial(read_task_rows, data=data), num_cpus=0.25)
@@ -187,90 +177,11 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
     done = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for flat, n in zip(batch["confusion"], batch["images"]):
-            cm.mat += np.asarray(flat, dtype=np.int64).reshape(cm.mat.shape)
+            cm.merge(ConfusionMatrix.from_counts(flat))
             done += int(n)
         if progress:
             progress(done, total)
     return cm, done
-
-
-# --- reports (plain) --------------------------------------------------------------------------------
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{100 * value:.{digits}f}"
-
-
-def markdown_report(result: dict) -> str:
-    m = result["metrics"]
-    lines = [f"# Evaluation of `{result['checkpoint']}`", "",
-             f"{result['images']} images of split `{result['split']}` from `{result['data']}`, "
-             f"{m['labelled_pixels']:,} labelled pixels. Values in %; the BDD100K evaluator's definitions "
-             "(mIoU and mAcc over the classes present in the ground truth; — = class absent).", "",
-             "| mIoU | mAcc | pixel acc | fwIoU |", "| ---: | ---: | ---: | ---: |",
-             f"| {fmt(m['miou'])} | {fmt(m['mean_acc'])} | {fmt(m['pixel_acc'])} | {fmt(m['fwiou'])} |", "",
-             "| class | IoU | Acc |", "| --- | ---: | ---: |"]
-    for name in labels.CLASSES:
-        lines.append(f"| {name} | {fmt(m['iou'][name])} | {fmt(m['acc'][name])} |")
-    return "\n".join(lines) + "\n"
-
-
-def iou_chart(metrics: dict, title: str) -> bytes:
-    """A horizontal bar per class in its official colour, and the mIoU as a dashed line (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(labels.CLASSES)
-    values = [100 * (metrics["iou"][n] or 0.0) for n in names]
-    colors = [np.array(labels.PALETTE[i]) / 255 for i in range(len(names))]
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
-    bars = ax.barh(names, values, color=colors, edgecolor="black", linewidth=0.5)
-    for bar, name, value in zip(bars, names, values):
-        text = "absent" if metrics["iou"][name] is None else f"{value:.1f}"
-        ax.text(value + 1, bar.get_y() + bar.get_height() / 2, text, va="center", fontsize=8)
-    ax.axvline(100 * metrics["miou"], color="black", linestyle="--", linewidth=1,
-               label=f"mIoU {100 * metrics['miou']:.1f} (classes present in the ground truth)")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlim(0, 110)
-    ax.invert_yaxis()
-    ax.set_xlabel("IoU (%)")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def write_reports(result: dict, out: str) -> dict[str, str]:
-    """eval.json, eval.md and iou.png under ``out``; returns their URLs."""
-    paths = {"json": storage.join(out, "eval.json"), "markdown": storage.join(out, "eval.md"),
-             "chart": storage.join(out, "iou.png")}
-    storage.write_text(paths["json"], json.dumps(result, indent=2) + "\n")
-    storage.write_text(paths["markdown"], markdown_report(result))
-    title = f"{result['arch']} on {result['split']} ({result['images']} images)"
-    storage.write_bytes(paths["chart"], iou_chart(result["metrics"], title))
-    return paths
-
-
-def print_summary(result: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    m = result["metrics"]
-    table = Table(title=f"{result['arch']} · {result['split']} · {result['images']} images", show_lines=False)
-    table.add_column("class")
-    table.add_column("IoU %", justify="right")
-    table.add_column("Acc %", justify="right")
-    for name in labels.CLASSES:
-        table.add_row(name, fmt(m["iou"][name]), fmt(m["acc"][name]))
-    table.add_section()
-    table.add_row("[bold]mIoU / mAcc", f"[bold]{fmt(m['miou'])}", f"[bold]{fmt(m['mean_acc'])}")
-    console.print(table)
-    console.print(f"pixel acc {fmt(m['pixel_acc'])} %   fwIoU {fmt(m['fwiou'])} %   "
-                  f"({result['seconds']:.1f} s, {result['images_per_s']:.2f} images/s)")
 
 
 # --- the job ----------------------------------------------------------------------------------------
@@ -281,14 +192,14 @@ def run_eval(s: EvalSettings, console=None) -> dict:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from roadseg_dist.cluster import init_ray
-    from roadseg_dist.models.checkpoint import load_model
+    from roadseg_dist.models.checkpoint import CheckpointError, load_model
 
     console = console or Console()
     try:
         # fail fast, on the driver, on a bad checkpoint; the actors load the checkpoint resolved here
         _, meta = load_model(s.checkpoint, "cpu")
     except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"cannot load checkpoint {storage.redact(s.checkpoint)}: {exc}") from exc
+        raise CheckpointError(f"cannot load checkpoint {storage.redact(s.checkpoint)}: {exc}") from exc
     init_ray(s.address, s.num_cpus)
     start = time.time()
     with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -307,5 +218,5 @@ def run_eval(s: EvalSettings, console=None) -> dict:
         "images_per_s": round(images / seconds, 3) if seconds > 0 else 0.0,
         "predictions": storage.redact(s.save_preds) if s.save_preds else None,
     }
-    result["reports"] = {k: storage.redact(v) for k, v in write_reports(result, s.output_dir()).items()}
+    result["reports"] = {k: storage.redact(v) for k, v in write_eval_reports(result, s.output_dir()).items()}
     return result

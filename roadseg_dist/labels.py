@@ -30,19 +30,23 @@ STD = (0.229, 0.224, 0.225)
 CLASS_ID = {name: i for i, name in enumerate(CLASSES)}
 
 
-def _lookup_table(palette=PALETTE) -> np.ndarray:
+def palette_lut(palette=PALETTE, bgr: bool = False) -> np.ndarray:
+    """(256, 3) uint8 lookup table, train id -> colour: RGB, or BGR for OpenCV; 255 -> ``IGNORE_COLOR``.
+
+    The one palette table: ``colorize`` indexes it, inference renders colour PNGs and overlays with it.
+    """
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[IGNORE_INDEX] = IGNORE_COLOR
     lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut
+    return np.ascontiguousarray(lut[:, ::-1]) if bgr else lut
 
 
-_LUT = _lookup_table()
+_LUT = palette_lut()
 
 
 def colorize(mask: np.ndarray, palette=None) -> np.ndarray:
     """Train-id mask (H, W) -> RGB image (H, W, 3) in the official palette."""
-    lut = _LUT if palette is None else _lookup_table(palette)
+    lut = _LUT if palette is None else palette_lut(palette)
     return lut[mask]
 
 

@@ -48,7 +48,15 @@ class ConfusionMatrix:
         idx = target[keep].astype(np.intp) * (n + 1) + p
         self.mat += np.bincount(idx, minlength=n * (n + 1)).reshape(n, n + 1)
 
+    @classmethod
+    def from_counts(cls, counts, num_classes: int = NUM_CLASSES) -> "ConfusionMatrix":
+        """A matrix from its counts in any shape, e.g. flattened to travel between processes."""
+        cm = cls(num_classes)
+        cm.mat = np.asarray(counts, dtype=np.int64).reshape(cm.mat.shape).copy()
+        return cm
+
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        """Add another matrix's counts (e.g. of another batch or worker) to this one."""
         self.mat += other.mat
         return self
 

@@ -17,10 +17,17 @@ import types
 import typing
 from typing import Any, Callable, TypeVar
 
-import click
 import yaml
 
 S = TypeVar("S")
+
+
+class SettingsError(ValueError):
+    """A setting's value is wrong: the message names it and says what to write instead.
+
+    Raised by ``build``, the parsers and every settings ``validate()``; only the CLI turns it into a
+    usage error (exit code 2), so the same checks run unchanged inside Ray workers and tests.
+    """
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", argument: bool = False,
@@ -43,9 +50,9 @@ def parse_size(text: str | tuple | list | None) -> tuple[int, int] | None:
     try:
         h, w = (int(p) for p in parts)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size: write HEIGHTxWIDTH, e.g. 512x1024") from None
+        raise SettingsError(f"{text!r} is not a size: write HEIGHTxWIDTH, e.g. 512x1024") from None
     if h <= 0 or w <= 0:
-        raise click.BadParameter(f"{text!r}: height and width must be positive")
+        raise SettingsError(f"{text!r}: height and width must be positive")
     return h, w
 
 
@@ -86,7 +93,7 @@ def _convert(cls, name: str, value: Any) -> Any:
         try:
             return tp(value)
         except (TypeError, ValueError):
-            raise click.BadParameter(f"{name}: {value!r} is not a valid {tp.__name__}") from None
+            raise SettingsError(f"{name}: {value!r} is not a valid {tp.__name__}") from None
     return value
 
 
@@ -96,11 +103,11 @@ def load_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(storage.read_text(path)) or {}
     except FileNotFoundError:
-        raise click.BadParameter(f"config file {path} does not exist") from None
+        raise SettingsError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise click.BadParameter(f"config file {path} is not valid YAML: {exc}") from None
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise click.BadParameter(f"config file {path} must hold a mapping of setting: value")
+        raise SettingsError(f"config file {path} must hold a mapping of setting: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -112,7 +119,7 @@ def build(cls: type[S], config: str | dict | None = None, **overrides: Any) -> S
         data = load_yaml(config) if isinstance(config, str) else dict(config)
         unknown = sorted(set(data) - names)
         if unknown:
-            raise click.BadParameter(
+            raise SettingsError(
                 f"unknown setting(s) {', '.join(unknown)} in {config if isinstance(config, str) else 'config'}; "
                 f"known: {', '.join(sorted(names))}")
         values.update(data)
@@ -122,7 +129,7 @@ def build(cls: type[S], config: str | dict | None = None, **overrides: Any) -> S
                if f.name not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise click.UsageError(f"missing required setting(s): {', '.join(missing)}")
+        raise SettingsError(f"missing required setting(s): {', '.join(missing)}")
     obj = cls(**values)
     check = getattr(obj, "validate", None)
     if callable(check):
@@ -145,6 +152,8 @@ def cli_options(cls) -> Callable:
     Every option defaults to None so that ``build`` can tell a flag given on the command line
     from one left out, and the YAML value can win over the dataclass default.
     """
+    import click  # only the command line needs click: Ray workers build settings without it
+
     def decorate(fn):
         params = []
         for f in dataclasses.fields(cls):

@@ -206,22 +206,37 @@ def makedirs(url: str) -> None:
         os.makedirs(local_path(url), exist_ok=True)  # S3 has no folders
 
 
+@contextlib.contextmanager
+def local_temp(prefix: str = "roadseg-", suffix: str = "", dir: str | None = None) -> Iterator[str]:
+    """A fresh local temp file's path, removed afterwards (unless it was renamed away)."""
+    fd, tmp = tempfile.mkstemp(dir=dir, prefix=prefix, suffix=suffix)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _replace_local(path: str, fill: Callable[[str], None]) -> None:
+    """Write a local file through a temp file next to it, then rename: it appears only when complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with local_temp(prefix=".tmp-", dir=os.path.dirname(path)) as tmp:
+        fill(tmp)
+        os.replace(tmp, path)
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole object atomically (S3 PUT is atomic; locally a temp file is renamed)."""
     fs, path = filesystem(url)
     if is_remote(url):
         retry(fs.pipe_file, path, data)
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    _replace_local(path, fill)
 
 
 def write_text(url: str, text: str) -> None:
@@ -234,38 +249,15 @@ def upload(local: str, url: str) -> None:
     if is_remote(url):
         retry(fs.put_file, local, path)
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    os.close(fd)
-    try:
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    _replace_local(path, lambda tmp: shutil.copyfile(local, tmp))
 
 
 @contextlib.contextmanager
 def atomic_output(url: str, suffix: str = "") -> Iterator[str]:
     """Yield a local temp path to write; on success it is moved/uploaded to ``url``, else dropped."""
-    fd, tmp = tempfile.mkstemp(prefix="roadseg-", suffix=suffix)
-    os.close(fd)
-    try:
+    with local_temp(suffix=suffix) as tmp:
         yield tmp
         upload(tmp, url)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def upload_dir(local_dir: str, url: str) -> None:
-    """Upload every file of a local folder below ``url`` (each file atomically)."""
-    for root, _, files in os.walk(local_dir):
-        for name in files:
-            full = os.path.join(root, name)
-            rel = os.path.relpath(full, local_dir).replace(os.sep, "/")
-            upload(full, join(url, rel))
 
 
 def remove(url: str, recursive: bool = False) -> None:

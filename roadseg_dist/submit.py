@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
-import click
 import yaml
 
 from roadseg_dist import cluster, storage
-from roadseg_dist.settings import field
+from roadseg_dist.errors import JobError
+from roadseg_dist.settings import SettingsError, field
 
 JOBS = ("train", "infer", "shard", "check")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -61,7 +61,7 @@ class SubmitSettings:
 
     def validate(self) -> None:
         if self.job not in JOBS:
-            raise click.UsageError(f"unknown job {self.job!r}: choose one of {', '.join(JOBS)}")
+            raise SettingsError(f"unknown job {self.job!r}: choose one of {', '.join(JOBS)}")
 
 
 # --- the request -----------------------------------------------------------------------------
@@ -71,8 +71,8 @@ def find_project(start: str | None = None) -> Path:
     root = Path(start).expanduser().resolve() if start else Path(__file__).resolve().parents[1]
     if not (root / "jobs").is_dir() or not (root / "roadseg_dist").is_dir():
         where = start or "the installed package's parent folder"
-        raise click.UsageError(f"{where} is not a roadseg_dist checkout (no jobs/ and roadseg_dist/ "
-                               "in it): pass --project PATH_TO_CHECKOUT")
+        raise SettingsError(f"{where} is not a roadseg_dist checkout (no jobs/ and roadseg_dist/ "
+                            "in it): pass --project PATH_TO_CHECKOUT")
     return root
 
 
@@ -81,8 +81,8 @@ def resolve_address(address: str | None, environ: dict[str, str] | None = None) 
     env = os.environ if environ is None else environ
     address = address or env.get("RAY_API_SERVER_ADDRESS") or env.get("RAY_ADDRESS") or DEFAULT_ADDRESS
     if address in ("local", "auto"):
-        raise click.UsageError(f"--address {address!r} names no cluster: give the dashboard URL, "
-                               "e.g. http://127.0.0.1:8265 (ray dashboard cluster.yaml / kubectl port-forward)")
+        raise SettingsError(f"--address {address!r} names no cluster: give the dashboard URL, "
+                            "e.g. http://127.0.0.1:8265 (ray dashboard cluster.yaml / kubectl port-forward)")
     if "://" not in address:
         address = "http://" + address
     return address.rstrip("/")
@@ -91,7 +91,7 @@ def resolve_address(address: str | None, environ: dict[str, str] | None = None) 
 def entrypoint(job: str, args: tuple[str, ...] | list[str], python: str = "python") -> str:
     """The shell command the cluster runs, relative to the shipped working directory."""
     if job not in JOBS:
-        raise click.UsageError(f"unknown job {job!r}: choose one of {', '.join(JOBS)}")
+        raise SettingsError(f"unknown job {job!r}: choose one of {', '.join(JOBS)}")
     return shlex.join([python, f"jobs/{job}.py", *args])
 
 
@@ -99,9 +99,9 @@ def _load_runtime_env(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise click.UsageError(f"{path} is not valid YAML: {exc}") from None
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise click.UsageError(f"{path} must hold a runtime_env mapping (working_dir, excludes, env_vars...)")
+        raise SettingsError(f"{path} must hold a runtime_env mapping (working_dir, excludes, env_vars...)")
     return data
 
 
@@ -200,8 +200,8 @@ def client(address: str):
                 if any(w in str(exc).lower() for w in ("401", "403", "auth", "token"))
                 else "is the cluster up and the dashboard port forwarded (ray dashboard cluster.yaml, "
                      "kubectl port-forward svc/roadseg-head-svc 8265)?")
-        raise click.ClickException(f"cannot reach the Ray Job API at {address}: "
-                                   f"{storage.redact(str(exc))}\n  {hint}") from None
+        raise JobError(f"cannot reach the Ray Job API at {address}: "
+                       f"{storage.redact(str(exc))}\n  {hint}") from None
 
 
 async def _follow(job_client, job_id: str, out: TextIO) -> None:
@@ -237,8 +237,8 @@ def submit(s: SubmitSettings, args: tuple[str, ...] | list[str],
             job_id = job_client.submit_job(entrypoint=command, runtime_env={**runtime_env, "working_dir": frozen},
                                            submission_id=s.submission_id)
     except Exception as exc:  # noqa: BLE001
-        raise click.ClickException(f"the cluster at {address} refused the job: "
-                                   f"{storage.redact(str(exc))}") from None
+        raise JobError(f"the cluster at {address} refused the job: "
+                       f"{storage.redact(str(exc))}") from None
     log(f"roadseg submit: job {job_id} on {address}: {storage.redact(command)}")
     log(f"roadseg submit: {describe(runtime_env)}")
     if not s.wait:

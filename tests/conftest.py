@@ -47,6 +47,16 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return name
 
+    @staticmethod
+    def upload_tree(local_dir: str, url: str) -> None:
+        """Test set-up: copy every file of a local folder below ``url`` (one upload per file)."""
+        from roadseg_dist import storage
+
+        for root, _, files in os.walk(local_dir):
+            for name in files:
+                full = os.path.join(root, name)
+                storage.upload(full, storage.join(url, os.path.relpath(full, local_dir).replace(os.sep, "/")))
+
 
 @pytest.fixture(scope="session")
 def s3_server():
@@ -90,17 +100,17 @@ def ray_local(s3_server):
 
 class SyntheticData(typing.NamedTuple):
     root: str      # a BDD100K-layout folder made by data.synth.generate
-    shards: str    # a folder of train and val shards of it (shard_size 8) made by data.shards.run_shard
+    shards: str    # a folder of train and val shards of it (shard_size 8) made by data.shard_job.run_shard
 
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory, ray_local) -> SyntheticData:
     """A tiny synthetic BDD100K (24 train, 8 val, 64x96, one 12-frame clip) and its shards."""
-    from roadseg_dist.data import shards, synth
+    from roadseg_dist.data import shard_job, synth
 
     base = tmp_path_factory.mktemp("synthetic")
     root, dest = str(base / "bdd100k"), str(base / "shards")
     synth.generate(root, train=24, val=8, height=64, width=96, videos=1, video_frames=12, seed=0)
     for split in ("train", "val"):
-        shards.run_shard(shards.ShardSettings(root=root, dest=dest, split=split, shard_size=8))
+        shard_job.run_shard(shard_job.ShardSettings(root=root, dest=dest, split=split, shard_size=8))
     return SyntheticData(root, dest)

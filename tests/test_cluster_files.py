@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from roadseg_dist import submit
+from roadseg_dist.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
 CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
@@ -289,27 +290,27 @@ def test_runtime_env_override_file_merges_env_vars(tmp_path):
     assert env["pip"] == ["tqdm"]
     assert env["env_vars"] == {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4", "AWS_REGION": "eu-west-1"}
     extra.write_text("- not a mapping\n")
-    with pytest.raises(click.UsageError, match="runtime_env mapping"):
+    with pytest.raises(SettingsError, match="runtime_env mapping"):
         submit.job_runtime_env(ROOT, str(extra), env={})
 
 
 def test_entrypoint_and_address():
     cmd = submit.entrypoint("train", ["--data", "s3://b/my shards", "--name", "r;rm -rf /"])
     assert cmd == "python jobs/train.py --data 's3://b/my shards' --name 'r;rm -rf /'"
-    with pytest.raises(click.UsageError, match="unknown job"):
+    with pytest.raises(SettingsError, match="unknown job"):
         submit.entrypoint("deploy", [])
     assert submit.resolve_address(None, {}) == "http://127.0.0.1:8265"
     assert submit.resolve_address("10.0.0.5:8265/", {}) == "http://10.0.0.5:8265"
     assert submit.resolve_address(None, {"RAY_ADDRESS": "https://ray.internal"}) == "https://ray.internal"
     assert submit.resolve_address(None, {"RAY_API_SERVER_ADDRESS": "http://a:1", "RAY_ADDRESS": "b"}) == "http://a:1"
-    with pytest.raises(click.UsageError, match="names no cluster"):
+    with pytest.raises(SettingsError, match="names no cluster"):
         submit.resolve_address("local", {})
     assert [submit.exit_code(s) for s in ("SUCCEEDED", "FAILED", "STOPPED")] == [0, 1, 2]
 
 
 def test_find_project_rejects_a_folder_that_is_not_a_checkout(tmp_path):
     assert submit.find_project() == ROOT
-    with pytest.raises(click.UsageError, match="not a roadseg_dist checkout"):
+    with pytest.raises(SettingsError, match="not a roadseg_dist checkout"):
         submit.find_project(str(tmp_path))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roadseg_dist import labels
+from roadseg_dist import labels, storage
 from roadseg_dist.metrics import ConfusionMatrix
 
 N = labels.NUM_CLASSES
@@ -154,7 +154,7 @@ def test_plan_reads_covers_every_sample_once_and_feeds_every_actor():
 
 
 def test_markdown_and_chart_render():
-    from roadseg_dist.evaluate import iou_chart, markdown_report
+    from roadseg_dist.eval_report import iou_chart, markdown_report
 
     cm = ConfusionMatrix()
     for gt, pred in random_pairs(5):
@@ -194,10 +194,10 @@ def tiny_checkpoint(url: str, data: str, base_channels: int, steps: int, seed: i
 
 
 def shard_samples(data: str, split: str = "val"):
-    from roadseg_dist.data.shards import decode_sample, iter_shard, shard_urls
+    from roadseg_dist.data.shards import decode_sample, read_index, read_samples
 
-    for url in shard_urls(data, split):
-        for key, jpg, png in iter_shard(url):
+    for name in read_index(data, split)["shard"].unique():
+        for key, jpg, png in read_samples(storage.join(data, name)):
             yield key, *decode_sample(jpg, png)
 
 

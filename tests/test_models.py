@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from roadseg_dist import build_model
-from roadseg_dist.models import zoo
+from roadseg_dist.models import pretrained, zoo
 
 SMP_MODELS = ["unet-vgg11", "unet-resnet18", "unet-resnet34", "unet-efficientnet-b0", "unet-mobilenet_v2"]
 
@@ -115,19 +115,19 @@ def test_pretrained_loads_an_explicit_file_and_the_hf_cache(no_weight_caches):
     snap.mkdir(parents=True)
     encoder_only = {k: v for k, v in expected.items() if not k.startswith("fc.")}
     save_file({k: v.contiguous() for k, v in encoder_only.items()}, str(snap / "model.safetensors"))
-    assert zoo.find_encoder_weights("mobilenet_v2") == str(snap / "model.safetensors")
+    assert pretrained.find_encoder_weights("mobilenet_v2") == str(snap / "model.safetensors")
     model = build_model("unet-mobilenet_v2", pretrained=True)
     torch.testing.assert_close(model.net.encoder.state_dict()["features.0.0.weight"],
                                expected["features.0.0.weight"])
 
 
 def test_missing_weights_name_the_file_and_where_to_put_it(no_weight_caches):
-    with pytest.raises(zoo.PretrainedWeightsMissing) as err:
+    with pytest.raises(pretrained.PretrainedWeightsMissing) as err:
         build_model("unet-resnet34", pretrained=True)
     expected = os.path.join(str(no_weight_caches), "torch", "hub", "checkpoints", "resnet34-b627a593.pth")
     assert expected in str(err.value)
     assert "https://download.pytorch.org/models/resnet34-b627a593.pth" in str(err.value)
-    with pytest.raises(zoo.PretrainedWeightsMissing, match="nowhere.pth does not exist"):
+    with pytest.raises(pretrained.PretrainedWeightsMissing, match="nowhere.pth does not exist"):
         build_model("unet-resnet18", weights=str(no_weight_caches / "nowhere.pth"))
     with pytest.raises(ValueError, match="no ImageNet weights"):
         build_model("unet", pretrained=True)

@@ -285,8 +285,8 @@ def s3_shards(synthetic_data, s3_server) -> str:
     from roadseg_dist import storage
 
     bucket = "s3://" + s3_server.new_bucket("multinode")
-    storage.upload_dir(synthetic_data.shards, bucket + "/shards")
-    storage.upload_dir(os.path.join(synthetic_data.root, "videos"), bucket + "/videos")
+    s3_server.upload_tree(synthetic_data.shards, bucket + "/shards")
+    s3_server.upload_tree(os.path.join(synthetic_data.root, "videos"), bucket + "/videos")
     return bucket
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from roadseg_dist import labels, storage
 from roadseg_dist.cli import main
-from roadseg_dist.data import bdd100k, shards, synth
+from roadseg_dist.data import bdd100k, shard_job, shard_writer, shards, synth
 from roadseg_dist.data.bdd100k import DatasetError, Sample
 from faulty_s3_proxy import FaultyProxy
 
@@ -24,6 +24,11 @@ def small_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("bdd") / "root")
     synth.generate(root, train=10, val=3, height=40, width=64, videos=0, seed=1)
     return root
+
+
+def shard_urls(data_url, split):
+    """The split's shard files, in index order."""
+    return [storage.join(data_url, name) for name in shards.read_index(data_url, split)["shard"].unique()]
 
 
 def copy_root(small_root, tmp_path) -> str:
@@ -49,27 +54,27 @@ def fake(key, nbytes):
 
 def test_plan_shards_by_count_and_by_bytes():
     samples = [fake(f"k{i}", 100) for i in range(10)]
-    assert [len(g) for g in shards.plan_shards(samples, 4)] == [4, 4, 2]
-    assert [len(g) for g in shards.plan_shards(samples, 4, shard_bytes=250)] == [2, 2, 2, 2, 2]
-    assert [len(g) for g in shards.plan_shards(samples, 4, shard_bytes=50)] == [1] * 10  # never empty
-    assert [s.key for g in shards.plan_shards(samples, 3) for s in g] == [s.key for s in samples]
+    assert [len(g) for g in shard_writer.plan_shards(samples, 4)] == [4, 4, 2]
+    assert [len(g) for g in shard_writer.plan_shards(samples, 4, shard_bytes=250)] == [2, 2, 2, 2, 2]
+    assert [len(g) for g in shard_writer.plan_shards(samples, 4, shard_bytes=50)] == [1] * 10  # never empty
+    assert [s.key for g in shard_writer.plan_shards(samples, 3) for s in g] == [s.key for s in samples]
 
 
 def test_parse_bytes():
-    assert shards.parse_bytes("256MB") == 256_000_000
-    assert shards.parse_bytes("1GiB") == 2 ** 30
-    assert shards.parse_bytes("5e8") == 500_000_000 and shards.parse_bytes(1234) == 1234
+    assert shard_job.parse_bytes("256MB") == 256_000_000
+    assert shard_job.parse_bytes("1GiB") == 2 ** 30
+    assert shard_job.parse_bytes("5e8") == 500_000_000 and shard_job.parse_bytes(1234) == 1234
     with pytest.raises(Exception, match="not a size"):
-        shards.parse_bytes("lots")
+        shard_job.parse_bytes("lots")
 
 
 def test_build_shard_is_deterministic_plain_tar_and_skips_itself(small_root, tmp_path):
     samples = bdd100k.find_samples(small_root, "train")[:4]
     url = str(tmp_path / "out" / "train-000000.tar")
-    first = shards.build_shard(url, samples, str(tmp_path / "out" / "train-index.parquet"))
+    first = shard_writer.build_shard(url, samples, str(tmp_path / "out" / "train-index.parquet"))
     assert first["written"] and first["problems"] == [] and [r["key"] for r in first["rows"]] == [s.key for s in samples]
     stat = os.stat(url)
-    again = shards.build_shard(url, samples, str(tmp_path / "out" / "train-index.parquet"))
+    again = shard_writer.build_shard(url, samples, str(tmp_path / "out" / "train-index.parquet"))
     assert not again["written"] and os.stat(url).st_mtime_ns == stat.st_mtime_ns and again["rows"] == first["rows"]
     # a plain tar reader sees <key>.jpg, <key>.png pairs with the source bytes
     src = source_files(small_root, "train")
@@ -82,7 +87,7 @@ def test_build_shard_is_deterministic_plain_tar_and_skips_itself(small_root, tmp
     # a changed shard is rewritten, and the published index is withdrawn first
     index = tmp_path / "out" / "train-index.parquet"
     index.write_bytes(b"stale")
-    changed = shards.build_shard(url, samples[:3], str(index))
+    changed = shard_writer.build_shard(url, samples[:3], str(index))
     assert changed["written"] and not index.exists()
 
 
@@ -112,7 +117,7 @@ def test_load_sample_rejects_bad_files_by_name(small_root, tmp_path, damage, mes
     sample = bdd100k.find_samples(root, "train")[2]
     damage_sample(sample, damage)
     with pytest.raises(ValueError, match=message) as err:
-        shards.load_sample(sample)
+        shard_writer.load_sample(sample)
     assert sample.key in str(err.value)
 
 
@@ -136,7 +141,7 @@ def test_colormap_only_split_becomes_train_ids(small_root, tmp_path):
     shutil.rmtree(f"{root}/labels/sem_seg/masks")
     samples = bdd100k.find_samples(root, "val")
     assert {s.label_kind for s in samples} == {"colormap"}
-    _, png, row = shards.load_sample(samples[0])
+    _, png, row = shard_writer.load_sample(samples[0])
     original = cv2.imread(f"{small_root}/labels/sem_seg/masks/val/{samples[0].key}.png", cv2.IMREAD_UNCHANGED)
     assert np.array_equal(bdd100k.decode_mask(png, "converted"), original)
     assert row["class_pixels"] == bdd100k.class_pixels(original).tolist()
@@ -148,7 +153,7 @@ def test_split_stats_weights_rare_classes_up():
     counts = [0] * labels.NUM_CLASSES
     counts[0], counts[10], counts[11] = 9000, 900, 100
     index = pd.DataFrame({"key": ["a"], "shard": ["train-000000.tar"], "class_pixels": [counts]})
-    stats = shards.split_stats("train", index, 1234)
+    stats = shard_writer.split_stats("train", index, 1234)
     w = dict(zip(labels.CLASSES, stats["class_weights"]))
     assert len(stats["class_weights"]) == len(stats["class_frequency"]) == labels.NUM_CLASSES
     assert stats["labelled_pixels"] == 10000 and stats["class_frequency"][0] == 0.9
@@ -169,10 +174,10 @@ def read_with_webdataset(urls):
 @pytest.mark.slow
 def test_shard_to_s3_and_read_back_with_webdataset(small_root, s3_bucket, ray_local):
     dest = s3_bucket + "/shards"
-    summary = shards.run_shard(shards.ShardSettings(root=small_root, dest=dest, split="train", shard_size=4,
+    summary = shard_job.run_shard(shard_job.ShardSettings(root=small_root, dest=dest, split="train", shard_size=4,
                                                     verify=True))
     assert (summary["samples"], summary["shards"], summary["written"], summary["verified_samples"]) == (10, 3, 3, 10)
-    urls = shards.shard_urls(dest, "train")
+    urls = shard_urls(dest, "train")
     assert [u.rsplit("/", 1)[-1] for u in urls] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     got = read_with_webdataset(urls)
     src = source_files(small_root, "train")
@@ -200,16 +205,16 @@ def test_shard_to_s3_and_read_back_with_webdataset(small_root, s3_bucket, ray_lo
 def test_faulty_s3_still_gives_identical_shards_and_a_rerun_writes_nothing(
         small_root, s3_server, s3_bucket, ray_local, tmp_path, monkeypatch):
     clean = str(tmp_path / "clean")
-    shards.run_shard(shards.ShardSettings(root=small_root, dest=clean, split="train", shard_size=3))
+    shard_job.run_shard(shard_job.ShardSettings(root=small_root, dest=clean, split="train", shard_size=3))
     root, dest = s3_bucket + "/bdd", s3_bucket + "/shards"
-    storage.upload_dir(small_root, root)
+    s3_server.upload_tree(small_root, root)
     with FaultyProxy(s3_server.endpoint, every=5) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        first = shards.run_shard(shards.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
+        first = shard_job.run_shard(shard_job.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
         assert first["written"] == 4
         assert proxy.faults["slowdown"] >= 2 and proxy.faults["cut-before"] + proxy.faults["cut-during"] >= 2
         writes = proxy.writes()
-        again = shards.run_shard(shards.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
+        again = shard_job.run_shard(shard_job.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
         assert (again["written"], again["skipped"]) == (0, 4)
         assert proxy.writes() == writes  # the re-run put and deleted nothing
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
@@ -261,20 +266,56 @@ def test_cli_synth_shard_verify_then_rerun_rewrites_nothing(tmp_path, ray_local)
 def test_verify_reports_a_tampered_shard(synthetic_data, tmp_path):
     dest = str(tmp_path / "copy")
     shutil.copytree(synthetic_data.shards, dest)
-    assert shards.verify(dest, "val")["verified_samples"] == 8
+    assert shard_job.verify(dest, "val")["verified_samples"] == 8
     # swap one sample's label for another's: same keys, different class counts
-    url = shards.shard_urls(dest, "val")[0]
+    url = shard_urls(dest, "val")[0]
     samples = list(shards.iter_shard(url))
-    with tarfile.open(url, "w") as tar:
+    with open(url, "wb") as f, shard_writer.tar_writer(f) as tar:
         for i, (key, jpg, png) in enumerate(samples):
-            for ext, data in (("jpg", jpg), ("png", samples[(i + 1) % len(samples)][2] if i == 0 else png)):
-                shards._tar_add(tar, f"{key}.{ext}", data)
+            tar.write({"__key__": key, "jpg": jpg, "png": samples[1][2] if i == 0 else png})
     with pytest.raises(DatasetError, match=f"sample {samples[0][0]}"):
-        shards.verify(dest, "val")
+        shard_job.verify(dest, "val")
 
 
 def test_synthetic_data_fixture_is_sharded(synthetic_data):
-    assert len(shards.shard_urls(synthetic_data.shards, "train")) == 3
-    assert len(shards.shard_urls(synthetic_data.shards, "val")) == 1
+    assert len(shard_urls(synthetic_data.shards, "train")) == 3
+    assert len(shard_urls(synthetic_data.shards, "val")) == 1
     assert shards.read_stats(synthetic_data.shards, "train")["samples"] == 24
     assert len(storage.list_files(synthetic_data.root + "/videos", (".mp4",))) == 1
+
+
+def test_tar_writer_gives_the_fixed_header_gnu_tar_of_earlier_releases(tmp_path):
+    # shards written before webdataset wrote them were plain GNU tars with fixed headers; a re-run
+    # must see the same bytes, or it would republish every shard of every existing dataset
+    import io
+
+    members = [("a.jpg", b"\xff\xd8jpeg"), ("a.png", b"\x89PNGa"), ("b.jpg", b"\xff\xd8j2"), ("b.png", b"\x89PNGb")]
+    old = io.BytesIO()
+    with tarfile.open(fileobj=old, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = \
+                len(data), 0, 0o644, 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data))
+    new = io.BytesIO()
+    with shard_writer.tar_writer(new) as tar:
+        for key in ("a", "b"):
+            tar.write({"__key__": key, "jpg": dict(members)[f"{key}.jpg"], "png": dict(members)[f"{key}.png"]})
+    assert new.getvalue() == old.getvalue()
+
+
+def test_iter_shard_reads_webdataset_samples_and_names_a_missing_member(tmp_path):
+    url = str(tmp_path / "train-000000.tar")
+    with open(url, "wb") as f, shard_writer.tar_writer(f) as tar:
+        tar.write({"__key__": "a", "jpg": b"J1", "png": b"P1"})
+        tar.write({"__key__": "b", "jpg": b"J2"})
+    got = shards.iter_shard(url)
+    assert next(got) == ("a", b"J1", b"P1")
+    with pytest.raises(ValueError, match="sample 'b' lacks its png member"):
+        next(got)
+    assert list(shards.read_samples(url, ["a"])) == [("a", b"J1", b"P1")]  # stops before the broken one
+    whole = str(tmp_path / "train-000001.tar")
+    with open(whole, "wb") as f, shard_writer.tar_writer(f) as tar:
+        tar.write({"__key__": "a", "jpg": b"J1", "png": b"P1"})
+    with pytest.raises(ValueError, match="lacks 1 sample.*'c'.*re-run `roadseg shard`"):
+        list(shards.read_samples(whole, ["a", "c"]))

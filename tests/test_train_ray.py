@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 
-import click
 import pytest
 import torch
 
 from roadseg_dist import settings, storage
 from roadseg_dist.train import driver, run
+from roadseg_dist.settings import SettingsError
 from roadseg_dist.train.settings import TrainSettings
 
 EPOCHS = 8
@@ -29,13 +29,13 @@ MIOU_BAR = 0.8
 def s3_shards(ray_local, s3_server, tmp_path_factory):
     """Coarse synthetic scenes (large classes only: a tiny model can learn them in a CPU test's budget),
     128 train + 8 val images at 64x96, sharded straight into the loopback S3 server."""
-    from roadseg_dist.data import shards, synth
+    from roadseg_dist.data import shard_job, synth
 
     root = str(tmp_path_factory.mktemp("coarse") / "bdd100k")
     synth.generate(root, train=128, val=8, height=64, width=96, videos=0, seed=0, detail="coarse")
     url = "s3://" + s3_server.new_bucket("shards") + "/bdd100k"
     for split in ("train", "val"):
-        shards.run_shard(shards.ShardSettings(root=root, dest=url, split=split, shard_size=32))
+        shard_job.run_shard(shard_job.ShardSettings(root=root, dest=url, split=split, shard_size=32))
     return url
 
 
@@ -114,7 +114,7 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
     assert any("best val mIoU" in line for line in lines) and sum(l.startswith("epoch") for l in lines) >= EPOCHS
 
     # without --resume the finished run is not overwritten
-    with pytest.raises(click.UsageError, match="--resume"):
+    with pytest.raises(SettingsError, match="--resume"):
         driver.train(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1))
 
     # --resume continues from the latest checkpoint without repeating finished epochs

@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import zlib
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from roadseg_dist import storage
+from roadseg_dist.data.shards import decode_sample, read_samples
 from roadseg_dist.labels import IGNORE_INDEX, MEAN, STD
 
 
@@ -142,47 +143,21 @@ def augment(rgb: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, cro
 
 def to_model_input(images, device=None):
     """uint8 (N, H, W, 3) array/tensor -> normalised float (N, 3, H, W), the models' input contract."""
-    import torch
+    from roadseg_dist.models.predict import normalize
 
-    x = torch.as_tensor(images)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(images, MEAN, STD, device)
 
 
 # --- reading shards ------------------------------------------------------------------------------
 
-def read_samples(shard_url: str, keys: Iterable[str] | None = None) -> Iterator[tuple[str, bytes, bytes]]:
-    """Stream (key, jpg, png) of one shard, only ``keys`` if given; stops once all were found."""
-    from roadseg_dist.data.shards import iter_shard
-
-    wanted = None if keys is None else set(keys)
-    for key, jpg, png in iter_shard(shard_url):
-        if wanted is None or key in wanted:
-            yield key, jpg, png
-            if wanted is not None:
-                wanted.discard(key)
-                if not wanted:
-                    return
-    if wanted:
-        raise ValueError(f"shard {storage.redact(shard_url)} lacks {len(wanted)} sample(s) named in the "
-                         f"index (e.g. {sorted(wanted)[0]!r}): re-run `roadseg shard` for this split")
-
-
-def read_decode_augment(row: dict, *, seed: int, epoch: int, crop, scale_range, flip, jitter) -> list[dict]:
-    """Ray Data ``flat_map`` body: one ReadTask row -> its augmented samples."""
-    from roadseg_dist.data.shards import decode_sample
-
-    out = []
+def read_decode_augment(row: dict, *, seed: int, epoch: int, crop, scale_range, flip,
+                        jitter) -> Iterator[dict]:
+    """Ray Data ``flat_map`` body: one ReadTask row -> its augmented samples, one at a time (flat memory)."""
     for key, jpg, png in read_samples(row["shard"], list(row["keys"])):
         rgb, label = decode_sample(jpg, png)
         rgb, label = augment(rgb, label, sample_rng(seed, epoch, key), crop=tuple(crop),
                              scale_range=tuple(scale_range), flip=flip, jitter=jitter)
-        out.append({"key": key, "image": rgb, "label": label})
-    return out
+        yield {"key": key, "image": rgb, "label": label}
 
 
 # --- Ray Data pipeline ---------------------------------------------------------------------------
@@ -211,8 +186,6 @@ def iter_train_batches(dataset, batch_size: int, shuffle_buffer: int, seed: int)
 
 def iter_val_batches(data_url: str, shards: Sequence[str], batch_size: int) -> Iterator[dict]:
     """Full-resolution validation batches of the given shards; a batch never mixes image sizes."""
-    from roadseg_dist.data.shards import decode_sample
-
     keys, images, labels = [], [], []
 
     def flush():

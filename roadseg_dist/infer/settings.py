@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import click
-
-from roadseg_dist.settings import field, parse_list, parse_size
+from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
 
 OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
 DEFAULT_OUTPUTS = ("mask", "color", "overlay", "video", "stats")
@@ -37,21 +35,21 @@ class InferSettings:
     def validate(self) -> None:
         unknown = [o for o in self.outputs if o not in OUTPUT_KINDS]
         if unknown or not self.outputs:
-            raise click.BadParameter(
+            raise SettingsError(
                 f"--outputs {','.join(self.outputs)!r}: choose from {','.join(OUTPUT_KINDS)}")
         for name in ("every", "batch_size", "segment_frames", "concurrency"):
             if getattr(self, name) < 1:
-                raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.actor_cpus <= 0:
-            raise click.BadParameter(f"--actor-cpus must be positive, got {self.actor_cpus}")
+            raise SettingsError(f"--actor-cpus must be positive, got {self.actor_cpus}")
         if self.fps is not None and self.fps <= 0:
-            raise click.BadParameter(f"--fps must be positive, got {self.fps}")
+            raise SettingsError(f"--fps must be positive, got {self.fps}")
         if self.fps is not None and self.every != 1:
-            raise click.BadParameter("give either --every or --fps, not both")
+            raise SettingsError("give either --every or --fps, not both")
         if not 0.0 <= self.alpha <= 1.0:
-            raise click.BadParameter(f"--alpha must be within 0..1, got {self.alpha}")
+            raise SettingsError(f"--alpha must be within 0..1, got {self.alpha}")
         if not 1 <= self.jpeg_quality <= 100:
-            raise click.BadParameter(f"--jpeg-quality must be within 1..100, got {self.jpeg_quality}")
+            raise SettingsError(f"--jpeg-quality must be within 1..100, got {self.jpeg_quality}")
 
     def writes(self, kind: str) -> bool:
         # overlay.mp4 is assembled from the overlay JPEGs, so asking for the video writes them too.

@@ -17,9 +17,9 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
-import click
 
 from roadseg_dist import settings, storage
+from roadseg_dist.settings import SettingsError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `roadseg --help` must stay quick
     import torch
@@ -43,9 +43,9 @@ class ExportSettings:
 
     def validate(self) -> None:
         if self.format not in FORMATS:
-            raise click.BadParameter(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+            raise SettingsError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
         if self.tolerance <= 0:
-            raise click.BadParameter(f"tolerance must be positive, got {self.tolerance}")
+            raise SettingsError(f"tolerance must be positive, got {self.tolerance}")
 
 
 def example_sizes(multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 Four 2x2 max-pool downsamplings, each stage two 3x3 conv + BN + ReLU blocks, transposed-conv
 upsampling and skip concatenation. Unlike the paper, the convolutions are padded ("same") so the
-output has the input's size; the input must be a multiple of 16, which ``zoo.Segmenter`` ensures.
+output has the input's size; the input must be a multiple of 16, which ``zoo.PaddedModel`` ensures.
 With ``base_channels=64`` this is ~31.0M parameters; small widths (e.g. 8) make test-sized models.
 """
 from __future__ import annotations

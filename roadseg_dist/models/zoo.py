@@ -3,27 +3,24 @@
     model = build_model("unet-resnet34", pretrained=True)       # ImageNet encoder from the local cache
     logits = model(images)                                      # (N, 3, H, W) normalised -> (N, 19, H, W)
 
-Every model is a ``Segmenter``: it pads any H x W up to the network's multiple, crops the logits
-back, and carries its own description (``arch``, ``arch_kwargs``) so a checkpoint can rebuild it.
-Pretrained encoders come from files, never from the network: ``weights=PATH``, or the file torch hub
-(``$TORCH_HOME/hub/checkpoints/``) or the Hugging Face cache (smp-hub) would have downloaded.
+Every model is a ``PaddedModel`` (an ``nn.Module``; not to be confused with the inference actor in
+``infer/segment.py``): it pads any H x W up to the network's multiple, crops the logits back, and
+carries its own description (``arch``, ``arch_kwargs``) so a checkpoint can rebuild it. Pretrained
+encoders come from files, never from the network (``models/pretrained.py``).
 """
 from __future__ import annotations
 
-import glob
 import json
-import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roadseg_dist import labels
-
-log = logging.getLogger(__name__)
+from roadseg_dist import labels, storage
+from roadseg_dist.models.pretrained import (ENCODER_WEIGHTS, PretrainedWeightsMissing, find_encoder_weights,
+                                            load_encoder_weights, torch_hub_dir)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _ENCODERS: dict[str, str | None] = {}
@@ -65,7 +62,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, [0, pw, 0, ph], mode="replicate")
 
 
-class Segmenter(nn.Module):
+class PaddedModel(nn.Module):
     """A segmentation network that accepts any input size and knows how to rebuild itself."""
 
     def __init__(self, net: nn.Module, multiple: int, arch: str, arch_kwargs: dict[str, Any],
@@ -84,118 +81,11 @@ class Segmenter(nn.Module):
         return logits[:, :, :h, :w]
 
 
-# --- pretrained encoder weights (files only: this project never downloads) -------------------------
-
-@dataclass(frozen=True)
-class EncoderWeights:
-    torch_hub_file: str  # the name torch.hub / torchvision (or the original smp) saves the file under
-    url: str             # where a user can fetch it by hand
-    hf_repo: str         # smp >= 0.5 downloads model.safetensors from this Hugging Face repo
-
-
-_WEIGHTS = {
-    "vgg11": EncoderWeights("vgg11-8a719046.pth", "https://download.pytorch.org/models/vgg11-8a719046.pth",
-                            "smp-hub/vgg11.imagenet"),
-    "resnet18": EncoderWeights("resnet18-f37072fd.pth",
-                               "https://download.pytorch.org/models/resnet18-f37072fd.pth",
-                               "smp-hub/resnet18.imagenet"),
-    "resnet34": EncoderWeights("resnet34-b627a593.pth",
-                               "https://download.pytorch.org/models/resnet34-b627a593.pth",
-                               "smp-hub/resnet34.imagenet"),
-    "efficientnet-b0": EncoderWeights(
-        "efficientnet-b0-355c32eb.pth",
-        "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/efficientnet-b0-355c32eb.pth",
-        "smp-hub/efficientnet-b0.imagenet"),
-    "mobilenet_v2": EncoderWeights("mobilenet_v2-b0353104.pth",
-                                   "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
-                                   "smp-hub/mobilenet_v2.imagenet"),
-}
-
-# ImageNet classifier heads: present in the torchvision/original files, deleted from smp encoders.
-_HEAD_PREFIXES = ("fc.", "classifier.", "_fc.")
-
-
-class PretrainedWeightsMissing(FileNotFoundError):
-    """No ImageNet weights file on this machine; the message says which file and where."""
-
-
-def torch_hub_dir() -> str:
-    return os.path.join(torch.hub.get_dir(), "checkpoints")
-
-
-def hf_hub_cache() -> str:
-    """Where huggingface_hub keeps downloads (smp >= 0.5 fetches encoders from there)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(root, "huggingface", "hub")
-
-
-def find_encoder_weights(encoder: str) -> str:
-    """The local ImageNet weights file for ``encoder``, or PretrainedWeightsMissing saying what to do."""
-    spec = _WEIGHTS[encoder]
-    hub_file = os.path.join(torch_hub_dir(), spec.torch_hub_file)
-    if os.path.isfile(hub_file):
-        return hub_file
-    pattern = os.path.join(hf_hub_cache(), "models--" + spec.hf_repo.replace("/", "--"), "snapshots", "*",
-                           "model.safetensors")
-    found = sorted(glob.glob(pattern))
-    if found:
-        return found[-1]
-    raise PretrainedWeightsMissing(
-        f"ImageNet weights for encoder {encoder!r} are not on this machine (each training node "
-        f"needs them): expected the file {hub_file} (download {spec.url} and put it there, or set "
-        f"TORCH_HOME), or pass "
-        f"build_model(..., weights=PATH) a local or s3:// copy. Random weights are never used silently; "
-        f"use pretrained=False to train from scratch.")
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A .pth/.pt or .safetensors file -> a flat state dict (unwrapping {'state_dict'|'model': ...})."""
-    from roadseg_dist import storage
-
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load as load_safetensors
-            state = load_safetensors(storage.read_bytes(path))
-        else:
-            import io
-            state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PretrainedWeightsMissing(f"weights file {storage.redact(path)} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling/format error means the same to the user
-        raise ValueError(f"weights file {storage.redact(path)} is not a readable torch/safetensors "
-                         f"state dict ({type(exc).__name__}: {exc})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {storage.redact(path)} holds a {type(state).__name__}, "
-                         "not a state dict")
-    return state
-
-
-def load_encoder_weights(encoder_module: nn.Module, encoder: str, path: str) -> None:
-    """Load an ImageNet state dict into an smp encoder, strictly, minus the classifier head."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(_HEAD_PREFIXES)}
-    # nn.Module's own method: smp's overrides (which drop the head themselves) return None, and we
-    # want the missing/unexpected keys to name a mismatched file precisely.
-    result = nn.Module.load_state_dict(encoder_module, state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"weights file {path} does not fit encoder {encoder!r}: missing {result.missing_keys[:5]}"
-            f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
-            f"{'...' if len(result.unexpected_keys) > 5 else ''}")
-    log.info("loaded ImageNet weights for %s from %s", encoder, path)
-
-
 # --- the architectures -----------------------------------------------------------------------------
 
 @register_model("unet")
 def unet(num_classes: int = 19, pretrained: bool = False, weights: str | None = None,
-         base_channels: int = 64) -> Segmenter:
+         base_channels: int = 64) -> PaddedModel:
     """Classic U-Net (Ronneberger et al.), 64 base channels: ~31M parameters."""
     from roadseg_dist.models.unet import UNet
 
@@ -205,11 +95,11 @@ def unet(num_classes: int = 19, pretrained: bool = False, weights: str | None = 
         raise ValueError("the classic 'unet' has no ImageNet weights; train it from scratch "
                          "(pretrained=False) or pick a pretrained encoder, e.g. 'unet-resnet34'")
     net = UNet(num_classes=num_classes, base_channels=base_channels)
-    return Segmenter(net, UNet.multiple, "unet", {"base_channels": base_channels}, num_classes)
+    return PaddedModel(net, UNet.multiple, "unet", {"base_channels": base_channels}, num_classes)
 
 
 def _smp_unet(arch: str, encoder: str, num_classes: int, pretrained: bool, weights: str | None,
-              decoder_channels: tuple[int, ...] | list[int] = (256, 128, 64, 32, 16)) -> Segmenter:
+              decoder_channels: tuple[int, ...] | list[int] = (256, 128, 64, 32, 16)) -> PaddedModel:
     import segmentation_models_pytorch as smp
 
     # encoder_weights=None: smp would download from the hub; we load the weights ourselves, below.
@@ -219,26 +109,26 @@ def _smp_unet(arch: str, encoder: str, num_classes: int, pretrained: bool, weigh
         load_encoder_weights(net.encoder, encoder, weights or find_encoder_weights(encoder))
     kwargs = {} if tuple(decoder_channels) == (256, 128, 64, 32, 16) else {
         "decoder_channels": list(decoder_channels)}
-    return Segmenter(net, 32, arch, kwargs, num_classes, encoder=encoder)
+    return PaddedModel(net, 32, arch, kwargs, num_classes, encoder=encoder)
 
 
 def _register_smp(encoder: str) -> None:
     arch = f"unet-{encoder}"
 
     def build(num_classes: int = 19, pretrained: bool = False, weights: str | None = None,
-              decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)) -> Segmenter:
+              decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)) -> PaddedModel:
         return _smp_unet(arch, encoder, num_classes, pretrained, weights, decoder_channels)
 
     build.__doc__ = f"U-Net decoder on an ImageNet {encoder} encoder (segmentation_models_pytorch)."
     register_model(arch, encoder)(build)
 
 
-for _encoder in _WEIGHTS:
+for _encoder in ENCODER_WEIGHTS:
     _register_smp(_encoder)
 
 
 def build_model(name: str, num_classes: int = labels.NUM_CLASSES, pretrained: bool = False,
-                weights: str | None = None, **kwargs: Any) -> Segmenter:
+                weights: str | None = None, **kwargs: Any) -> PaddedModel:
     """Build a registered model; ``weights=PATH`` implies pretrained (an ImageNet encoder file)."""
     if name not in _REGISTRY:
         raise UnknownModel(f"unknown model {name!r}; available: {', '.join(list_models())}")
@@ -302,11 +192,7 @@ def model_info(name: str, **kwargs: Any) -> dict[str, Any]:
             "encoder": _ENCODERS.get(name)}
     cache[key] = info
     try:  # a cache, nothing more: a read-only home is fine
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)
+        storage.write_text(path, json.dumps(cache, indent=1))
     except OSError:
         pass
     return info
@@ -320,4 +206,4 @@ def pretrained_weights_file(name: str) -> tuple[str | None, bool]:
     try:
         return find_encoder_weights(encoder), True
     except PretrainedWeightsMissing:
-        return os.path.join(torch_hub_dir(), _WEIGHTS[encoder].torch_hub_file), False
+        return os.path.join(torch_hub_dir(), ENCODER_WEIGHTS[encoder].torch_hub_file), False

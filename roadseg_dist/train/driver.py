@@ -8,9 +8,9 @@ from __future__ import annotations
 import threading
 import time
 
-import click
-
 from roadseg_dist import storage
+from roadseg_dist.errors import JobError
+from roadseg_dist.settings import SettingsError
 from roadseg_dist.train import run
 from roadseg_dist.train.settings import TrainSettings
 
@@ -23,18 +23,18 @@ def check_inputs(s: TrainSettings) -> str:
         try:
             index = shards.read_index(s.data, split)
         except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-            raise click.ClickException(f"--data: cannot read the {split} index: {storage.redact(str(exc))}") from None
+            raise JobError(f"--data: cannot read the {split} index: {storage.redact(str(exc))}") from None
         if split == "train" and len(index) < s.num_workers:
-            raise click.ClickException(f"the train split has {len(index)} samples, fewer than "
-                                       f"--num-workers {s.num_workers}")
+            raise JobError(f"the train split has {len(index)} samples, fewer than "
+                           f"--num-workers {s.num_workers}")
     run_dir = storage.join(s.storage, s.name)
     exists = run.run_exists(run_dir)
     if exists and not s.resume:
-        raise click.UsageError(f"run {storage.redact(run_dir)} already exists: pass --resume to continue "
-                               f"it, or choose another --name")
+        raise SettingsError(f"run {storage.redact(run_dir)} already exists: pass --resume to continue "
+                            f"it, or choose another --name")
     if s.resume and not run.checkpoint_dirs(run_dir):
-        raise click.UsageError(f"--resume: {storage.redact(run_dir)} holds no checkpoint to continue from; "
-                               f"start it without --resume (remove the folder first if it exists)")
+        raise SettingsError(f"--resume: {storage.redact(run_dir)} holds no checkpoint to continue from; "
+                            f"start it without --resume (remove the folder first if it exists)")
     return run_dir
 
 
@@ -87,7 +87,7 @@ def follow(run_dir: str, done: threading.Event, printed: set, epochs: int, echo,
             return
 
 
-def train(s: TrainSettings, echo=click.echo) -> dict:
+def train(s: TrainSettings, echo=print) -> dict:
     """Run (or resume) a training run to the end; returns the summary that is also printed."""
     from roadseg_dist.cluster import init_ray
 
@@ -115,11 +115,11 @@ def train(s: TrainSettings, echo=click.echo) -> dict:
     follow(run_dir, done, printed, s.epochs, echo)
     thread.join()
     if "error" in outcome:
-        raise click.ClickException(f"training failed: {storage.redact(str(outcome['error']))[:2000]}")
+        raise JobError(f"training failed: {storage.redact(str(outcome['error']))[:2000]}")
     return summarize(run_dir, time.time() - t0, echo)
 
 
-def summarize(run_dir: str, seconds: float, echo=click.echo) -> dict:
+def summarize(run_dir: str, seconds: float, echo=print) -> dict:
     records = run.read_metrics(run_dir)
     best = run.best_checkpoint(run_dir)
     summary = {

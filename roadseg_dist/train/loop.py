@@ -14,7 +14,6 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -24,6 +23,7 @@ from roadseg_dist import storage
 from roadseg_dist.data import ingest
 from roadseg_dist.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from roadseg_dist.metrics import ConfusionMatrix
+from roadseg_dist.models.predict import autocast  # bf16/fp16 on GPU, float32 on CPU
 from roadseg_dist.train import run
 from roadseg_dist.train.plots import render_curves
 
@@ -86,13 +86,6 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: 
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on GPU; CPU training stays in float32."""
-    if device.type != "cuda" or amp == "off":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 # --- one epoch -----------------------------------------------------------------------------------

@@ -1,15 +1,13 @@
 """The learning curves of a run as one PNG: train loss and val mIoU / pixel accuracy per epoch."""
 from __future__ import annotations
 
-import io
+from roadseg_dist import reports
 
 
 def render_curves(records: list[dict], title: str = "") -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = reports.pyplot()
 
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
@@ -25,7 +23,4 @@ def render_curves(records: list[dict], title: str = "") -> bytes:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return reports.figure_png(fig)

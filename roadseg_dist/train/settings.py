@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import click
-
 from roadseg_dist import settings
-from roadseg_dist.settings import field, parse_size
+from roadseg_dist.settings import SettingsError, field, parse_size
 
 
 @dataclasses.dataclass
@@ -51,23 +49,23 @@ class TrainSettings:
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise click.BadParameter(f"epochs must be >= 1, got {self.epochs}")
+            raise SettingsError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.val_batch_size < 1:
-            raise click.BadParameter("batch sizes must be >= 1")
+            raise SettingsError("batch sizes must be >= 1")
         if self.num_workers < 1:
-            raise click.BadParameter(f"num_workers must be >= 1, got {self.num_workers}")
+            raise SettingsError(f"num_workers must be >= 1, got {self.num_workers}")
         if self.lr <= 0:
-            raise click.BadParameter(f"lr must be positive, got {self.lr}")
+            raise SettingsError(f"lr must be positive, got {self.lr}")
         if self.keep < 1:
-            raise click.BadParameter(f"keep must be >= 1, got {self.keep}")
+            raise SettingsError(f"keep must be >= 1, got {self.keep}")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
-            raise click.BadParameter(f"scale_range must be 0 < MIN <= MAX, got {lo},{hi}")
+            raise SettingsError(f"scale_range must be 0 < MIN <= MAX, got {lo},{hi}")
         if "/" in self.name or not self.name.strip():
-            raise click.BadParameter(f"name {self.name!r} must be a plain folder name (no '/')")
+            raise SettingsError(f"name {self.name!r} must be a plain folder name (no '/')")
 
     def to_config(self) -> dict:
-        """The settings as a plain dict for the workers and ``meta.json`` (URLs redacted)."""
+        """The settings as a plain dict for the workers; ``meta.json`` gets ``checkpoint.scrub`` of it."""
         return settings.to_dict(self)
 
 
@@ -77,5 +75,5 @@ def _pair(value, cast, name):
     else:
         parts = list(value)
     if len(parts) != 2:
-        raise click.BadParameter(f"{name}: expected two numbers MIN,MAX, got {value!r}")
+        raise SettingsError(f"{name}: expected two numbers MIN,MAX, got {value!r}")
     return tuple(cast(p) for p in parts)

@@ -1,0 +1,189 @@
+"""``roadseg shard ROOT DEST --split S``: BDD100K -> WebDataset shards with one Ray task per shard.
+
+    find_samples (pair + list)  ->  plan_shards (by count or bytes)  ->  one Ray task per shard
+    (shard_writer.build_shard: read, validate, write a deterministic tar, publish it if it changed)
+    ->  DEST/S-stats.json  ->  DEST/S-index.parquet
+
+The index is written last: a destination without it is not a finished dataset. Shards are
+byte-for-byte deterministic, so a re-run compares each shard with what is already published and
+rewrites nothing that is complete and correct. ``verify`` re-reads every shard in Ray tasks.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import time
+
+from roadseg_dist import settings, storage
+from roadseg_dist.data import bdd100k
+from roadseg_dist.data.bdd100k import DatasetError
+from roadseg_dist.data.shard_writer import build_shard, index_bytes, plan_shards, split_stats
+from roadseg_dist.data.shards import SPLITS, check_shard, index_url, read_index, shard_name, stats_url
+from roadseg_dist.settings import SettingsError
+
+TASK_CPUS = 0.5     # a shard task is mostly I/O and JPEG decoding; leave room for other Ray work
+INDEX_COLUMNS = ["key", "shard", "bytes", "height", "width", "labelled_pixels", "class_pixels"]
+
+
+def parse_bytes(text) -> int | None:
+    """``"256MB"``, ``"1GiB"``, ``"5e8"`` or an int -> bytes."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    m = re.fullmatch(r"\s*([\d.e+]+)\s*([kmgt]?)(i?b?)\s*", str(text).lower())
+    if not m:
+        raise SettingsError(f"{text!r} is not a size in bytes: write e.g. 500000000, 256MB or 1GiB")
+    value = float(m.group(1))
+    power = " kmgt".index(m.group(2) or " ")
+    base = 1024 if m.group(3).startswith("i") else 1000
+    return int(value * base ** power)
+
+
+@dataclasses.dataclass
+class ShardSettings:
+    root: str = settings.field(help="BDD100K root (local path, file:// or s3://)", argument=True)
+    dest: str = settings.field(help="where the shards go (local path, file:// or s3://)", argument=True)
+    split: str = settings.field("train", help="which split to shard", choices=SPLITS)
+    shard_size: int = settings.field(256, help="samples per shard")
+    shard_bytes: int | None = settings.field(None, help="bytes per shard instead of --shard-size, e.g. 256MB",
+                                             parse=parse_bytes)
+    workers: int = settings.field(0, help="shard tasks running at once (0: as many as the cluster's CPUs allow)")
+    verify: bool = settings.field(False, help="re-read every shard afterwards and check it against the index")
+    address: str | None = settings.field(None, help="Ray address; default RAY_ADDRESS or a local Ray")
+
+    def validate(self) -> None:
+        if self.shard_size < 1:
+            raise SettingsError(f"--shard-size must be at least 1, got {self.shard_size}")
+        if self.shard_bytes is not None and self.shard_bytes < 1:
+            raise SettingsError(f"--shard-bytes must be positive, got {self.shard_bytes}")
+        if self.workers < 0:
+            raise SettingsError(f"--workers must be 0 (auto) or more, got {self.workers}")
+        if self.split not in SPLITS:
+            raise SettingsError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+
+
+# --- Ray glue -------------------------------------------------------------------------------------
+
+def _run_tasks(remote_fn, calls: list[tuple], workers: int, description: str) -> list:
+    """``remote_fn.remote(*args)`` for each of ``calls``, at most ``workers`` in flight; results in order."""
+    import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    refs, in_flight = [], []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False) as progress:
+        bar = progress.add_task(description, total=len(calls))
+        for args in calls:
+            if len(in_flight) >= workers:
+                done, in_flight = ray.wait(in_flight, num_returns=1)
+                progress.advance(bar, len(done))
+            refs.append(remote_fn.remote(*args))
+            in_flight.append(refs[-1])
+        while in_flight:
+            done, in_flight = ray.wait(in_flight, num_returns=1)
+            progress.advance(bar, len(done))
+    return ray.get(refs)
+
+
+def _remote(fn):
+    """``fn`` as a Ray task; it reaches the storage this driver sees even if that changed since Ray started."""
+    import ray
+    from roadseg_dist.cluster import storage_env
+
+    task = ray.remote(num_cpus=TASK_CPUS, max_retries=3)(fn)
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars", {}) or {}
+    here = storage_env()
+    if any(job_env.get(k) != v for k, v in here.items()):
+        task = task.options(runtime_env={"env_vars": here})
+    return task
+
+
+def _auto_workers(n_tasks: int) -> int:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return max(1, min(n_tasks, int(cpus / TASK_CPUS)))
+
+
+# --- the job --------------------------------------------------------------------------------------
+
+def _stale_shards(dest: str, split: str, keep: set[str]) -> list[str]:
+    if not storage.exists(dest):
+        return []
+    pattern = re.compile(rf"{re.escape(split)}-\d{{6}}\.tar$")
+    return [u for u in storage.list_files(dest, (".tar",), recursive=False)
+            if pattern.fullmatch(u.rsplit("/", 1)[-1]) and u.rsplit("/", 1)[-1] not in keep]
+
+
+def _publish_if_changed(url: str, data: bytes) -> bool:
+    with contextlib.suppress(FileNotFoundError):
+        if storage.read_bytes(url) == data:
+            return False
+    storage.write_bytes(url, data)
+    return True
+
+
+def verify(data_url: str, split: str, workers: int = 0, address: str | None = None) -> dict:
+    """Re-read every shard of a finished split in Ray tasks; raise DatasetError on any mismatch."""
+    from roadseg_dist.cluster import init_ray
+
+    index = read_index(data_url, split)
+    init_ray(address)
+    groups = {name: g.to_dict("records") for name, g in index.groupby("shard", sort=True)}
+    calls = [(storage.join(data_url, name), rows) for name, rows in groups.items()]
+    results = _run_tasks(_remote(check_shard), calls, workers or _auto_workers(len(calls)), f"verify {split}")
+    problems = [p for r in results for p in r]
+    if problems:
+        raise DatasetError(problems, f"the {split!r} shards under {storage.redact(data_url)}")
+    return {"verified_shards": len(calls), "verified_samples": int(len(index))}
+
+
+def _publish_index(s: "ShardSettings", dest: str, results: list[dict]) -> tuple[int, list[str]]:
+    """Drop stale shards, then write stats and, last, the index; (total shard bytes, stale shard URLs)."""
+    import pandas as pd
+
+    idx_url = index_url(dest, s.split)
+    stale = _stale_shards(dest, s.split, {r["shard"] for r in results})
+    if stale:  # shards of an earlier, larger run of this split
+        storage.remove(idx_url)
+        for url in stale:
+            storage.remove(url)
+    index = pd.DataFrame([row for r in results for row in r["rows"]], columns=INDEX_COLUMNS)
+    total_bytes = sum(r["bytes"] for r in results)
+    stats = split_stats(s.split, index, total_bytes)
+    _publish_if_changed(stats_url(dest, s.split), json.dumps(stats, indent=2).encode())
+    _publish_if_changed(idx_url, index_bytes(index))  # last: its presence marks a finished dataset
+    return total_bytes, stale
+
+
+def run_shard(s: ShardSettings) -> dict:
+    """Shard one split of a BDD100K root into ``s.dest``; returns a summary. Raises DatasetError."""
+    from roadseg_dist.cluster import init_ray
+
+    root, dest = storage.normalize(s.root), storage.normalize(s.dest)
+    init_ray(s.address)
+    start = time.perf_counter()  # the throughput figure leaves Ray's start-up out
+    samples = bdd100k.find_samples(root, s.split)
+    plan = plan_shards(samples, s.shard_size, s.shard_bytes)
+    storage.makedirs(dest)
+    idx_url = index_url(dest, s.split)
+    calls = [(storage.join(dest, shard_name(s.split, i)), group, idx_url) for i, group in enumerate(plan)]
+    workers = s.workers or _auto_workers(len(calls))
+    results = _run_tasks(_remote(build_shard), calls, workers, f"shard {s.split}")
+
+    problems = [p for r in results for p in r["problems"]]
+    if problems:
+        raise DatasetError(problems, f"split {s.split!r} of {storage.redact(root)}; no index was written")
+    total_bytes, stale = _publish_index(s, dest, results)
+    seconds = time.perf_counter() - start
+    summary = {"split": s.split, "dest": storage.redact(dest), "samples": sum(len(r["rows"]) for r in results),
+               "shards": len(results), "written": sum(r["written"] for r in results),
+               "skipped": sum(not r["written"] for r in results), "removed_stale": len(stale),
+               "bytes": total_bytes, "seconds": round(seconds, 2),
+               "mb_per_s": round(total_bytes / 1e6 / max(seconds, 1e-9), 2)}
+    if s.verify:
+        summary.update(verify(dest, s.split, s.workers))
+    return summary
