@@ -5,12 +5,25 @@ and the dataclass field are the same name.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
 import click
 
 from roadseg_dist import __version__, settings
+
+
+@contextlib.contextmanager
+def job_errors():
+    """A job that cannot fit the cluster, or stops moving, ends as a clear CLI error (exit 1)."""
+    from roadseg_dist.resources import ResourceError
+    from roadseg_dist.watchdog import StallError
+
+    try:
+        yield
+    except (ResourceError, StallError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -59,7 +72,8 @@ def shard(config, **values):
 
     s = settings.build(ShardSettings, config, **values)
     try:
-        summary = shards_mod.run_shard(s)
+        with job_errors():
+            summary = shards_mod.run_shard(s)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from None
     except FileNotFoundError as exc:
@@ -147,7 +161,8 @@ def train(config, **values):
     from roadseg_dist.train import driver
 
     s = settings.build(TrainSettings, config, **values)
-    driver.train(s)
+    with job_errors():
+        driver.train(s)
 
 # --- infer ---------------------------------------------------------------------------------------
 
@@ -202,7 +217,8 @@ def eval_(config, **values):
     from roadseg_dist import evaluate
 
     s = settings.build(EvalSettings, config, **values)
-    result = evaluate.run_eval(s)
+    with job_errors():
+        result = evaluate.run_eval(s)
     evaluate.print_summary(result)
     click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
 
@@ -221,7 +237,8 @@ def compare(model_args, config, **values):
     if model_args:
         values["models"] = model_args
     s = settings.build(CompareSettings, config, **values)
-    result = compare_mod.run_compare(s)
+    with job_errors():
+        result = compare_mod.run_compare(s)
     compare_mod.print_table(result)
     click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
 

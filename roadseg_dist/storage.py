@@ -201,6 +201,25 @@ def download(url: str, local: str) -> None:
 
 # --- writing (atomic) ----------------------------------------------------------------------------
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 minus the umask (0644 under 022)."""
+    return 0o666 & ~current_umask()
+
+
 def makedirs(url: str) -> None:
     if not is_remote(url):
         os.makedirs(local_path(url), exist_ok=True)  # S3 has no folders
@@ -215,6 +234,7 @@ def write_bytes(url: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the file must look like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -239,6 +259,7 @@ def upload(local: str, url: str) -> None:
     os.close(fd)
     try:
         shutil.copyfile(local, tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
