@@ -112,3 +112,17 @@ def test_a_data_source_that_never_yields_fails_with_the_stall_diagnosis(home):
     assert "train stalled: no progress for" in err and "--stall-timeout 20" in err, err[-3000:]
     assert "waiting for:" in err and "Ray resources: CPU" in err, err[-3000:]
     assert seconds - started < 20 + 90, (started, seconds)  # start-up of the workers + the timeout
+
+
+def test_eval_piped_prints_progress_lines_and_writes_where_pointed(home):
+    """`eval` printed one blank line when piped; now plain progress lines, reports under a relative --out."""
+    work = home / "work"
+    if not (work / "runs" / "first" / "metrics.jsonl").exists():
+        pytest.skip("needs the run of the default-resources test")
+    code, lines, err, _ = roadseg(["eval", "runs/first", "--data", "../shards", "--out", "eval-first"], cwd=work)
+    assert code == 0, err[-3000:]
+    text = [line for _, line in lines]
+    assert text[0].startswith("eval val: 0 images") and "" not in text[:2], text
+    assert any(line.startswith("eval val: 4/4 images (100%)") for line in text), text
+    assert {"eval.json", "eval.md", "iou.png"} <= set(os.listdir(work / "eval-first"))
+    assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o644 for f in files_under(work / "eval-first"))
