@@ -208,7 +208,8 @@ def cli_options(cls) -> Callable:
                 continue
             ptype = click.Choice(meta["choices"]) if meta.get("choices") else (
                 tp if tp in (int, float) and not meta.get("parse") else str)
-            metavar = meta.get("metavar") or ("HxW" if meta.get("parse") is parse_size else "PATH" if meta.get("path") else None)
+            metavar = meta.get("metavar") or (
+                "HxW" if meta.get("parse") is parse_size else "PATH" if meta.get("path") else None)
             params.append(click.option(flag, f.name, type=ptype, default=None, help=help_text, metavar=metavar))
         params.append(click.option("--config", "config", type=str, default=None,
                                    help="YAML file of settings; flags given here win over it."))
