@@ -60,6 +60,7 @@ class Progress:
         self._last_line_at: float | None = None
         self._milestone = -1
         self._failures_shown = 0
+        self._shown: tuple | None = None
         self._bar = self._task = None
 
     # -- the text -------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ class Progress:
         if not self.due():
             return
         self.echo(self.line())
+        self._shown = (self.done, self.total, self.failures)
         self._last_line_at = self.clock()
         self._failures_shown = self.failures
         if self.total:
@@ -145,8 +147,8 @@ class Progress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
             self._bar = None
-        if exc[0] is None and not self.terminal:
-            self._last_line_at = None  # the final line, always
+        if exc[0] is None and not self.terminal and self._shown != (self.done, self.total, self.failures):
+            self._last_line_at = None  # the final line, unless the last one already said it all
             self._show()
 
 

@@ -209,6 +209,7 @@ def train_func(config: dict) -> None:
         batches = each(batches, lambda i: post(epoch=epoch, batches=i - 1))
         stats = train_one_epoch(model, batches, optimizer, scheduler, scaler, device, amp=s.amp,
                                 weight=weight, on_batch=lambda b: seen.extend(map(str, b["key"])))
+        post(force=True, epoch=epoch, batches=steps_per_epoch, stage="validation")
         train_seconds = time.time() - t0
         if s.record_keys:
             storage.write_text(storage.join(run_dir, "debug", f"keys-epoch{epoch:04d}-rank{rank}.json"),
@@ -216,8 +217,7 @@ def train_func(config: dict) -> None:
 
         val = ingest.iter_val_batches(s.data, ingest.val_shards_for_rank(val_index, rank, world),
                                       s.val_batch_size)
-        val = each(val, lambda i: post(force=i == 1, epoch=epoch, batches=steps_per_epoch,
-                                       stage=f"validation batch {i}"))
+        val = each(val, lambda i: post(epoch=epoch, batches=steps_per_epoch, stage=f"validation batch {i}"))
         cm = evaluate(plain, val, device, amp=s.amp)
         loss_sum = global_sum(stats["loss_sum"]).item()
         norm = global_sum(stats["norm"]).item()
