@@ -187,14 +187,12 @@ def print_table(result: dict, console=None) -> None:
 
 def run_compare(s: CompareSettings, console=None) -> dict:
     from roadseg_dist import settings
-    from roadseg_dist.cluster import init_ray
     from roadseg_dist.models.checkpoint import load_model
     from roadseg_dist.models.zoo import count_parameters
 
     s = settings.absolute_paths(s)
     device = "cuda" if s.gpu else "cpu"
     size = tuple(s.size) if s.size else common_size(s.data, s.split)
-    init_ray(s.address, s.num_cpus)
     plan = plan_scoring(s.workers, s.cpus_per_worker, s.gpu, s.address, s.num_cpus, job="compare")
     rows, images = [], 0
     names = model_labels(s.models)

@@ -208,11 +208,15 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
 
 def plan_scoring(workers: int, cpus_per_worker, gpu: bool, address: str | None, num_cpus,
                  job: str = "eval") -> resources.Plan:
-    """Model actors x CPUs (auto or given) plus one read task must fit the connected Ray."""
+    """Model actors x CPUs (auto or given) plus one read task must fit; starts Ray if needed."""
+    from roadseg_dist.cluster import init_ray
+
     request = resources.Request(
         job=job, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=1 if gpu else 0,
         task_cpus=READ_TASK_CPUS, task_share=0.25, worker_name="model actor", task_name="read task",
         workers_flag="--workers")
+    resources.check_before_start(request, address, num_cpus)
+    init_ray(address, num_cpus)
     return resources.plan(request, resources.offer_from_ray(resources.is_local(address), num_cpus))
 
 
@@ -305,7 +309,6 @@ def progress_echo(console):
 def run_eval(s: EvalSettings, console=None) -> dict:
     """``roadseg eval``: score, write the reports, return the result dict (also in eval.json)."""
     from roadseg_dist import settings
-    from roadseg_dist.cluster import init_ray
     from roadseg_dist.models.checkpoint import load_model
 
     s = settings.absolute_paths(s)
@@ -314,7 +317,6 @@ def run_eval(s: EvalSettings, console=None) -> dict:
         _, meta = load_model(s.checkpoint, "cpu")
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"cannot load checkpoint {storage.redact(s.checkpoint)}: {exc}") from exc
-    init_ray(s.address, s.num_cpus)
     plan = plan_scoring(s.workers, s.cpus_per_worker, s.gpu, s.address, s.num_cpus)
     start = time.time()
     with progress.Progress(f"eval {s.split}", None, "images", echo=progress_echo(console),

@@ -41,7 +41,7 @@ class Offer:
     def describe(self, kind: str) -> str:
         now, most = (self.cpus, self.max_cpus) if kind == "CPU" else (self.gpus, self.max_gpus)
         grow = f" (up to {_num(most)} with autoscaling)" if most and most > now else ""
-        return f"{where_prefix(self.where)} has {_num(now)} {kind}s{grow}"
+        return f"{self.where} has {_num(now)} {kind}{'' if now == 1 else 's'}{grow}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +77,6 @@ class Plan:
                  if r.task_cpus else "")
         return (f"resources: {r.workers} {r.worker_name}(s) x {_num(self.cpus_per_worker)} CPU{how}{gpu}{tasks} "
                 f"of {_num(self.offer.capacity('CPU'))} CPUs ({self.offer.where})")
-
-
-def where_prefix(where: str) -> str:
-    return where[0].upper() + where[1:] if where else "The cluster"
 
 
 def _num(x: float | None) -> str:
@@ -162,6 +158,24 @@ def is_local(address: str | None) -> bool:
     return not address or address == "local"
 
 
+def _local_where(num_cpus: float | None) -> str:
+    return "the local Ray" + (f" (--num-cpus {_num(num_cpus)})" if num_cpus else " (all cores; --num-cpus)")
+
+
+def check_before_start(request: Request, address: str | None, num_cpus: float | None) -> None:
+    """Fail in seconds, before a local Ray starts: its CPUs are known already (GPUs are checked
+    once it runs). Does nothing for a cluster or a Ray that is already running."""
+    import os
+
+    import ray
+
+    if not is_local(address) or ray.is_initialized():
+        return
+    cpus = float(int(num_cpus or os.cpu_count() or 2))  # what cluster.init_ray gives the local Ray
+    plan(dataclasses.replace(request, gpus_per_worker=0.0),
+         Offer(cpus=cpus, largest_node_cpus=cpus, where=_local_where(num_cpus)))
+
+
 def offer_from_ray(local: bool, num_cpus: float | None = None) -> Offer:
     """The connected Ray's CPUs/GPUs now, its largest node, and the autoscaler's maximum if known."""
     import ray
@@ -177,8 +191,7 @@ def offer_from_ray(local: bool, num_cpus: float | None = None) -> Offer:
         max_cpus, max_gpus = most.get("CPU") or None, most.get("GPU") or None
     except Exception:  # noqa: BLE001 - no autoscaler config: the current resources are the offer
         pass
-    where = "the local Ray" + (f" (--num-cpus {_num(num_cpus)})" if num_cpus else " (all cores; --num-cpus)") \
-        if local else "the Ray cluster"
+    where = _local_where(num_cpus) if local else "the Ray cluster"
     return Offer(cpus=float(total.get("CPU", 0.0)), gpus=float(total.get("GPU", 0.0)), largest_node_cpus=largest,
                  max_cpus=float(max_cpus) if max_cpus else None, max_gpus=float(max_gpus) if max_gpus else None,
                  where=where)

@@ -69,7 +69,7 @@ def test_a_worker_larger_than_any_node_fails():
 
 
 def test_gpus_are_checked():
-    with pytest.raises(ResourceError, match=r"2 GPUs, but The Ray cluster has 1 GPUs.*--cpu"):
+    with pytest.raises(ResourceError, match=r"2 GPUs, but the Ray cluster has 1 GPU: .*--cpu"):
         resources.plan(train_request(2, "auto", gpus=1), Offer(cpus=16, gpus=1, where="the Ray cluster"))
 
 

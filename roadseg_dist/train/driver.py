@@ -70,13 +70,12 @@ def build_trainer(s: TrainSettings, board=None):
     )
 
 
-def plan_resources(s: TrainSettings) -> resources.Plan:
-    """Workers x CPUs (auto or given) plus one decode task must fit the connected Ray."""
-    request = resources.Request(
+def resource_request(s: TrainSettings) -> resources.Request:
+    """Workers x CPUs (auto or given) plus one decode task: what must fit the Ray cluster."""
+    return resources.Request(
         job="train", workers=s.num_workers, cpus_per_worker=s.cpus_per_worker, gpus_per_worker=1 if s.gpu else 0,
         task_cpus=s.ingest_cpus, task_share=0.5, worker_name="training worker",
         task_name="decode/augment task", task_flag="--ingest-cpus")
-    return resources.plan(request, resources.offer_from_ray(resources.is_local(s.address), s.num_cpus))
 
 
 def format_epoch(r: dict, epochs: int) -> str:
@@ -150,8 +149,10 @@ def train(s: TrainSettings, echo=None) -> dict:
 
     s = settings.absolute_paths(s)  # the workers run in Ray's session folder, not in this cwd
     run_dir = check_inputs(s)
+    request = resource_request(s)
+    resources.check_before_start(request, s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
-    plan = plan_resources(s)
+    plan = resources.plan(request, resources.offer_from_ray(resources.is_local(s.address), s.num_cpus))
     s = dataclasses.replace(s, cpus_per_worker=plan.cpus_per_worker)
     board = progress.remote_board()
     trainer = build_trainer(s, board)
