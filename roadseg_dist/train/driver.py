@@ -94,14 +94,14 @@ class Follower:
     def __init__(self, s: TrainSettings, run_dir: str, steps_per_epoch: int, board, bar, dog):
         self.s, self.run_dir, self.steps, self.board, self.bar, self.dog = s, run_dir, steps_per_epoch, board, bar, dog
         self.printed = {epoch_key(r) for r in run.read_metrics(run_dir)}
-        self.board_version = -1
+        self.board_version = 0  # the board's version before any post
 
     def pending(self) -> str:
         posts = self._posts()
         ranks = ", ".join(f"rank {who}: epoch {p.get('epoch')} {p.get('stage', 'train')} batch "
                           f"{p.get('batches', 0)}/{self.steps}" for who, p in sorted(posts.items()))
         return (f"training batches (ranks that posted: {ranks})" if ranks else
-                f"the first training batch of {self.s.num_workers} worker(s): none has posted one yet")
+                f"the {self.s.num_workers} training worker(s) to start their first epoch: none has reported yet")
 
     def _posts(self) -> dict:
         import ray
@@ -111,7 +111,7 @@ class Follower:
         snap = ray.get(self.board.snapshot.remote(), timeout=10)
         if snap["version"] != self.board_version:
             self.board_version = snap["version"]
-            self.dog.beat("a worker posted a batch")
+            self.dog.beat("a worker reported progress")
         return snap["posts"]
 
     def poll(self) -> None:
