@@ -20,8 +20,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from roadseg_dist.errors import JobError
     from roadseg_dist.infer.pipeline import InputError
     from roadseg_dist.models.checkpoint import CheckpointError
+    from roadseg_dist.resources import ResourceError
+    from roadseg_dist.watchdog import StallError
 
-    return DatasetError, CheckpointError, InputError, JobError, FileNotFoundError
+    return DatasetError, CheckpointError, InputError, JobError, ResourceError, StallError, FileNotFoundError
 
 
 class Command(click.Command):
@@ -171,7 +173,7 @@ def train(config, **values):
     from roadseg_dist.train import driver
 
     s = settings.build(TrainSettings, config, **values)
-    driver.train(s, echo=click.echo)
+    driver.train(s)
 
 # --- infer ---------------------------------------------------------------------------------------
 

@@ -13,16 +13,18 @@ import time
 
 import numpy as np
 
-from roadseg_dist import labels, reports, storage
-from roadseg_dist.evaluate import score_split
+from roadseg_dist import labels, progress, reports, storage
+from roadseg_dist.evaluate import plan_scoring, progress_echo, score_split
 from roadseg_dist.reports import percent
+from roadseg_dist.resources import AUTO, parse_cpus
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
+from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
 
 @dataclasses.dataclass
 class CompareSettings:
-    data: str = field(help="shard folder (local, file:// or s3://) holding SPLIT-*.tar and SPLIT-index.parquet")
-    models: tuple = field((), parse=parse_list,
+    data: str = field(path=True, help="shard folder (local, file:// or s3://) holding SPLIT-*.tar and SPLIT-index.parquet")
+    models: tuple = field((), parse=parse_list, path=True,
                           help="checkpoints or run directories (on the command line: CKPT_OR_RUN...)")
     split: str = field("val", help="which split to score")
     size: tuple | None = field(None, parse=parse_size,
@@ -31,13 +33,17 @@ class CompareSettings:
     speed_batch: int = field(1, help="frames per model call in the speed measurement")
     speed_seconds: float = field(3.0, help="time spent measuring each model's speed")
     limit: int | None = field(None, help="score only the first N samples of the split")
-    out: str = field("compare", help="where compare.json, compare.md and compare.png go")
+    out: str = field("compare", path=True, help="where compare.json, compare.md and compare.png go")
     batch_size: int = field(4, help="images per model call while scoring")
     workers: int = field(2, help="model actors scoring in parallel")
-    cpus_per_worker: float = field(1.0, help="CPUs reserved per model actor")
+    cpus_per_worker: float | str = field(AUTO, parse=parse_cpus, metavar="CPUS|auto",
+                                         help="CPUs reserved per model actor; auto: what the read tasks leave, "
+                                              "shared by the actors")
     gpu: bool = field(False, flag="--gpu/--cpu", help="score and time on GPU, or on CPU")
     address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
     num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
+    stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
+                                 help="fail with a diagnosis when no batch is scored for this long (0: never)")
 
     def validate(self) -> None:
         if not self.models:
@@ -163,40 +169,36 @@ def print_table(result: dict, console=None) -> None:
 # --- the job ----------------------------------------------------------------------------------------
 
 def run_compare(s: CompareSettings, console=None) -> dict:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist import settings
     from roadseg_dist.models.checkpoint import CheckpointError, load_model
     from roadseg_dist.models.zoo import count_parameters
 
-    console = console or Console()
+    s = settings.absolute_paths(s)
     device = "cuda" if s.gpu else "cpu"
     size = tuple(s.size) if s.size else common_size(s.data, s.split)
-    init_ray(s.address, s.num_cpus)
+    plan = plan_scoring(s.workers, s.cpus_per_worker, s.gpu, s.address, s.num_cpus, job="compare")
     rows, images = [], 0
     names = model_labels(s.models)
-    with Progress(TextColumn("[bold]compare[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        for name, url in zip(names, s.models):
-            try:
-                model, meta = load_model(url, device)
-            except (FileNotFoundError, ValueError) as exc:
-                raise CheckpointError(f"cannot load {storage.redact(url)}: {exc}") from exc
-            task = bar.add_task(f"{name}: scoring", total=None)
+    for name, url in zip(names, s.models):
+        try:
+            model, meta = load_model(url, device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise CheckpointError(f"cannot load {storage.redact(url)}: {exc}") from exc
+        with progress.Progress(f"compare {name}", None, "images", echo=progress_echo(console),
+                               terminal=console.is_terminal if console else None) as bar:
             cm, images = score_split(
                 meta["checkpoint"], s.data, s.split, limit=s.limit, batch_size=s.batch_size, workers=s.workers,
-                cpus_per_worker=s.cpus_per_worker, gpu=s.gpu,
-                progress=lambda done, total, t=task: bar.update(t, completed=done, total=total))
-            bar.update(task, description=f"{name}: timing at {size[0]}x{size[1]}")
+                cpus_per_worker=plan.cpus_per_worker, gpu=s.gpu, stall_timeout=s.stall_timeout,
+                progress=lambda done, total: bar.update(done, total=total))
+            bar.update(note=f"timing at {size[0]}x{size[1]}")
             fps = measure_fps(model, size, batch=s.speed_batch, seconds=s.speed_seconds, device=device)
-            bar.update(task, description=f"{name}: done")
-            m = cm.compute()
-            rows.append({"name": name, "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"),
-                         "epoch": meta.get("epoch"), "params": int(count_parameters(model)), "fps": round(fps, 3),
-                         "miou": m["miou"], "mean_acc": m["mean_acc"], "pixel_acc": m["pixel_acc"],
-                         "fwiou": m["fwiou"], "iou": m["iou"]})
-            del model
+            bar.update(note=f"{fps:.2f} frames/s")
+        m = cm.compute()
+        rows.append({"name": name, "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"),
+                     "epoch": meta.get("epoch"), "params": int(count_parameters(model)), "fps": round(fps, 3),
+                     "miou": m["miou"], "mean_acc": m["mean_acc"], "pixel_acc": m["pixel_acc"],
+                     "fwiou": m["fwiou"], "iou": m["iou"]})
+        del model
     result = {"data": storage.redact(s.data), "split": s.split, "images": images, "size": list(size),
               "speed_batch": s.speed_batch, "device": _device_name(device), "models": rows}
     paths = reports.write_reports(s.out, "compare", result, markdown_table(result), comparison_chart(result),

@@ -32,7 +32,7 @@ SUBFOLDERS = ("bdd100k", "shards", "runs", "eval", "segmented")  # what a demo r
 
 @dataclasses.dataclass
 class DemoSettings:
-    workdir: str = field("demo-output", help="where everything goes (a local folder)")
+    workdir: str = field("demo-output", help="where everything goes (a local folder)", path=True)
     s3: bool = field(False, help="keep shards and the training run on a loopback S3 server (moto) "
                                  "that the demo starts and stops, instead of local disk")
     train_images: int = field(200, help="synthetic training images")
@@ -214,7 +214,7 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
             TrainSettings, data=paths["shards"], storage=paths["runs"], name="demo", model=s.model,
             base_channels=s.base_channels, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
             warmup_epochs=0.5, crop=s.crop, scale_range=(0.75, 1.25), num_workers=s.train_workers,
-            cpus_per_worker=0.5, ingest_cpus=0.25, val_batch_size=8, keep=1, seed=s.seed),
+            val_batch_size=8, keep=1, seed=s.seed),
             echo=console.print)
 
     with display.stage("evaluation"):

@@ -18,30 +18,38 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from roadseg_dist import storage
+from roadseg_dist import progress, resources, storage, watchdog
+from roadseg_dist.errors import JobError
 from roadseg_dist.eval_report import write_eval_reports
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.errors import JobError
+from roadseg_dist.resources import AUTO, parse_cpus
 from roadseg_dist.settings import SettingsError, field, parse_size
+from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
+
+READ_TASK_CPUS = 0.25  # a read task streams a tar: mostly waiting on storage
 
 
 @dataclasses.dataclass
 class EvalSettings:
-    checkpoint: str = field(argument=True, help="checkpoint or training run directory (its best checkpoint)")
-    data: str = field(help="shard folder (local, file:// or s3://) holding SPLIT-*.tar and SPLIT-index.parquet")
+    checkpoint: str = field(argument=True, path=True, help="checkpoint or training run directory (its best checkpoint)")
+    data: str = field(path=True, help="shard folder (local, file:// or s3://) holding SPLIT-*.tar and SPLIT-index.parquet")
     split: str = field("val", help="which split of the shard folder to score")
-    out: str | None = field(None, help="where eval.json, eval.md and iou.png go; default: CHECKPOINT/eval-SPLIT")
-    save_preds: str | None = field(None, help="also write the predicted train-id masks as DIR/<key>.png")
+    out: str | None = field(None, path=True, help="where eval.json, eval.md and iou.png go; default: CHECKPOINT/eval-SPLIT")
+    save_preds: str | None = field(None, path=True, help="also write the predicted train-id masks as DIR/<key>.png")
     size: tuple | None = field(None, parse=parse_size,
                                help="run the model at HxW and upsample its logits to each label's "
                                     "resolution; default: at the label's full resolution")
     limit: int | None = field(None, help="score only the first N samples of the split (quick checks)")
     batch_size: int = field(4, help="images per model call")
     workers: int = field(2, help="model actors scoring in parallel")
-    cpus_per_worker: float = field(1.0, help="CPUs reserved per model actor (also its torch threads)")
+    cpus_per_worker: float | str = field(AUTO, parse=parse_cpus, metavar="CPUS|auto",
+                                         help="CPUs reserved per model actor (also its torch threads); auto: "
+                                              "what the read tasks leave, shared by the actors")
     gpu: bool = field(False, flag="--gpu/--cpu", help="one GPU per model actor, or CPUs")
     address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
     num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
+    stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
+                                 help="fail with a diagnosis when no batch is scored for this long (0: never)")
 
     def validate(self) -> None:
         for name in ("batch_size", "workers"):
@@ -49,8 +57,6 @@ class EvalSettings:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise SettingsError(f"--limit must be at least 1, got {self.limit}")
-        if self.cpus_per_worker <= 0:
-            raise SettingsError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
 
     def output_dir(self) -> str:
         return self.out or storage.join(self.checkpoint, f"eval-{self.split}")
@@ -148,10 +154,12 @@ class Scorer:
 
 def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, limit: int | None = None,
                 batch_size: int = 4, workers: int = 2, cpus_per_worker: float = 1.0, gpu: bool = False,
-                save_preds: str | None = None, progress=None) -> tuple[ConfusionMatrix, int]:
+                save_preds: str | None = None, progress=None,
+                stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> tuple[ConfusionMatrix, int]:
     """Run the model over the split on Ray; the summed confusion matrix and the number of images.
 
     ``progress(done, total)`` is called on the driver as batches finish. Ray must be initialised.
+    No scored batch for ``stall_timeout`` seconds raises ``watchdog.StallError`` with a diagnosis.
     """
     import functools
 
@@ -165,7 +173,7 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
         raise JobError(f"the {split} split under {storage.redact(data)} has no samples")
     total = sum(len(t["keys"]) for t in tasks)
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    ds = ds.flat_map(functools.partial(read_task_rows, data=data), num_cpus=0.25)
+    ds = ds.flat_map(functools.partial(read_task_rows, data=data), num_cpus=READ_TASK_CPUS)
     ds = ds.map_batches(
         Scorer, batch_size=batch_size, batch_format="numpy",
         # min_size=1: a pool that must start whole could take every CPU and starve the read tasks
@@ -175,40 +183,60 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
                                    device="cuda" if gpu else "cpu", threads=max(1, int(cpus_per_worker))))
     cm = ConfusionMatrix()
     done = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for flat, n in zip(batch["confusion"], batch["images"]):
-            cm.merge(ConfusionMatrix.from_counts(flat))
-            done += int(n)
-        if progress:
-            progress(done, total)
+    dog = watchdog.Watchdog("eval", stall_timeout, pending=lambda: (
+        f"scored batches from {workers} model actor(s) x {cpus_per_worker:g} CPU: {done}/{total} images done"))
+    with watchdog.watch(dog):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for flat, n in zip(batch["confusion"], batch["images"]):
+                cm.merge(ConfusionMatrix.from_counts(flat))
+                done += int(n)
+            dog.beat(f"{done}/{total} images scored")
+            if progress:
+                progress(done, total)
     return cm, done
+
+
+def plan_scoring(workers: int, cpus_per_worker, gpu: bool, address: str | None, num_cpus,
+                 job: str = "eval") -> resources.Plan:
+    """Model actors x CPUs (auto or given) plus one read task must fit; starts Ray if needed."""
+    from roadseg_dist.cluster import init_ray
+
+    request = resources.Request(
+        job=job, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=1 if gpu else 0,
+        task_cpus=READ_TASK_CPUS, task_share=0.25, worker_name="model actor", task_name="read task",
+        workers_flag="--workers")
+    resources.check_before_start(request, address, num_cpus)
+    init_ray(address, num_cpus)
+    return resources.plan(request, resources.offer_from_ray(resources.is_local(address), num_cpus))
 
 
 # --- the job ----------------------------------------------------------------------------------------
 
+def progress_echo(console):
+    """Plain progress lines through ``console`` (a rich Console), or None for stdout."""
+    return None if console is None else (lambda line: console.print(line, highlight=False, markup=False))
+
+
 def run_eval(s: EvalSettings, console=None) -> dict:
     """``roadseg eval``: score, write the reports, return the result dict (also in eval.json)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist import settings
     from roadseg_dist.models.checkpoint import CheckpointError, load_model
 
-    console = console or Console()
+    s = settings.absolute_paths(s)
     try:
         # fail fast, on the driver, on a bad checkpoint; the actors load the checkpoint resolved here
         _, meta = load_model(s.checkpoint, "cpu")
     except (FileNotFoundError, ValueError) as exc:
         raise CheckpointError(f"cannot load checkpoint {storage.redact(s.checkpoint)}: {exc}") from exc
-    init_ray(s.address, s.num_cpus)
+    plan = plan_scoring(s.workers, s.cpus_per_worker, s.gpu, s.address, s.num_cpus)
     start = time.time()
-    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(s.split, total=None)
+    with progress.Progress(f"eval {s.split}", None, "images", echo=progress_echo(console),
+                           terminal=console.is_terminal if console else None) as bar:
+        bar.log(plan.summary())
         cm, images = score_split(
             meta["checkpoint"], s.data, s.split, size=s.size, limit=s.limit, batch_size=s.batch_size,
-            workers=s.workers, cpus_per_worker=s.cpus_per_worker, gpu=s.gpu, save_preds=s.save_preds,
-            progress=lambda done, total: bar.update(task, completed=done, total=total))
+            workers=s.workers, cpus_per_worker=plan.cpus_per_worker, gpu=s.gpu, save_preds=s.save_preds,
+            progress=lambda done, total: bar.update(done, total=total), stall_timeout=s.stall_timeout)
     seconds = time.time() - start
     result = {
         "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"), "epoch": meta.get("epoch"),

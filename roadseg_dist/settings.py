@@ -9,10 +9,14 @@ Field metadata understood here (all optional):
     flag      a custom declaration such as ``"--gpu/--cpu"`` for booleans
     choices   allowed values
     parse     a function str -> value (e.g. ``parse_size`` for ``HxW``)
+    path      True: a local path is made absolute when the settings are built (on the driver, before
+              they travel to Ray); ``file://`` and ``s3://`` URLs are left as they are
+    metavar   what ``--help`` shows for the value (default: HxW for sizes, else from the type)
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from typing import Any, Callable, TypeVar
@@ -20,6 +24,8 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 S = TypeVar("S")
+
+PATH_HELP = "(Relative: to the current dir; under `roadseg submit`, to the job's working dir.)"
 
 
 class SettingsError(ValueError):
@@ -32,8 +38,10 @@ class SettingsError(ValueError):
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", argument: bool = False,
           flag: str | None = None, choices: tuple | None = None,
-          parse: Callable[[str], Any] | None = None, default_factory: Any = dataclasses.MISSING):
-    meta = {"help": help, "argument": argument, "flag": flag, "choices": choices, "parse": parse}
+          parse: Callable[[str], Any] | None = None, default_factory: Any = dataclasses.MISSING,
+          path: bool = False, metavar: str | None = None):
+    meta = {"help": help, "argument": argument, "flag": flag, "choices": choices, "parse": parse,
+            "path": path, "metavar": metavar}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -85,7 +93,10 @@ def _convert(cls, name: str, value: Any) -> Any:
     if value is None:
         return None
     if parse is not None:
-        return parse(value)
+        try:
+            return parse(value)
+        except ValueError as exc:  # e.g. resources.parse_cpus: name the setting
+            raise SettingsError(f"{name}: {exc}") from None
     tp = _base_type(_hints(cls)[name])
     if tp is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
@@ -111,8 +122,25 @@ def load_yaml(path: str) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def absolute_path(value: Any) -> Any:
+    """A plain local path -> absolute (from the current directory); URLs and empty values unchanged."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(absolute_path(v) for v in value)
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def absolute_paths(obj: S) -> S:
+    """The settings with every ``path`` field made absolute: do this on the driver, where the user's
+    working directory is; Ray workers run elsewhere (Ray's session folder, another node)."""
+    changes = {f.name: absolute_path(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if f.metadata.get("path")}
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
 def build(cls: type[S], config: str | dict | None = None, **overrides: Any) -> S:
-    """Defaults < YAML (a path or a dict) < overrides whose value is not None."""
+    """Defaults < YAML (a path or a dict) < overrides whose value is not None; local paths made absolute."""
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     if config:
@@ -129,12 +157,20 @@ def build(cls: type[S], config: str | dict | None = None, **overrides: Any) -> S
                if f.name not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise SettingsError(f"missing required setting(s): {', '.join(missing)}")
-    obj = cls(**values)
+        raise SettingsError("missing required setting(s): " + ", ".join(_cli_name(cls, m) for m in missing)
+                               + " (on the command line, or in the --config file)")
+    obj = absolute_paths(cls(**values))
     check = getattr(obj, "validate", None)
     if callable(check):
         check()
     return obj
+
+
+def _cli_name(cls, name: str) -> str:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.metadata.get("argument"):
+        return f"argument {name.upper()}"
+    return f.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
 def to_dict(settings: Any) -> dict[str, Any]:
@@ -159,17 +195,21 @@ def cli_options(cls) -> Callable:
         for f in dataclasses.fields(cls):
             meta = f.metadata
             tp = _base_type(_hints(cls)[f.name])
-            help_text = meta.get("help", "")
+            help_text = meta.get("help", "") + (f" {PATH_HELP}" if meta.get("path") else "")
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             if default not in (None, "", (), []) and not meta.get("argument"):
                 shown = "x".join(map(str, default)) if meta.get("parse") is parse_size and default else (
                     ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default)
                 help_text = f"{help_text} [default: {shown}]".strip()
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if meta.get("argument"):
-                required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                params.append(click.argument(f.name, required=required))
+                # never required by click: the value may come from --config; ``build`` checks it
+                params.append(click.argument(f.name, required=False,
+                                             metavar=f.name.upper() if required else f"[{f.name.upper()}]"))
                 continue
+            if required:
+                help_text = f"{help_text} [required]"
             flag = meta.get("flag") or "--" + f.name.replace("_", "-")
             if tp is bool:
                 decl = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
@@ -177,7 +217,9 @@ def cli_options(cls) -> Callable:
                 continue
             ptype = click.Choice(meta["choices"]) if meta.get("choices") else (
                 tp if tp in (int, float) and not meta.get("parse") else str)
-            params.append(click.option(flag, f.name, type=ptype, default=None, help=help_text))
+            metavar = meta.get("metavar") or (
+                "HxW" if meta.get("parse") is parse_size else "PATH" if meta.get("path") else None)
+            params.append(click.option(flag, f.name, type=ptype, default=None, help=help_text, metavar=metavar))
         params.append(click.option("--config", "config", type=str, default=None,
                                    help="YAML file of settings; flags given here win over it."))
         for p in reversed(params):

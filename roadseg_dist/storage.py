@@ -201,6 +201,25 @@ def download(url: str, local: str) -> None:
 
 # --- writing (atomic) ----------------------------------------------------------------------------
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 minus the umask (0644 under 022)."""
+    return 0o666 & ~current_umask()
+
+
 def makedirs(url: str) -> None:
     if not is_remote(url):
         os.makedirs(local_path(url), exist_ok=True)  # S3 has no folders
@@ -223,6 +242,7 @@ def _replace_local(path: str, fill: Callable[[str], None]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with local_temp(prefix=".tmp-", dir=os.path.dirname(path)) as tmp:
         fill(tmp)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; the file must look like any other
         os.replace(tmp, path)
 
 

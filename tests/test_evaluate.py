@@ -212,7 +212,7 @@ def test_eval_equals_independent_scoring_and_official_toolkit(synthetic_data, tm
     ckpt = tiny_checkpoint(s3_bucket + "/runs/tiny/checkpoint_000001", synthetic_data.shards, 4, steps=15)
     preds = str(tmp_path / "preds")
     s = build(EvalSettings, checkpoint=ckpt, data=synthetic_data.shards, out=s3_bucket + "/eval",
-              save_preds=preds, workers=2, cpus_per_worker=0.5, batch_size=3)
+              save_preds=preds, workers=2, batch_size=3)
     result = run_eval(s)
     stored = json.loads(open_url(s3_bucket + "/eval/eval.json"))
     assert stored["metrics"] == result["metrics"] and stored["images"] == 8
@@ -259,7 +259,7 @@ def test_compare_two_checkpoints(synthetic_data, tmp_path):
     a = tiny_checkpoint(str(tmp_path / "a" / "checkpoint_000001"), synthetic_data.shards, 4, steps=2)
     b = tiny_checkpoint(str(tmp_path / "b" / "checkpoint_000001"), synthetic_data.shards, 8, steps=15)
     s = build(CompareSettings, models=(str(tmp_path / "a"), b), data=synthetic_data.shards,
-              out=str(tmp_path / "cmp"), speed_seconds=0.2, workers=1, cpus_per_worker=0.5, limit=4)
+              out=str(tmp_path / "cmp"), speed_seconds=0.2, workers=1, limit=4)
     result = run_compare(s)
     rows = result["models"]
     assert [r["name"] for r in rows] == ["a", "b/checkpoint_000001"]

@@ -42,7 +42,7 @@ def s3_shards(ray_local, s3_server, tmp_path_factory):
 def tiny_run(data, runs, name, **kw) -> TrainSettings:
     values = dict(data=data, storage=runs, name=name, model="unet", base_channels=16, epochs=EPOCHS,
                   batch_size=2, lr=3e-3, warmup_epochs=1, crop="64x96", scale_range="1.0,1.25",
-                  jitter=0.1, num_workers=2, cpus_per_worker=1, ingest_cpus=0.5, val_batch_size=8,
+                  jitter=0.1, num_workers=2, val_batch_size=8,
                   keep=2, max_failures=1, seed=0, record_keys=True, class_weights=True)
     values.update(kw)
     return settings.build(TrainSettings, None, **values)

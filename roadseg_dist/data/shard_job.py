@@ -21,7 +21,9 @@ from roadseg_dist.data import bdd100k
 from roadseg_dist.data.bdd100k import DatasetError
 from roadseg_dist.data.shard_writer import build_shard, index_bytes, plan_shards, split_stats
 from roadseg_dist.data.shards import SPLITS, check_shard, index_url, read_index, shard_name, stats_url
+from roadseg_dist.progress import Progress
 from roadseg_dist.settings import SettingsError
+from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
 
 TASK_CPUS = 0.5     # a shard task is mostly I/O and JPEG decoding; leave room for other Ray work
 INDEX_COLUMNS = ["key", "shard", "bytes", "height", "width", "labelled_pixels", "class_pixels"]
@@ -44,14 +46,16 @@ def parse_bytes(text) -> int | None:
 
 @dataclasses.dataclass
 class ShardSettings:
-    root: str = settings.field(help="BDD100K root (local path, file:// or s3://)", argument=True)
-    dest: str = settings.field(help="where the shards go (local path, file:// or s3://)", argument=True)
+    root: str = settings.field(help="BDD100K root (local path, file:// or s3://)", argument=True, path=True)
+    dest: str = settings.field(help="where the shards go (local path, file:// or s3://)", argument=True, path=True)
     split: str = settings.field("train", help="which split to shard", choices=SPLITS)
     shard_size: int = settings.field(256, help="samples per shard")
     shard_bytes: int | None = settings.field(None, help="bytes per shard instead of --shard-size, e.g. 256MB",
                                              parse=parse_bytes)
     workers: int = settings.field(0, help="shard tasks running at once (0: as many as the cluster's CPUs allow)")
     verify: bool = settings.field(False, help="re-read every shard afterwards and check it against the index")
+    stall_timeout: float = settings.field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
+                                          help="fail with a diagnosis when no shard finishes for this long (0: never)")
     address: str | None = settings.field(None, help="Ray address; default RAY_ADDRESS or a local Ray")
 
     def validate(self) -> None:
@@ -67,25 +71,38 @@ class ShardSettings:
 
 # --- Ray glue -------------------------------------------------------------------------------------
 
-def _run_tasks(remote_fn, calls: list[tuple], workers: int, description: str) -> list:
-    """``remote_fn.remote(*args)`` for each of ``calls``, at most ``workers`` in flight; results in order."""
+def _run_tasks(remote_fn, calls: list[tuple], workers: int, description: str,
+               stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> list:
+    """Run ``remote_fn`` over ``calls`` with at most ``workers`` in flight, showing progress on the
+    driver; no shard finished for ``stall_timeout`` seconds raises ``StallError`` with a diagnosis."""
     import ray
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    refs, in_flight = [], []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=False) as progress:
-        bar = progress.add_task(description, total=len(calls))
-        for args in calls:
-            if len(in_flight) >= workers:
-                done, in_flight = ray.wait(in_flight, num_returns=1)
-                progress.advance(bar, len(done))
-            refs.append(remote_fn.remote(*args))
-            in_flight.append(refs[-1])
-        while in_flight:
-            done, in_flight = ray.wait(in_flight, num_returns=1)
-            progress.advance(bar, len(done))
-    return ray.get(refs)
+    results: dict = {}
+    pending = {}
+    queue = list(enumerate(calls))
+    dog = Watchdog(description, stall_timeout, pending=lambda: f"{len(pending)} shard task(s) running, "
+                   f"{len(queue)} queued, {len(results)}/{len(calls)} done")
+    with Progress(description, len(calls), "shards") as bar:
+        while queue or pending:
+            while queue and len(pending) < workers:
+                i, args = queue.pop(0)
+                pending[remote_fn.remote(*args)] = i
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                results[pending.pop(ref)] = ray.get(ref)
+                dog.beat(f"{len(results)}/{len(calls)} shards done")
+            bar.update(len(results))
+            dog.check()
+    return [results[i] for i in range(len(calls))]
+
+
+def _check_resources(address: str | None) -> None:
+    """One shard task (TASK_CPUS) must fit the connected Ray, or nothing would ever run."""
+    from roadseg_dist import resources
+
+    request = resources.Request(job="shard", workers=1, cpus_per_worker=TASK_CPUS, worker_name="shard task",
+                                workers_flag="--workers", cpus_flag="the shard task size")
+    resources.plan(request, resources.offer_from_ray(resources.is_local(address)))
 
 
 def _remote(fn):
@@ -165,6 +182,7 @@ def run_shard(s: ShardSettings) -> dict:
 
     root, dest = storage.normalize(s.root), storage.normalize(s.dest)
     init_ray(s.address)
+    _check_resources(s.address)
     start = time.perf_counter()  # the throughput figure leaves Ray's start-up out
     samples = bdd100k.find_samples(root, s.split)
     plan = plan_shards(samples, s.shard_size, s.shard_bytes)
@@ -172,7 +190,7 @@ def run_shard(s: ShardSettings) -> dict:
     idx_url = index_url(dest, s.split)
     calls = [(storage.join(dest, shard_name(s.split, i)), group, idx_url) for i, group in enumerate(plan)]
     workers = s.workers or _auto_workers(len(calls))
-    results = _run_tasks(_remote(build_shard), calls, workers, f"shard {s.split}")
+    results = _run_tasks(_remote(build_shard), calls, workers, f"shard {s.split}", s.stall_timeout)
 
     problems = [p for r in results for p in r["problems"]]
     if problems:

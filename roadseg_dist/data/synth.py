@@ -35,7 +35,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int, detail: str 
 
 @dataclasses.dataclass
 class SynthSettings:
-    root: str = settings.field(help="where to write the dataset (local path, file:// or s3://)", argument=True)
+    root: str = settings.field(help="where to write the dataset (local path, file:// or s3://)", argument=True,
+                               path=True)
     train: int = settings.field(8, help="training images")
     val: int = settings.field(4, help="validation images")
     height: int = settings.field(180, help="image height in pixels")

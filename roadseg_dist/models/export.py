@@ -32,9 +32,9 @@ FORMATS = ("torchscript", "onnx")
 
 @dataclasses.dataclass
 class ExportSettings:
-    checkpoint: str = settings.field(help="checkpoint dir or run dir (its best checkpoint); local or s3://",
+    checkpoint: str = settings.field(path=True, help="checkpoint dir or run dir (its best checkpoint); local or s3://",
                                      argument=True)
-    out: str = settings.field(help="output file (local or s3://), e.g. model.onnx", argument=True)
+    out: str = settings.field(help="output file (local or s3://), e.g. model.onnx", argument=True, path=True)
     format: str = settings.field("torchscript", choices=FORMATS, help="export format")
     opset: int = settings.field(17, help="ONNX opset version")
     check: bool = settings.field(True, flag="--check/--no-check",

@@ -1,14 +1,19 @@
 """``roadseg train``: check the inputs, build the ``TorchTrainer``, follow the run, print a summary.
 
 Ray's own logs stay quiet; the driver's progress comes from the run's ``metrics.jsonl``, which rank 0
-writes once per epoch, so the same view works for a local Ray and for a remote cluster.
+writes once per epoch, and from a zero-CPU ``ProgressBoard`` actor where every rank posts its batch
+count, so the same view works for a local Ray and for a remote cluster. Before anything starts the
+settings are resolved here (absolute paths, ``--cpus-per-worker auto`` -> a number that fits, see
+``resources``); a run that stops moving for ``--stall-timeout`` fails with a diagnosis (``watchdog``).
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import threading
 import time
 
-from roadseg_dist import storage
+from roadseg_dist import progress, resources, settings, storage, watchdog
 from roadseg_dist.errors import JobError
 from roadseg_dist.settings import SettingsError
 from roadseg_dist.train import run
@@ -38,7 +43,8 @@ def check_inputs(s: TrainSettings) -> str:
     return run_dir
 
 
-def build_trainer(s: TrainSettings):
+def build_trainer(s: TrainSettings, board=None):
+    """The ``TorchTrainer``; the workers get the settings resolved here (absolute paths, CPUs)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
@@ -52,7 +58,7 @@ def build_trainer(s: TrainSettings):
     fs, path = storage.arrow_filesystem(s.storage)
     return TorchTrainer(
         train_func,
-        train_loop_config=s.to_config(),
+        train_loop_config={"settings": s, "board": board},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.gpu, resources_per_worker=resources,
                                      placement_strategy=s.placement_strategy),
         run_config=RunConfig(
@@ -64,42 +70,99 @@ def build_trainer(s: TrainSettings):
     )
 
 
+def resource_request(s: TrainSettings) -> resources.Request:
+    """Workers x CPUs (auto or given) plus one decode task: what must fit the Ray cluster."""
+    return resources.Request(
+        job="train", workers=s.num_workers, cpus_per_worker=s.cpus_per_worker, gpus_per_worker=1 if s.gpu else 0,
+        task_cpus=s.ingest_cpus, task_share=0.5, worker_name="training worker",
+        task_name="decode/augment task", task_flag="--ingest-cpus")
+
+
 def format_epoch(r: dict, epochs: int) -> str:
     restored = f"  (restored from epoch {r['restored_from_epoch']})" if r.get("restored_from_epoch") else ""
     return (f"epoch {r['epoch']:>3}/{epochs}  loss {r['train_loss']:.4f}  val mIoU {r['val_miou']:.4f}  "
             f"pixel acc {r['val_pixel_acc']:.4f}  {r['images_per_s']:.1f} img/s  {r['seconds']:.1f}s{restored}")
 
 
-def follow(run_dir: str, done: threading.Event, printed: set, epochs: int, echo, poll_s: float = 1.0) -> None:
-    """Print each new line of metrics.jsonl until ``done`` is set (then once more)."""
-    while True:
-        finished = done.wait(poll_s)
+def epoch_key(r: dict) -> tuple:
+    return r["epoch"], r.get("restored_from_epoch"), round(r["seconds"], 3)
+
+
+class Follower:
+    """The driver's view of a run: epoch lines from metrics.jsonl, batches from the workers' board."""
+
+    def __init__(self, s: TrainSettings, run_dir: str, steps_per_epoch: int, board, bar, dog):
+        self.s, self.run_dir, self.steps, self.board, self.bar, self.dog = s, run_dir, steps_per_epoch, board, bar, dog
+        self.printed = {epoch_key(r) for r in run.read_metrics(run_dir)}
+        self.board_version = 0  # the board's version before any post
+
+    def pending(self) -> str:
+        posts = self._posts()
+        ranks = ", ".join(f"rank {who}: epoch {p.get('epoch')} {p.get('stage', 'train')} batch "
+                          f"{p.get('batches', 0)}/{self.steps}" for who, p in sorted(posts.items()))
+        return (f"training batches (ranks that posted: {ranks})" if ranks else
+                f"the {self.s.num_workers} training worker(s) to start their first epoch: none has reported yet")
+
+    def _posts(self) -> dict:
+        import ray
+
+        if self.board is None:
+            return {}
+        snap = ray.get(self.board.snapshot.remote(), timeout=10)
+        if snap["version"] != self.board_version:
+            self.board_version = snap["version"]
+            self.dog.beat("a worker reported progress")
+        return snap["posts"]
+
+    def poll(self) -> None:
         try:
-            records = run.read_metrics(run_dir)
+            records = run.read_metrics(self.run_dir)
         except Exception:  # noqa: BLE001 - a half-visible file on a flaky store: try again next tick
             records = []
         for r in records:
-            key = (r["epoch"], r.get("restored_from_epoch"), round(r["seconds"], 3))
-            if key not in printed:
-                printed.add(key)
-                echo(format_epoch(r, epochs))
-        if finished:
-            return
+            if epoch_key(r) not in self.printed:
+                self.printed.add(epoch_key(r))
+                self.dog.beat(f"epoch {r['epoch']} finished")
+                self.bar.log(format_epoch(r, self.s.epochs))
+        try:
+            posts = self._posts()
+        except Exception:  # noqa: BLE001 - the board is a view; training goes on without it
+            posts = {}
+        done = [(p.get("epoch", 1) - 1) * self.steps + p.get("batches", 0) for p in posts.values()]
+        epoch = min((p.get("epoch", 1) for p in posts.values()), default=1)
+        if done:
+            self.bar.update(min(done), note=f"epoch {epoch}/{self.s.epochs}")
+        else:
+            self.bar.tick()
 
 
-def train(s: TrainSettings, echo=print) -> dict:
-    """Run (or resume) a training run to the end; returns the summary that is also printed."""
+def train(s: TrainSettings, echo=None) -> dict:
+    """Run (or resume) a training run to the end; returns the summary that is also printed.
+
+    ``echo``: where lines go (default: stdout, with a bar on a terminal and plain lines otherwise).
+    Raises ResourceError before starting when the job cannot fit, StallError when it stops moving.
+    """
+    import ray
+
     from roadseg_dist.cluster import init_ray
+    from roadseg_dist.data import shards
 
+    s = settings.absolute_paths(s)  # the workers run in Ray's session folder, not in this cwd
     run_dir = check_inputs(s)
+    request = resource_request(s)
+    resources.check_before_start(request, s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
-    trainer = build_trainer(s)
-    echo(f"run {storage.redact(run_dir)}: {s.model}, {s.num_workers} worker(s) on "
-         f"{'GPU' if s.gpu else 'CPU'}, {s.epochs} epochs, batch {s.batch_size}/worker, crop "
-         f"{s.crop[0]}x{s.crop[1]}" + (" (resuming)" if s.resume else ""))
-    done, printed, outcome = threading.Event(), set(), {}
-    printed.update((r["epoch"], r.get("restored_from_epoch"), round(r["seconds"], 3))
-                   for r in run.read_metrics(run_dir))
+    plan = resources.plan(request, resources.offer_from_ray(resources.is_local(s.address), s.num_cpus))
+    s = dataclasses.replace(s, cpus_per_worker=plan.cpus_per_worker)
+    board = progress.remote_board()
+    trainer = build_trainer(s, board)
+    steps = math.ceil((len(shards.read_index(s.data, "train")) // s.num_workers) / s.batch_size)
+    out = echo or progress.plain_echo
+    out(f"run {storage.redact(run_dir)}: {s.model}, {s.num_workers} worker(s) on "
+        f"{'GPU' if s.gpu else 'CPU'}, {s.epochs} epochs, batch {s.batch_size}/worker, crop "
+        f"{s.crop[0]}x{s.crop[1]}" + (" (resuming)" if s.resume else ""))
+    out(plan.summary())
+    done, outcome = threading.Event(), {}
 
     def fit():
         try:
@@ -110,17 +173,26 @@ def train(s: TrainSettings, echo=print) -> dict:
             done.set()
 
     t0 = time.time()
-    thread = threading.Thread(target=fit, name="roadseg-fit", daemon=True)
-    thread.start()
-    follow(run_dir, done, printed, s.epochs, echo)
-    thread.join()
+    dog = watchdog.Watchdog("train", s.stall_timeout)
+    with progress.Progress("train", s.epochs * steps, "batches", echo=echo) as bar:
+        follower = Follower(s, run_dir, steps, board, bar, dog)
+        dog.pending = follower.pending
+        threading.Thread(target=fit, name="roadseg-fit", daemon=True).start()
+        while not done.wait(1.0):
+            follower.poll()
+            dog.check()
+        follower.poll()
+    ray.kill(board)
     if "error" in outcome:
         raise JobError(f"training failed: {storage.redact(str(outcome['error']))[:2000]}")
-    return summarize(run_dir, time.time() - t0, echo)
+    return summarize(run_dir, time.time() - t0, out)
 
 
-def summarize(run_dir: str, seconds: float, echo=print) -> dict:
+def summarize(run_dir: str, seconds: float, echo=progress.plain_echo) -> dict:
     records = run.read_metrics(run_dir)
+    if not records:
+        raise JobError(f"training ended without writing {run.METRICS} to {storage.redact(run_dir)}: "
+                                   f"no epoch was saved where you pointed --storage")
     best = run.best_checkpoint(run_dir)
     summary = {
         "run_dir": run_dir,

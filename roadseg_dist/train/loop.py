@@ -141,17 +141,17 @@ def train_func(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from roadseg_dist import settings
     from roadseg_dist.cluster import quiet_ray_data
     from roadseg_dist.data import shards
     from roadseg_dist.models import checkpoint as ckpt_format
     from roadseg_dist.models.zoo import build_model
-    from roadseg_dist.train.settings import TrainSettings
+    from roadseg_dist.progress import Poster
 
     quiet_ray_data()
-    s = settings.build(TrainSettings, dict(config))
+    s = config["settings"]  # resolved on the driver: absolute paths, CPUs; never rebuilt here
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    post = Poster(config.get("board"), rank)
     device = ray.train.torch.get_device()
     run_dir = storage.join(s.storage, s.name)
 
@@ -192,14 +192,17 @@ def train_func(config: dict) -> None:
 
     for epoch in range(start_epoch, s.epochs + 1):
         t0 = time.time()
+        post(force=True, epoch=epoch, batches=0)
         tasks = ingest.plan_epoch(train_index, world, s.seed, epoch)[rank]
         ds = ingest.train_dataset(s.data, tasks, seed=s.seed, epoch=epoch, crop=s.crop,
                                   scale_range=s.scale_range, flip=s.flip, jitter=s.jitter,
                                   ingest_cpus=s.ingest_cpus)
         seen: list[str] = []
         batches = ingest.iter_train_batches(ds, s.batch_size, s.shuffle_buffer, seed=s.seed * 1000 + epoch)
+        batches = each(batches, lambda i: post(epoch=epoch, batches=i - 1))
         stats = train_one_epoch(model, batches, optimizer, scheduler, scaler, device, amp=s.amp,
                                 weight=weight, on_batch=lambda b: seen.extend(map(str, b["key"])))
+        post(force=True, epoch=epoch, batches=steps_per_epoch, stage="validation")
         train_seconds = time.time() - t0
         if s.record_keys:
             storage.write_text(storage.join(run_dir, "debug", f"keys-epoch{epoch:04d}-rank{rank}.json"),
@@ -207,6 +210,7 @@ def train_func(config: dict) -> None:
 
         val = ingest.iter_val_batches(s.data, ingest.val_shards_for_rank(val_index, rank, world),
                                       s.val_batch_size)
+        val = each(val, lambda i: post(epoch=epoch, batches=steps_per_epoch, stage=f"validation batch {i}"))
         cm = evaluate(plain, val, device, amp=s.amp)
         loss_sum = global_sum(stats["loss_sum"]).item()
         norm = global_sum(stats["norm"]).item()
@@ -246,6 +250,13 @@ def train_func(config: dict) -> None:
                 report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({"epoch": epoch, "val_miou": record["val_miou"]}, checkpoint=report_checkpoint,
                              checkpoint_dir_name=run.checkpoint_name(epoch))
+
+
+def each(batches, on_each):
+    """The batches, calling ``on_each(i)`` before handing out the i-th (progress for the driver)."""
+    for i, batch in enumerate(batches, 1):
+        on_each(i)
+        yield batch
 
 
 def restore(folder: str, model, optimizer, scheduler, scaler) -> int:

@@ -4,13 +4,17 @@ from __future__ import annotations
 import dataclasses
 
 from roadseg_dist import settings
+from roadseg_dist.resources import AUTO, parse_cpus
 from roadseg_dist.settings import SettingsError, field, parse_size
+from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
 
 @dataclasses.dataclass
 class TrainSettings:
-    data: str = field(help="Shard folder (local, file:// or s3://) holding train-*.tar and val-*.tar with indexes.")
-    storage: str = field(help="Where run directories live (local, file:// or s3://); the run is STORAGE/NAME.")
+    data: str = field(help="Shard folder (local, file:// or s3://) holding train-*.tar and val-*.tar with indexes.",
+                      path=True)
+    storage: str = field(help="Where run directories live (local, file:// or s3://); the run is STORAGE/NAME.",
+                         path=True)
     name: str = field(help="Run name: the run directory is STORAGE/NAME.")
     model: str = field("unet", help="Model name from the zoo (roadseg models).")
     pretrained: bool = field(False, help="Start the encoder from pretrained weights.")
@@ -25,14 +29,17 @@ class TrainSettings:
     poly_power: float = field(0.9, help="Exponent of the poly learning-rate decay.")
     class_weights: bool = field(False, help="Weight the loss by the class weights of the train split's stats.")
     crop: tuple = field((512, 1024), parse=parse_size, help="Training crop HxW after random scaling.")
-    scale_range: tuple = field((0.5, 2.0), parse=lambda v: _pair(v, float, "scale_range"),
+    scale_range: tuple = field((0.5, 2.0), parse=lambda v: _pair(v, float, "scale_range"), metavar="MIN,MAX",
                                help="Random scale range MIN,MAX applied before cropping.")
     flip: bool = field(True, help="Random horizontal flip.")
     jitter: float = field(0.2, help="Photometric jitter strength (brightness/contrast/saturation), 0 = off.")
     num_workers: int = field(2, help="Training workers (DDP processes; one GPU each with --gpu).")
     gpu: bool = field(False, flag="--gpu/--cpu", help="Train on one GPU per worker, or on CPUs.")
     amp: str = field("bf16", choices=("bf16", "fp16", "off"), help="Mixed precision on GPU (ignored on CPU).")
-    cpus_per_worker: float = field(1.0, help="CPUs reserved per training worker.")
+    cpus_per_worker: float | str = field(
+        AUTO, parse=parse_cpus, metavar="CPUS|auto",
+        help="CPUs reserved per training worker; auto: the workers share what is left after "
+             "max(--ingest-cpus, half the CPUs) for the decode/augment tasks.")
     placement_strategy: str = field("PACK", choices=("PACK", "SPREAD", "STRICT_SPREAD"),
                                     help="How workers are placed on nodes: PACK fills nodes first, SPREAD "
                                          "spreads them (one GPU per node clusters want SPREAD).")
@@ -45,6 +52,8 @@ class TrainSettings:
     seed: int = field(0, help="Seed of model init, epoch order and augmentation: runs are repeatable.")
     address: str | None = field(None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
     num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores).")
+    stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
+                                 help="Fail with a diagnosis when no batch or epoch arrives for this long (0: never).")
     record_keys: bool = field(False, help="Debug: workers write the sample keys they see per epoch to the run dir.")
 
     def validate(self) -> None:

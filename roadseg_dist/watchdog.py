@@ -1,0 +1,137 @@
+"""Stall detection: a job that stops making progress fails with a diagnosis instead of hanging.
+
+A job calls ``dog.beat(what)`` on every sign of progress (a batch, an epoch, a result). ``watch``
+runs the job's body with a checker thread: after ``timeout_s`` without a beat it builds a diagnosis
+(what the job was waiting for, what Ray reports as pending or unschedulable, the resource demand)
+and interrupts the main thread, which leaves the body as ``StallError(diagnosis)``. Loops that poll
+anyway (the training driver) call ``dog.check()`` instead and need no interruption.
+
+``Watchdog`` is pure (an injectable clock); ``ray_diagnosis`` is the only part that asks Ray.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from typing import Callable, Iterator
+
+DEFAULT_STALL_TIMEOUT = 300.0  # seconds; a settings field (--stall-timeout) in every Ray job
+
+
+class StallError(RuntimeError):
+    """No progress for the configured time; the message is the diagnosis."""
+
+
+class Watchdog:
+    """The time of the last sign of progress, and whether it is too long ago (timeout 0: never)."""
+
+    def __init__(self, job: str, timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 pending: Callable[[], str] | None = None):
+        self.job, self.timeout_s, self.clock, self.pending = job, float(timeout_s or 0), clock, pending
+        self.last_beat = clock()
+        self.last_what = "the job started"
+        self.diagnosis: str | None = None
+
+    def beat(self, what: str = "progress") -> None:
+        self.last_beat, self.last_what = self.clock(), what
+
+    def idle_s(self) -> float:
+        return self.clock() - self.last_beat
+
+    def stalled(self) -> bool:
+        return self.timeout_s > 0 and self.idle_s() > self.timeout_s
+
+    def check(self) -> None:
+        """Raise StallError with the diagnosis if there was no beat for ``timeout_s``."""
+        if self.stalled():
+            raise StallError(self.diagnose())
+
+    def diagnose(self) -> str:
+        if self.diagnosis is None:
+            waiting = _safe(self.pending) if self.pending else ""
+            self.diagnosis = (
+                f"{self.job} stalled: no progress for {self.idle_s():.0f} s (--stall-timeout "
+                f"{self.timeout_s:g}); last progress: {self.last_what}."
+                + (f"\nwaiting for: {waiting}" if waiting else "")
+                + f"\n{_safe(ray_diagnosis)}")
+        return self.diagnosis
+
+
+def _safe(fn: Callable[[], str]) -> str:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the stall itself
+        return f"(could not ask: {exc})"
+
+
+@contextlib.contextmanager
+def watch(dog: Watchdog, poll_s: float = 1.0) -> Iterator[Watchdog]:
+    """Run the body; when ``dog`` reports a stall, interrupt the main thread -> ``StallError``.
+
+    The interruption is a SIGINT to the main thread (it wakes a blocking wait, as Ctrl-C does); it is
+    turned into ``StallError`` here, so the caller never sees a KeyboardInterrupt for a stall.
+    """
+    stop, fired, lock = threading.Event(), threading.Event(), threading.Lock()
+    main = threading.main_thread()
+    interruptible = threading.current_thread() is main and dog.timeout_s > 0
+
+    def checker():
+        while not stop.wait(poll_s):
+            if dog.stalled():
+                dog.diagnose()
+                with lock:
+                    if not stop.is_set():
+                        fired.set()
+                        if interruptible:
+                            signal.pthread_kill(main.ident, signal.SIGINT)
+                return
+
+    threading.Thread(target=checker, name=f"roadseg-watchdog-{dog.job}", daemon=True).start()
+    try:
+        yield dog
+    except BaseException:
+        if not fired.is_set():
+            raise
+    finally:
+        try:
+            with lock:
+                stop.set()
+            if fired.is_set() and interruptible:
+                time.sleep(0.05)  # let a SIGINT that is still on its way arrive here
+        except KeyboardInterrupt:
+            pass
+    if fired.is_set():
+        raise StallError(dog.diagnose())
+
+
+def ray_diagnosis() -> str:
+    """What Ray says now: resources in use, unschedulable demand, actors waiting to be created."""
+    import ray
+
+    lines = []
+    total, free = ray.cluster_resources(), ray.available_resources()
+    lines.append("Ray resources: " + ", ".join(
+        f"{k} {free.get(k, 0):g} free of {total[k]:g}" for k in ("CPU", "GPU") if k in total))
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        demand = [f"{req.count} x {dict(req.bundle)}" for d in status.resource_demands.ray_task_actor_demand
+                  for req in d.bundles_by_count]
+        demand += [f"placement group {d.details}" for d in status.resource_demands.placement_group_demand]
+        lines.append("waiting for resources (Ray's pending demand): " + ("; ".join(demand) if demand else
+                     "none: the tasks and actors that exist are running but produce nothing "
+                     "(a read that never returns? a full object store?)"))
+    except Exception as exc:  # noqa: BLE001 - older/odd clusters: say so and go on
+        lines.append(f"(no autoscaler status: {exc})")
+    try:
+        from ray._private.state import state
+
+        pending = sorted({a.get("ActorClassName", "?") for a in state.actor_table(None).values()
+                          if a.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")})
+        if pending:
+            lines.append("actors not yet placed: " + ", ".join(pending))
+    except Exception:  # noqa: BLE001 - the actor table is a nicety of the diagnosis
+        pass
+    return "\n".join(lines)
