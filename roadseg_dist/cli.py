@@ -247,10 +247,12 @@ from roadseg_dist.submit import SubmitSettings  # noqa: E402 - each section owns
 @settings.cli_options(SubmitSettings)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def submit(args, config, **values):
-    """Run JOB (train, infer, shard, check) on a Ray cluster: roadseg submit JOB -- ARGS...
+    """Run JOB (train, infer, shard, eval, compare, check) on a Ray cluster: roadseg submit JOB -- ARGS...
 
-    The project is shipped as the job's working directory, the S3 settings of this environment
-    go with it, the logs are followed, and the exit code is the job's (0 = SUCCEEDED).
+    Ships roadseg_dist/, jobs/, configs/, pyproject.toml (and README.md) as the job's working
+    directory, printing what goes with sizes; sends the S3 endpoint and region of this environment
+    but no keys (the nodes use their own; see --pass-credentials); follows the logs; exits with the
+    job's status (0 = SUCCEEDED).
     """
     from roadseg_dist import submit as submit_mod
 

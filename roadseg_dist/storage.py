@@ -10,11 +10,9 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
-import time
 from typing import Callable, Iterator, TypeVar
 
 import fsspec
@@ -65,17 +63,46 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+# --- the one retry layer ---------------------------------------------------------------------------
+# Every S3 request is retried by botocore's "standard" mode and nowhere else: it decides what is
+# transient from error codes, HTTP status and exception types (503 SlowDown and the throttling codes,
+# 500/502/504, RequestTimeout, connection errors), never from message text. A request is tried at
+# most ``max_attempts()`` times (AWS_MAX_ATTEMPTS, default 5); between tries botocore sleeps a random
+# t_i <= min(2**(i-1), 20) s, so the back-off of one request totals at most
+# ``backoff_bound_s()`` (15 s at 5 attempts), plus at most CONNECT_TIMEOUT_S per try to connect and
+# READ_TIMEOUT_S per try to read. s3fs's own retry loop is turned off (it retried by message text on
+# top of botocore's). The only retry above botocore: a read whose body breaks after a good response
+# (botocore cannot see it) is requested again, at most STREAM_RETRIES more times.
+DEFAULT_MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT_S = 4
+READ_TIMEOUT_S = 60
+STREAM_RETRIES = 2
+
+
+def max_attempts() -> int:
+    """Tries per S3 request: AWS_MAX_ATTEMPTS (the standard AWS setting), else 5."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "")
+    try:
+        return max(1, int(value)) if value else DEFAULT_MAX_ATTEMPTS
+    except ValueError:
+        raise ValueError(f"AWS_MAX_ATTEMPTS={value!r} is not a whole number of tries") from None
+
+
+def backoff_bound_s(attempts: int | None = None) -> float:
+    """The most botocore can sleep between the tries of one request (standard mode)."""
+    n = max_attempts() if attempts is None else attempts
+    return float(sum(min(2 ** (i - 1), 20) for i in range(1, n)))
+
+
 @functools.lru_cache(maxsize=8)
-def _s3fs(endpoint: str | None):
+def _s3fs(endpoint: str | None, attempts: int):
     import s3fs
 
-    # botocore's "standard" retry mode retries 503 SlowDown, throttling and connection errors;
-    # s3fs adds its own retries for read timeouts and incomplete reads.
-    config = {"retries": {"max_attempts": 10, "mode": "standard"}, "connect_timeout": 10,
-              "read_timeout": 60}
+    config = {"retries": {"max_attempts": attempts, "mode": "standard"},
+              "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, config_kwargs=config,
                            skip_instance_cache=True, use_listings_cache=False)
-    fs.retries = 10  # a class attribute in s3fs, not a constructor argument
+    fs.retries = 1  # one try in s3fs's loop: botocore is the retry layer
     return fs
 
 
@@ -83,7 +110,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (fsspec filesystem, path within it)."""
     url = normalize(url)
     if scheme(url) == "s3":
-        return _s3fs(s3_endpoint()), url[len("s3://"):]
+        return _s3fs(s3_endpoint(), max_attempts()), url[len("s3://"):]
     return fsspec.filesystem("file"), url
 
 
@@ -94,7 +121,8 @@ def arrow_filesystem(url: str):
     url = normalize(url)
     if scheme(url) == "s3":
         endpoint = s3_endpoint()
-        kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+        kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()),
+                  "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": READ_TIMEOUT_S}
         if endpoint:
             kwargs["endpoint_override"] = endpoint
             kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
@@ -105,30 +133,98 @@ def arrow_filesystem(url: str):
     return pafs.LocalFileSystem(), url
 
 
-# --- retries -------------------------------------------------------------------------------------
+# --- errors and the stream retry ------------------------------------------------------------------
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    markers = ("SlowDown", "ServiceUnavailable", "503", "500 ", "InternalError", "RequestTimeout",
-               "Connection reset", "ConnectionReset", "Connection was closed", "IncompleteRead",
-               "ServerDisconnected", "ClientPayloadError", "EndpointConnectionError",
-               "ResponseStreamingError", "ReadTimeout", "Broken pipe")
-    return any(m in text for m in markers)
+class StorageError(OSError):
+    """S3 cannot be used for this URL: endpoint unreachable, credentials refused, bucket missing.
+
+    The message names the (redacted) endpoint and bucket and says what to check."""
 
 
-def retry(fn: Callable[..., T], *args, attempts: int = 8, base_delay: float = 0.2, **kwargs) -> T:
-    """Call ``fn`` and retry transient storage errors with jittered exponential back-off."""
-    for attempt in range(1, attempts + 1):
+class BucketMissing(StorageError, FileNotFoundError):
+    """The bucket of an ``s3://`` URL does not exist at the endpoint."""
+
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                     "AccessDenied", "AllAccessDisabled", "TokenRefreshRequired"}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _error_code(exc: BaseException) -> str | None:
+    for e in _chain(exc):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and (response.get("Error") or {}).get("Code"):
+            return str(response["Error"]["Code"])
+    return None
+
+
+def _stream_broke(exc: BaseException) -> bool:
+    """A response body cut after a good status line: botocore never sees it, so we retry it."""
+    from http.client import IncompleteRead
+
+    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+    kinds: tuple[type, ...] = (IncompleteRead, IncompleteReadError, ResponseStreamingError)
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientPayloadError
+        kinds += (ClientPayloadError,)
+    return any(isinstance(e, kinds) for e in _chain(exc))
+
+
+def _unreachable(exc: BaseException) -> bool:
+    from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError
+
+    return any(isinstance(e, (BotoConnectionError, ConnectTimeoutError)) for e in _chain(exc))
+
+
+def storage_error(exc: BaseException, url: str) -> BaseException:
+    """``exc`` from an S3 call on ``url`` as a clear StorageError, or ``exc`` itself when it is not one
+    of: endpoint unreachable, credentials refused, bucket missing."""
+    if isinstance(exc, StorageError) or scheme(url) != "s3":
+        return exc
+    endpoint = redact(s3_endpoint() or "AWS's default S3 endpoint")
+    bucket = normalize(url)[len("s3://"):].split("/", 1)[0]
+    code = _error_code(exc)
+    where = f"{redact(url)} (endpoint {endpoint})"
+    if code in _CREDENTIAL_CODES:
+        err: BaseException = StorageError(
+            f"S3 refused the credentials for {where}: {code}. Check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY (or the node's role) and that it may use bucket " + repr(bucket))
+    elif code == "NoSuchBucket":
+        err = BucketMissing(f"bucket {bucket!r} does not exist at {endpoint} ({redact(url)}): "
+                            "create it, or check the bucket name and AWS_ENDPOINT_URL")
+    elif _unreachable(exc):
+        err = StorageError(f"cannot reach S3 at {endpoint} for {redact(url)} after {max_attempts()} "
+                           f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
+    else:
+        return exc
+    err.__cause__ = None
+    return err
+
+
+def retry(fn: Callable[..., T], *args, url: str = "", stream: bool = False, **kwargs) -> T:
+    """Call a filesystem method for ``url``. S3 errors that mean "S3 cannot be used" become a
+    StorageError; with ``stream`` a body cut mid-read is requested again (STREAM_RETRIES times).
+    Local files are never retried."""
+    for attempt in range(STREAM_RETRIES + 1):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - filtered by _transient
-            if attempt == attempts or not _transient(exc):
+        except Exception as exc:  # noqa: BLE001 - classified by type and error code below
+            if not url or scheme(url) != "s3":
                 raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.debug("transient storage error (%s), retry %d in %.2fs", redact(str(exc)), attempt, delay)
-            time.sleep(min(delay, 10.0))
+            if stream and attempt < STREAM_RETRIES and _stream_broke(exc):
+                log.debug("S3 body cut while reading %s, reading it again", redact(url))
+                continue
+            err = storage_error(exc, url)
+            if err is exc:
+                raise
+            raise err from None
     raise AssertionError("unreachable")
 
 
@@ -136,17 +232,17 @@ def retry(fn: Callable[..., T], *args, attempts: int = 8, base_delay: float = 0.
 
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
-    return retry(fs.exists, path)
+    return retry(fs.exists, path, url=url)
 
 
 def isdir(url: str) -> bool:
     fs, path = filesystem(url)
-    return retry(fs.isdir, path)
+    return retry(fs.isdir, path, url=url)
 
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    return retry(fs.cat_file, path)
+    return retry(fs.cat_file, path, url=url, stream=True)
 
 
 def read_text(url: str) -> str:
@@ -155,7 +251,7 @@ def read_text(url: str) -> str:
 
 def size(url: str) -> int:
     fs, path = filesystem(url)
-    return int(retry(fs.size, path))
+    return int(retry(fs.size, path, url=url))
 
 
 def list_files(url: str, suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[str]:
@@ -163,9 +259,9 @@ def list_files(url: str, suffixes: tuple[str, ...] | None = None, recursive: boo
     fs, path = filesystem(url)
     prefix = "s3://" if scheme(normalize(url)) == "s3" else ""
     if recursive:
-        found = retry(fs.find, path)
+        found = retry(fs.find, path, url=url)
     else:
-        found = [p for p in retry(fs.ls, path, detail=False) if retry(fs.isfile, p)]
+        found = [p for p in retry(fs.ls, path, detail=False, url=url) if retry(fs.isfile, p, url=url)]
     out = []
     for p in found:
         if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
@@ -178,7 +274,7 @@ def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, i
     """Like ``list_files`` (recursive) but one listing call returns each file's size: {url: bytes}."""
     fs, path = filesystem(url)
     prefix = "s3://" if scheme(normalize(url)) == "s3" else ""
-    found = retry(fs.find, path, detail=True)
+    found = retry(fs.find, path, detail=True, url=url)
     wanted = tuple(s.lower() for s in suffixes) if suffixes else None
     out = {}
     for p, info in found.items():
@@ -190,13 +286,13 @@ def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, i
 
 def open_input(url: str, mode: str = "rb"):
     fs, path = filesystem(url)
-    return retry(fs.open, path, mode)
+    return retry(fs.open, path, mode, url=url)
 
 
 def download(url: str, local: str) -> None:
     fs, path = filesystem(url)
     os.makedirs(os.path.dirname(os.path.abspath(local)) or ".", exist_ok=True)
-    retry(fs.get_file, path, local)
+    retry(fs.get_file, path, local, url=url, stream=True)
 
 
 # --- writing (atomic) ----------------------------------------------------------------------------
@@ -210,7 +306,7 @@ def write_bytes(url: str, data: bytes) -> None:
     """Write a whole object atomically (S3 PUT is atomic; locally a temp file is renamed)."""
     fs, path = filesystem(url)
     if is_remote(url):
-        retry(fs.pipe_file, path, data)
+        retry(fs.pipe_file, path, data, url=url)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
@@ -224,6 +320,38 @@ def write_bytes(url: str, data: bytes) -> None:
         raise
 
 
+def write_durable(url: str, data: bytes) -> None:
+    """Write a completion marker so that it cannot outlive what it vouches for after a power loss.
+
+    Locally: the data is fsync'ed before the rename and the folder after it, so the marker is on
+    disk only after everything written (and fsync'ed or rename-ordered) before it. Mode 0666 less
+    the umask. On S3 a PUT is durable when it returns: a plain write.
+    """
+    if is_remote(url):
+        write_bytes(url, data)
+        return
+    path = local_path(url)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def write_text(url: str, text: str) -> None:
     write_bytes(url, text.encode("utf-8"))
 
@@ -232,7 +360,7 @@ def upload(local: str, url: str) -> None:
     """Copy a finished local file to ``url``; it appears there only when complete."""
     fs, path = filesystem(url)
     if is_remote(url):
-        retry(fs.put_file, local, path)
+        retry(fs.put_file, local, path, url=url)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
@@ -270,8 +398,8 @@ def upload_dir(local_dir: str, url: str) -> None:
 
 def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
-    if retry(fs.exists, path):
-        retry(fs.rm, path, recursive=recursive)
+    if retry(fs.exists, path, url=url):
+        retry(fs.rm, path, recursive=recursive, url=url)
 
 
 # --- secrets -------------------------------------------------------------------------------------

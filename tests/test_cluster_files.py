@@ -273,13 +273,12 @@ def test_jobs_entrypoints_and_runtime_env():
 
     for job in submit.JOBS:
         assert (ROOT / "jobs" / f"{job}.py").is_file(), job
-    env = submit.job_runtime_env(ROOT, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-                                            "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
+    env = submit.job_runtime_env(ROOT, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"})
     RuntimeEnv(**env)  # Ray accepts it
     assert env["working_dir"] == str(ROOT) and "runs" in env["excludes"]
-    assert env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     line = submit.describe(env)
-    assert "AWS_SECRET_ACCESS_KEY" in line and "s3cr3t-value" not in line
+    assert "AWS_ENDPOINT_URL" in line and "9000" not in line
 
 
 def test_runtime_env_override_file_merges_env_vars(tmp_path):
@@ -325,14 +324,18 @@ def test_submit_to_nothing_says_what_to_do():
     assert "cannot reach the Ray Job API" in result.output and "port" in result.output
 
 
-def test_snapshot_freezes_the_checkout_without_the_excluded():
+def test_stage_freezes_the_allow_listed_part_of_the_checkout():
     import os
 
+    from roadseg_dist import ship
+
     env = submit.job_runtime_env(ROOT, env={})
-    with submit.snapshot(ROOT, env["excludes"]) as frozen:
+    with ship.stage(ROOT, env["excludes"]) as (frozen, manifest):
         files = {os.path.relpath(os.path.join(r, f), frozen) for r, _, fs in os.walk(frozen) for f in fs}
     assert {"jobs/train.py", "jobs/runtime_env.yaml", "roadseg_dist/submit.py", "pyproject.toml"} <= files
-    assert not [f for f in files if f.startswith((".git/", ".venv/")) or "__pycache__" in f or ".egg-info" in f]
+    assert files == set(manifest.files)
+    assert {f.split("/")[0] for f in files} <= set(ship.SHIP)
+    assert not [f for f in files if "__pycache__" in f or ".egg-info" in f]
     assert not os.path.exists(frozen)
 
 
