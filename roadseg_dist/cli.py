@@ -7,13 +7,36 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import click
 
 from roadseg_dist import __version__, settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class RedactedErrors(click.Group):
+    """Every error leaves redacted: a click error's message, and any unexpected exception as one
+    line (its traceback, redacted too, only with -v), so no credential-bearing URL is echoed."""
+
+    def invoke(self, ctx: click.Context):
+        from roadseg_dist.storage import redact
+
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = redact(exc.message)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                click.echo(redact(traceback.format_exc()), err=True)
+            raise click.ClickException(redact(f"{type(exc).__name__}: {exc}") + "\n  (unexpected; "
+                                       "run with -v for the traceback, secrets redacted)") from None
+
+
+@click.group(cls=RedactedErrors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="roadseg")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
 def main(verbose: bool) -> None:

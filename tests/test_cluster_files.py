@@ -69,10 +69,14 @@ def test_cluster_yaml_token_auth_and_private_dashboard(cluster_config):
     # the token comes from Secrets Manager on the node, into a file only this user can read
     fetch = [c for c in cluster_config["setup_commands"] if "secretsmanager" in c]
     assert len(fetch) == 1 and "umask 077" in fetch[0] and "~/.ray/auth_token" in fetch[0]
-    # nothing but SSH is open to the world
-    for rule in cluster_config["provider"]["security_group"]["IpPermissions"]:
-        if any(r["CidrIp"] == "0.0.0.0/0" for r in rule.get("IpRanges", [])):
-            assert (rule["FromPort"], rule["ToPort"]) == (22, 22), rule
+    # nothing is open to the world: SSH only, from a CIDR the user sets (a closed one by default)
+    import ipaddress
+
+    rules = cluster_config["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+    for r in rules[0]["IpRanges"]:
+        assert ipaddress.ip_network(r["CidrIp"]).prefixlen > 0, r
+    assert "0.0.0.0/0" not in (ROOT / "cluster.yaml").read_text().split("Never 0.0.0.0/0")[0]
 
 
 # --- k8s: schemas ----------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def validate_manifest(doc: dict) -> None:
 
 def test_manifests_exist():
     kinds = sorted(d["kind"] for _, d in all_documents())
-    assert kinds == ["RayCluster", "RayJob", "RayJob", "ServiceAccount"]
+    assert kinds == ["NetworkPolicy", "NetworkPolicy", "RayCluster", "RayJob", "RayJob", "ServiceAccount"]
     assert (ROOT / "k8s" / "README.md").exists() and (ROOT / "k8s" / "Dockerfile").exists()
 
 
@@ -194,6 +198,35 @@ def test_token_auth_private_dashboard_and_gpu_groups():
             env = {e["name"]: e for e in pod_templates(doc)[0][1]["spec"]["containers"][0]["env"]}
             auth = next(s for n, s in ray_cluster_specs() if n == name)["authOptions"]
             assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == auth["secretName"]
+
+
+def test_network_policy_lets_only_the_cluster_and_its_clients_reach_the_head():
+    policies = {d["metadata"]["name"]: d["spec"] for _, d in all_documents() if d["kind"] == "NetworkPolicy"}
+    head, workers = policies["roadseg-ray-head"], policies["roadseg-ray-workers"]
+    member = {"app.kubernetes.io/name": "roadseg"}
+
+    def selects(selector: dict, labels: dict) -> bool:
+        ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+        for e in selector.get("matchExpressions", []):
+            ok = ok and (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In")
+        return ok
+
+    pods = {f"{name}:{group}": t["metadata"]["labels"]
+            for name, doc in all_documents() if doc["kind"] in ("RayCluster", "RayJob")
+            for group, t in pod_templates(doc)}
+    for where, labels in pods.items():  # every pod of ours is a member; the heads are selected
+        assert selects({"matchLabels": member}, labels), where
+        is_head = labels.get("app.kubernetes.io/component") == "ray-head"
+        assert selects(head["podSelector"], labels) == is_head, where
+        assert selects(workers["podSelector"], labels) == labels["app.kubernetes.io/component"].startswith(
+            "ray-worker"), where
+    assert head["policyTypes"] == workers["policyTypes"] == ["Ingress"]
+    peers = [(p["podSelector"]["matchLabels"], sorted(x["port"] for x in rule.get("ports", [])))
+             for rule in head["ingress"] for p in rule["from"]]
+    assert peers == [(member, []), ({"roadseg.io/ray-client": "true"}, [8265, 10001])]
+    assert [p["podSelector"]["matchLabels"] for r in workers["ingress"] for p in r["from"]] == [member]
+    assert not any("ipBlock" in p or "namespaceSelector" in p
+                   for pol in policies.values() for r in pol["ingress"] for p in r["from"])
 
 
 def test_pods_run_as_non_root_with_requests_and_limits():
