@@ -98,7 +98,7 @@ def backoff_bound_s(attempts: int | None = None) -> float:
 def _s3fs(endpoint: str | None, attempts: int):
     import s3fs
 
-    config = {"retries": {"max_attempts": attempts, "mode": "standard"},
+    config = {"retries": {"total_max_attempts": attempts, "mode": "standard"},  # tries, not retries
               "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, config_kwargs=config,
                            skip_instance_cache=True, use_listings_cache=False)
