@@ -69,13 +69,20 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def check_size(width: int, height: int, name: str) -> None:
+    """Raise ImageTooLarge naming ``name`` when width x height is over ``max_pixels()``; for video
+    frames, call it with the stream's size before decoding the first frame."""
+    cap = max_pixels()
+    if width * height > cap:
+        raise ImageTooLarge(f"{name}: {width}x{height} = {width * height / 1e6:.0f} MP is over the "
+                            f"{cap / 1e6:.0f} MP cap (set ROADSEG_MAX_PIXELS to allow larger images)")
+
+
 def check_pixels(data: bytes, name: str) -> None:
     """Raise ImageTooLarge naming ``name`` when the header declares more than ``max_pixels()``."""
     size = image_size(data)
-    cap = max_pixels()
-    if size and size[0] * size[1] > cap:
-        raise ImageTooLarge(f"{name}: {size[0]}x{size[1]} = {size[0] * size[1] / 1e6:.0f} MP is over the "
-                            f"{cap / 1e6:.0f} MP cap (set ROADSEG_MAX_PIXELS to allow larger images)")
+    if size:
+        check_size(size[0], size[1], name)
 
 
 def imdecode(data: bytes, flags: int, name: str) -> np.ndarray | None:

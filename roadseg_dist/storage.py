@@ -145,6 +145,8 @@ class BucketMissing(StorageError, FileNotFoundError):
     """The bucket of an ``s3://`` URL does not exist at the endpoint."""
 
 
+_BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+               "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "503", "500"}
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                      "AccessDenied", "AllAccessDisabled", "TokenRefreshRequired"}
 
@@ -185,7 +187,7 @@ def _unreachable(exc: BaseException) -> bool:
 
 def storage_error(exc: BaseException, url: str) -> BaseException:
     """``exc`` from an S3 call on ``url`` as a clear StorageError, or ``exc`` itself when it is not one
-    of: endpoint unreachable, credentials refused, bucket missing."""
+    of: endpoint unreachable, credentials refused, bucket missing, still busy after every try."""
     if isinstance(exc, StorageError) or scheme(url) != "s3":
         return exc
     endpoint = redact(s3_endpoint() or "AWS's default S3 endpoint")
@@ -199,6 +201,10 @@ def storage_error(exc: BaseException, url: str) -> BaseException:
     elif code == "NoSuchBucket":
         err = BucketMissing(f"bucket {bucket!r} does not exist at {endpoint} ({redact(url)}): "
                             "create it, or check the bucket name and AWS_ENDPOINT_URL")
+    elif code in _BUSY_CODES:
+        err = StorageError(f"S3 at {endpoint} kept answering {code} for {redact(url)}: gave up after "
+                           f"{max_attempts()} tries (AWS_MAX_ATTEMPTS) and at most {backoff_bound_s():.0f} s "
+                           "of back-off; try again later, or raise AWS_MAX_ATTEMPTS")
     elif _unreachable(exc):
         err = StorageError(f"cannot reach S3 at {endpoint} for {redact(url)} after {max_attempts()} "
                            f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
