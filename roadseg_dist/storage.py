@@ -7,7 +7,6 @@ atomic: an object or file appears under its final name only once it is complete.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -16,6 +15,10 @@ import tempfile
 from typing import Callable, Iterator, TypeVar
 
 import fsspec
+
+from roadseg_dist.retries import (  # noqa: F401 - re-exported: callers know them as storage.*
+    CONNECT_TIMEOUT_S, READ_TIMEOUT_S, STREAM_RETRIES, BucketMissing, StorageError, backoff_bound_s, classify,
+    max_attempts, s3fs_filesystem, stream_broke)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,54 +66,11 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-# --- the one retry layer ---------------------------------------------------------------------------
-# Every S3 request is retried by botocore's "standard" mode and nowhere else: it decides what is
-# transient from error codes, HTTP status and exception types (503 SlowDown and the throttling codes,
-# 500/502/504, RequestTimeout, connection errors), never from message text. A request is tried at
-# most ``max_attempts()`` times (AWS_MAX_ATTEMPTS, default 5); between tries botocore sleeps a random
-# t_i <= min(2**(i-1), 20) s, so the back-off of one request totals at most
-# ``backoff_bound_s()`` (15 s at 5 attempts), plus at most CONNECT_TIMEOUT_S per try to connect and
-# READ_TIMEOUT_S per try to read. s3fs's own retry loop is turned off (it retried by message text on
-# top of botocore's). The only retry above botocore: a read whose body breaks after a good response
-# (botocore cannot see it) is requested again, at most STREAM_RETRIES more times.
-DEFAULT_MAX_ATTEMPTS = 5
-CONNECT_TIMEOUT_S = 4
-READ_TIMEOUT_S = 60
-STREAM_RETRIES = 2
-
-
-def max_attempts() -> int:
-    """Tries per S3 request: AWS_MAX_ATTEMPTS (the standard AWS setting), else 5."""
-    value = os.environ.get("AWS_MAX_ATTEMPTS", "")
-    try:
-        return max(1, int(value)) if value else DEFAULT_MAX_ATTEMPTS
-    except ValueError:
-        raise ValueError(f"AWS_MAX_ATTEMPTS={value!r} is not a whole number of tries") from None
-
-
-def backoff_bound_s(attempts: int | None = None) -> float:
-    """The most botocore can sleep between the tries of one request (standard mode)."""
-    n = max_attempts() if attempts is None else attempts
-    return float(sum(min(2 ** (i - 1), 20) for i in range(1, n)))
-
-
-@functools.lru_cache(maxsize=8)
-def _s3fs(endpoint: str | None, attempts: int):
-    import s3fs
-
-    config = {"retries": {"total_max_attempts": attempts, "mode": "standard"},  # tries, not retries
-              "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, config_kwargs=config,
-                           skip_instance_cache=True, use_listings_cache=False)
-    fs.retries = 1  # one try in s3fs's loop: botocore is the retry layer
-    return fs
-
-
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (fsspec filesystem, path within it)."""
     url = normalize(url)
     if scheme(url) == "s3":
-        return _s3fs(s3_endpoint(), max_attempts()), url[len("s3://"):]
+        return s3fs_filesystem(s3_endpoint(), max_attempts()), url[len("s3://"):]
     return fsspec.filesystem("file"), url
 
 
@@ -133,85 +93,15 @@ def arrow_filesystem(url: str):
     return pafs.LocalFileSystem(), url
 
 
-# --- errors and the stream retry ------------------------------------------------------------------
-
-class StorageError(OSError):
-    """S3 cannot be used for this URL: endpoint unreachable, credentials refused, bucket missing.
-
-    The message names the (redacted) endpoint and bucket and says what to check."""
-
-
-class BucketMissing(StorageError, FileNotFoundError):
-    """The bucket of an ``s3://`` URL does not exist at the endpoint."""
-
-
-_BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
-               "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "503", "500"}
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-                     "AccessDenied", "AllAccessDisabled", "TokenRefreshRequired"}
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _error_code(exc: BaseException) -> str | None:
-    for e in _chain(exc):
-        response = getattr(e, "response", None)
-        if isinstance(response, dict) and (response.get("Error") or {}).get("Code"):
-            return str(response["Error"]["Code"])
-    return None
-
-
-def _stream_broke(exc: BaseException) -> bool:
-    """A response body cut after a good status line: botocore never sees it, so we retry it."""
-    from http.client import IncompleteRead
-
-    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
-    kinds: tuple[type, ...] = (IncompleteRead, IncompleteReadError, ResponseStreamingError)
-    with contextlib.suppress(ImportError):
-        from aiohttp import ClientPayloadError
-        kinds += (ClientPayloadError,)
-    return any(isinstance(e, kinds) for e in _chain(exc))
-
-
-def _unreachable(exc: BaseException) -> bool:
-    from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError
-
-    return any(isinstance(e, (BotoConnectionError, ConnectTimeoutError)) for e in _chain(exc))
-
+# --- errors and the stream retry (the layer itself: retries.py) -----------------------------------
 
 def storage_error(exc: BaseException, url: str) -> BaseException:
-    """``exc`` from an S3 call on ``url`` as a clear StorageError, or ``exc`` itself when it is not one
-    of: endpoint unreachable, credentials refused, bucket missing, still busy after every try."""
-    if isinstance(exc, StorageError) or scheme(url) != "s3":
+    """``exc`` from an S3 call on ``url`` as a clear StorageError naming the (redacted) endpoint and
+    bucket, or ``exc`` itself (``retries.classify``)."""
+    if scheme(url) != "s3":
         return exc
-    endpoint = redact(s3_endpoint() or "AWS's default S3 endpoint")
     bucket = normalize(url)[len("s3://"):].split("/", 1)[0]
-    code = _error_code(exc)
-    where = f"{redact(url)} (endpoint {endpoint})"
-    if code in _CREDENTIAL_CODES:
-        err: BaseException = StorageError(
-            f"S3 refused the credentials for {where}: {code}. Check AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY (or the node's role) and that it may use bucket " + repr(bucket))
-    elif code == "NoSuchBucket":
-        err = BucketMissing(f"bucket {bucket!r} does not exist at {endpoint} ({redact(url)}): "
-                            "create it, or check the bucket name and AWS_ENDPOINT_URL")
-    elif code in _BUSY_CODES:
-        err = StorageError(f"S3 at {endpoint} kept answering {code} for {redact(url)}: gave up after "
-                           f"{max_attempts()} tries (AWS_MAX_ATTEMPTS) and at most {backoff_bound_s():.0f} s "
-                           "of back-off; try again later, or raise AWS_MAX_ATTEMPTS")
-    elif _unreachable(exc):
-        err = StorageError(f"cannot reach S3 at {endpoint} for {redact(url)} after {max_attempts()} "
-                           f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
-    else:
-        return exc
-    err.__cause__ = None
-    return err
+    return classify(exc, redact(url), redact(s3_endpoint() or "AWS's default S3 endpoint"), bucket)
 
 
 def retry(fn: Callable[..., T], *args, url: str = "", stream: bool = False, **kwargs) -> T:
@@ -224,7 +114,7 @@ def retry(fn: Callable[..., T], *args, url: str = "", stream: bool = False, **kw
         except Exception as exc:  # noqa: BLE001 - classified by type and error code below
             if not url or scheme(url) != "s3":
                 raise
-            if stream and attempt < STREAM_RETRIES and _stream_broke(exc):
+            if stream and attempt < STREAM_RETRIES and stream_broke(exc):
                 log.debug("S3 body cut while reading %s, reading it again", redact(url))
                 continue
             err = storage_error(exc, url)
