@@ -52,7 +52,7 @@ def main() -> None:
     try:
         wait_for_port(port)
         endpoint = f"http://127.0.0.1:{port}"
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        os.environ.update(AWS_ACCESS_KEY_ID="bench-key-id", AWS_SECRET_ACCESS_KEY="bench-secret-key", AWS_DEFAULT_REGION="us-east-1",
                           AWS_ENDPOINT_URL=endpoint)
         import boto3
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
