@@ -217,8 +217,11 @@ def submit_when_ready(job_client, wait_s: float, log: Callable[[str], None], pol
         except Exception as exc:  # noqa: BLE001 - Ray raises RuntimeError with the HTTP reply
             if not _no_agent_yet(exc) or time.monotonic() + poll_s > deadline:
                 if _no_agent_yet(exc):
-                    raise RuntimeError(f"the head's job agent was not up after {wait_s:.0f} s (--agent-wait): "
-                                       f"{exc}") from None
+                    raise RuntimeError(
+                        f"the head's job agent was not up after {wait_s:.0f} s (--agent-wait): {exc}\n  see "
+                        "dashboard_agent.log in the head's session logs: 'address already in use' means "
+                        "another Ray on that machine holds its port (give --dashboard-agent-listen-port)"
+                    ) from None
                 raise
             if not said:
                 log(f"roadseg submit: the cluster's job agent is not up yet; waiting for it "
