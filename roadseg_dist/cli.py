@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import click
 
@@ -20,15 +21,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from roadseg_dist.errors import JobError
     from roadseg_dist.infer.pipeline import InputError
     from roadseg_dist.models.checkpoint import CheckpointError
+    from roadseg_dist.images import ImageTooLarge
     from roadseg_dist.resources import ResourceError
+    from roadseg_dist.retries import StorageError
     from roadseg_dist.watchdog import StallError
 
-    return DatasetError, CheckpointError, InputError, JobError, ResourceError, StallError, FileNotFoundError
+    return (DatasetError, CheckpointError, InputError, JobError, ResourceError, StallError, StorageError,
+            ImageTooLarge, FileNotFoundError)
 
 
 class Command(click.Command):
     """A subcommand whose settings errors are usage errors (exit 2) and whose user errors are
-    ``Error: message`` (exit 1); any other exception keeps its traceback."""
+    ``Error: message`` (exit 1); anything else reaches the group's last line of defence."""
 
     def invoke(self, ctx: click.Context):
         from roadseg_dist import storage
@@ -42,7 +46,26 @@ class Command(click.Command):
 
 
 class Group(click.Group):
+    """Every error leaves redacted: a click error's message, and any unexpected exception as one
+    line (its traceback, redacted too, only with -v), so no credential-bearing URL is echoed."""
+
     command_class = Command
+
+    def invoke(self, ctx: click.Context):
+        from roadseg_dist.storage import redact
+
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = redact(exc.message)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                click.echo(redact(traceback.format_exc()), err=True)
+            raise click.ClickException(redact(f"{type(exc).__name__}: {exc}") + "\n  (unexpected; "
+                                       "run with -v for the traceback, secrets redacted)") from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -344,10 +367,12 @@ from roadseg_dist.submit import SubmitSettings  # noqa: E402 - each section owns
 @settings.cli_options(SubmitSettings)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def submit(args, config, **values):
-    """Run JOB (train, infer, shard, check) on a Ray cluster: roadseg submit JOB -- ARGS...
+    """Run JOB (train, infer, shard, eval, compare, check) on a Ray cluster: roadseg submit JOB -- ARGS...
 
-    The project is shipped as the job's working directory, the S3 settings of this environment
-    go with it, the logs are followed, and the exit code is the job's (0 = SUCCEEDED).
+    Ships roadseg_dist/, jobs/, configs/, pyproject.toml (and README.md) as the job's working
+    directory, printing what goes with sizes; sends the S3 endpoint and region of this environment
+    but no keys (the nodes use their own; see --pass-credentials); follows the logs; exits with the
+    job's status (0 = SUCCEEDED).
     """
     from roadseg_dist import submit as submit_mod
 

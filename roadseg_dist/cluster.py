@@ -2,20 +2,33 @@
 
 ``address="local"`` is passed explicitly for the embedded case so that a stale cluster file left
 by a stopped ``ray start`` cannot hijack a local run.
+
+Credentials never go into a Ray ``runtime_env``: Ray writes a runtime_env into its logs on every
+node and serves it from the job API. A local Ray inherits this process's environment (its raylet
+and workers are our children); the nodes of a cluster get S3 access from their own environment
+(instance profile, IRSA, a Kubernetes Secret, or the variables set before ``ray start``). Only the
+non-secret settings (endpoint, region, retry budget) may travel with a job.
 """
 from __future__ import annotations
 
 import logging
 import os
 
-# Environment a Ray worker needs to reach the same object storage as the driver.
-STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-               "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+# S3 settings that say where, not who: safe in a runtime_env, a log line or job metadata.
+STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                    "AWS_MAX_ATTEMPTS")
+# ... and the secrets, which travel only with `roadseg submit --pass-credentials`.
+STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def storage_env() -> dict[str, str]:
-    """The S3 settings of this process, for a job's ``runtime_env`` (never logged)."""
-    return {k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)}
+def storage_settings() -> dict[str, str]:
+    """The non-secret S3 settings of this process (endpoint, region, retry budget)."""
+    return {k: os.environ[k] for k in STORAGE_SETTINGS if os.environ.get(k)}
+
+
+def storage_credentials() -> dict[str, str]:
+    """The S3 keys of this process: only for an explicit ``--pass-credentials``."""
+    return {k: os.environ[k] for k in STORAGE_SECRETS if os.environ.get(k)}
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True) -> None:
@@ -41,7 +54,7 @@ def _start_local(num_cpus: float | None, common: dict, attempts: int = 3) -> Non
     for attempt in range(1, attempts + 1):
         try:
             ray.init(address="local", num_cpus=int(num_cpus or os.cpu_count() or 2),
-                     include_dashboard=False, runtime_env={"env_vars": storage_env()}, **common)
+                     include_dashboard=False, **common)  # the raylet inherits our environment
             return
         except Exception as exc:  # noqa: BLE001 - only start-up time-outs are retried
             if attempt == attempts or "timed out" not in str(exc).lower():

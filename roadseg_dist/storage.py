@@ -7,17 +7,18 @@ atomic: an object or file appears under its final name only once it is complete.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
-import time
 from typing import Callable, Iterator, TypeVar
 
 import fsspec
+
+from roadseg_dist.retries import (  # noqa: F401 - re-exported: callers know them as storage.*
+    CONNECT_TIMEOUT_S, READ_TIMEOUT_S, STREAM_RETRIES, BucketMissing, StorageError, backoff_bound_s, classify,
+    max_attempts, s3fs_filesystem, stream_broke)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,25 +66,11 @@ def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-@functools.lru_cache(maxsize=8)
-def _s3fs(endpoint: str | None):
-    import s3fs
-
-    # botocore's "standard" retry mode retries 503 SlowDown, throttling and connection errors;
-    # s3fs adds its own retries for read timeouts and incomplete reads.
-    config = {"retries": {"max_attempts": 10, "mode": "standard"}, "connect_timeout": 10,
-              "read_timeout": 60}
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, config_kwargs=config,
-                           skip_instance_cache=True, use_listings_cache=False)
-    fs.retries = 10  # a class attribute in s3fs, not a constructor argument
-    return fs
-
-
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (fsspec filesystem, path within it)."""
     url = normalize(url)
     if scheme(url) == "s3":
-        return _s3fs(s3_endpoint()), url[len("s3://"):]
+        return s3fs_filesystem(s3_endpoint(), max_attempts()), url[len("s3://"):]
     return fsspec.filesystem("file"), url
 
 
@@ -94,7 +81,8 @@ def arrow_filesystem(url: str):
     url = normalize(url)
     if scheme(url) == "s3":
         endpoint = s3_endpoint()
-        kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+        kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()),
+                  "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": READ_TIMEOUT_S}
         if endpoint:
             kwargs["endpoint_override"] = endpoint
             kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
@@ -105,30 +93,34 @@ def arrow_filesystem(url: str):
     return pafs.LocalFileSystem(), url
 
 
-# --- retries -------------------------------------------------------------------------------------
+# --- errors and the stream retry (the layer itself: retries.py) -----------------------------------
 
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    markers = ("SlowDown", "ServiceUnavailable", "503", "500 ", "InternalError", "RequestTimeout",
-               "Connection reset", "ConnectionReset", "Connection was closed", "IncompleteRead",
-               "ServerDisconnected", "ClientPayloadError", "EndpointConnectionError",
-               "ResponseStreamingError", "ReadTimeout", "Broken pipe")
-    return any(m in text for m in markers)
+def storage_error(exc: BaseException, url: str) -> BaseException:
+    """``exc`` from an S3 call on ``url`` as a clear StorageError naming the (redacted) endpoint and
+    bucket, or ``exc`` itself (``retries.classify``)."""
+    if scheme(url) != "s3":
+        return exc
+    bucket = normalize(url)[len("s3://"):].split("/", 1)[0]
+    return classify(exc, redact(url), redact(s3_endpoint() or "AWS's default S3 endpoint"), bucket)
 
 
-def retry(fn: Callable[..., T], *args, attempts: int = 8, base_delay: float = 0.2, **kwargs) -> T:
-    """Call ``fn`` and retry transient storage errors with jittered exponential back-off."""
-    for attempt in range(1, attempts + 1):
+def retry(fn: Callable[..., T], *args, url: str = "", stream: bool = False, **kwargs) -> T:
+    """Call a filesystem method for ``url``. S3 errors that mean "S3 cannot be used" become a
+    StorageError; with ``stream`` a body cut mid-read is requested again (STREAM_RETRIES times).
+    Local files are never retried."""
+    for attempt in range(STREAM_RETRIES + 1):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - filtered by _transient
-            if attempt == attempts or not _transient(exc):
+        except Exception as exc:  # noqa: BLE001 - classified by type and error code below
+            if not url or scheme(url) != "s3":
                 raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.debug("transient storage error (%s), retry %d in %.2fs", redact(str(exc)), attempt, delay)
-            time.sleep(min(delay, 10.0))
+            if stream and attempt < STREAM_RETRIES and stream_broke(exc):
+                log.debug("S3 body cut while reading %s, reading it again", redact(url))
+                continue
+            err = storage_error(exc, url)
+            if err is exc:
+                raise
+            raise err from None
     raise AssertionError("unreachable")
 
 
@@ -136,17 +128,17 @@ def retry(fn: Callable[..., T], *args, attempts: int = 8, base_delay: float = 0.
 
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
-    return retry(fs.exists, path)
+    return retry(fs.exists, path, url=url)
 
 
 def isdir(url: str) -> bool:
     fs, path = filesystem(url)
-    return retry(fs.isdir, path)
+    return retry(fs.isdir, path, url=url)
 
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    return retry(fs.cat_file, path)
+    return retry(fs.cat_file, path, url=url, stream=True)
 
 
 def read_text(url: str) -> str:
@@ -155,7 +147,7 @@ def read_text(url: str) -> str:
 
 def size(url: str) -> int:
     fs, path = filesystem(url)
-    return int(retry(fs.size, path))
+    return int(retry(fs.size, path, url=url))
 
 
 def list_files(url: str, suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[str]:
@@ -163,9 +155,9 @@ def list_files(url: str, suffixes: tuple[str, ...] | None = None, recursive: boo
     fs, path = filesystem(url)
     prefix = "s3://" if scheme(normalize(url)) == "s3" else ""
     if recursive:
-        found = retry(fs.find, path)
+        found = retry(fs.find, path, url=url)
     else:
-        found = [p for p in retry(fs.ls, path, detail=False) if retry(fs.isfile, p)]
+        found = [p for p in retry(fs.ls, path, detail=False, url=url) if retry(fs.isfile, p, url=url)]
     out = []
     for p in found:
         if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
@@ -178,7 +170,7 @@ def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, i
     """Like ``list_files`` (recursive) but one listing call returns each file's size: {url: bytes}."""
     fs, path = filesystem(url)
     prefix = "s3://" if scheme(normalize(url)) == "s3" else ""
-    found = retry(fs.find, path, detail=True)
+    found = retry(fs.find, path, detail=True, url=url)
     wanted = tuple(s.lower() for s in suffixes) if suffixes else None
     out = {}
     for p, info in found.items():
@@ -190,13 +182,13 @@ def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, i
 
 def open_input(url: str, mode: str = "rb"):
     fs, path = filesystem(url)
-    return retry(fs.open, path, mode)
+    return retry(fs.open, path, mode, url=url)
 
 
 def download(url: str, local: str) -> None:
     fs, path = filesystem(url)
     os.makedirs(os.path.dirname(os.path.abspath(local)) or ".", exist_ok=True)
-    retry(fs.get_file, path, local)
+    retry(fs.get_file, path, local, url=url, stream=True)
 
 
 # --- writing (atomic) ----------------------------------------------------------------------------
@@ -250,13 +242,45 @@ def write_bytes(url: str, data: bytes) -> None:
     """Write a whole object atomically (S3 PUT is atomic; locally a temp file is renamed)."""
     fs, path = filesystem(url)
     if is_remote(url):
-        retry(fs.pipe_file, path, data)
+        retry(fs.pipe_file, path, data, url=url)
         return
 
     def fill(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
     _replace_local(path, fill)
+
+
+def write_durable(url: str, data: bytes) -> None:
+    """Write a completion marker so that it cannot outlive what it vouches for after a power loss.
+
+    Locally: the data is fsync'ed before the rename and the folder after it, so the marker is on
+    disk only after everything written (and fsync'ed or rename-ordered) before it. Mode 0666 less
+    the umask. On S3 a PUT is durable when it returns: a plain write.
+    """
+    if is_remote(url):
+        write_bytes(url, data)
+        return
+    path = local_path(url)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_text(url: str, text: str) -> None:
@@ -267,7 +291,7 @@ def upload(local: str, url: str) -> None:
     """Copy a finished local file to ``url``; it appears there only when complete."""
     fs, path = filesystem(url)
     if is_remote(url):
-        retry(fs.put_file, local, path)
+        retry(fs.put_file, local, path, url=url)
         return
     _replace_local(path, lambda tmp: shutil.copyfile(local, tmp))
 
@@ -282,8 +306,8 @@ def atomic_output(url: str, suffix: str = "") -> Iterator[str]:
 
 def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
-    if retry(fs.exists, path):
-        retry(fs.rm, path, recursive=recursive)
+    if retry(fs.exists, path, url=url):
+        retry(fs.rm, path, recursive=recursive, url=url)
 
 
 # --- secrets -------------------------------------------------------------------------------------

@@ -3,11 +3,16 @@
     roadseg submit --address http://HEAD:8265 train -- --data s3://b/shards --model unet ...
 
 The flow, top to bottom:
-    1. ``job_runtime_env``: the project folder becomes the job's working directory (the code that
-       runs is the code you have), plus ``jobs/runtime_env.yaml`` and the S3 settings of this
-       environment (``cluster.storage_env()``: endpoint, region, keys when set), never printed.
-    2. ``entrypoint``: ``python jobs/<job>.py ARGS`` -- the same command ``ray job submit`` runs.
-    3. ``submit``: submit, follow the job's logs, return the job's exit code (0 = SUCCEEDED).
+    1. ``job_runtime_env``: ``jobs/runtime_env.yaml`` plus the non-secret S3 settings of this
+       environment (``cluster.storage_settings()``: endpoint, region). Keys stay here: the nodes
+       reach S3 with their own (instance profile, IRSA, a Kubernetes Secret, or the variables set
+       before ``ray start``). ``--pass-credentials`` adds them, with a warning of where they end up.
+    2. ``ship.stage``: the allow-listed part of the checkout (roadseg_dist/, jobs/, configs/,
+       pyproject.toml, README.md) is copied to a temp folder that becomes the job's working
+       directory; what goes, with sizes, and what is left out, is printed.
+    3. ``entrypoint``: ``python jobs/<job>.py ARGS`` -- the same command ``ray job submit`` runs.
+    4. ``submit``: submit (waiting, bounded, for the head's job agent after a fresh ``ray start``),
+       follow the job's logs, return the job's exit code (0 = SUCCEEDED).
 
 Authentication: Ray 2.60 clusters use token authentication. The client reads the token the way
 every Ray process does (``RAY_AUTH_TOKEN``, the file at ``RAY_AUTH_TOKEN_PATH``, or
@@ -19,28 +24,24 @@ land, what each node has installed, and whether it reaches the storage you name.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import fnmatch
 import json
 import logging
 import os
 import shlex
-import shutil
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, TextIO
 
 import yaml
 
-from roadseg_dist import cluster, storage
+from roadseg_dist import cluster, ship, storage
 from roadseg_dist.errors import JobError
 from roadseg_dist.settings import SettingsError, field
 
-JOBS = ("train", "infer", "shard", "check")
+JOBS = ("train", "infer", "shard", "eval", "compare", "check")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Job status -> exit code of `roadseg submit`: a script can tell success, failure and a stop apart.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 2}
@@ -48,7 +49,7 @@ EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 2}
 
 @dataclasses.dataclass
 class SubmitSettings:
-    job: str = field(argument=True, help="train, infer, shard or check")
+    job: str = field(argument=True, help="train, infer, shard, eval, compare or check")
     address: str | None = field(None, help="the cluster's dashboard, http://HEAD:8265 "
                                 "[default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS, else " + DEFAULT_ADDRESS + "]")
     project: str | None = field(None, help="project folder shipped as the job's working directory "
@@ -58,6 +59,12 @@ class SubmitSettings:
                        help="follow the logs and exit with the job's status")
     submission_id: str | None = field(None, help="an id for the job (default: Ray picks one)")
     python: str = field("python", help="the interpreter on the cluster that runs jobs/<job>.py")
+    pass_credentials: bool = field(False, help="also send AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
+                                   "AWS_SESSION_TOKEN in the job's runtime_env: Ray then logs them on "
+                                   "every node and returns them from its job API. Default: the nodes "
+                                   "use their own credentials")
+    agent_wait: float = field(120.0, help="seconds to wait for the head's job agent after a fresh "
+                              "`ray start` (Ray answers 500 'No available agent' until it is up)")
 
     def validate(self) -> None:
         if self.job not in JOBS:
@@ -105,13 +112,12 @@ def _load_runtime_env(path: Path) -> dict:
     return data
 
 
-def job_runtime_env(project: Path, extra: str | None = None,
-                    env: dict[str, str] | None = None) -> dict:
+def job_runtime_env(project: Path, extra: str | None = None, env: dict[str, str] | None = None,
+                    pass_credentials: bool = False) -> dict:
     """jobs/runtime_env.yaml < ``extra`` YAML, with the project as working_dir and the S3 settings.
 
-    ``env`` defaults to ``cluster.storage_env()``: the S3 endpoint, region and (when this
-    environment has them) keys. On a cluster with an instance profile / IRSA there are no keys to
-    pass and the nodes' own role is used.
+    ``env`` defaults to ``cluster.storage_settings()``: the endpoint and region, never keys;
+    ``pass_credentials`` adds ``cluster.storage_credentials()`` (the caller warns).
     """
     runtime_env = _load_runtime_env(project / "jobs" / "runtime_env.yaml")
     if extra:
@@ -121,52 +127,24 @@ def job_runtime_env(project: Path, extra: str | None = None,
         runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), **more_vars}
     runtime_env["working_dir"] = str(project)
     env_vars = {str(k): str(v) for k, v in (runtime_env.get("env_vars") or {}).items()}
-    env_vars.update(cluster.storage_env() if env is None else env)
+    env_vars.update(cluster.storage_settings() if env is None else env)
+    if pass_credentials:
+        env_vars.update(cluster.storage_credentials())
     runtime_env["env_vars"] = env_vars
     return runtime_env
 
 
-def _excluded(rel: str, patterns: list[str]) -> bool:
-    """gitignore-like enough for runtime_env excludes: a pattern matches a name or a relative path."""
-    name = rel.rsplit("/", 1)[-1]
-    for pattern in patterns:
-        p = pattern.strip("/")
-        if p.startswith("**/"):
-            p = p[3:]
-        if fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p):
-            return True
-    return False
-
-
-@contextlib.contextmanager
-def snapshot(project: Path, excludes: list[str]) -> Iterator[str]:
-    """A frozen copy of the project to upload, so the job runs the files as they were at submit.
-
-    Ray hashes the working directory twice (to name the package, then to upload it); files edited in
-    between would leave the job pointing at a package that was never uploaded.
-    """
-    skip = [".git", ".venv", *excludes]
-    with tempfile.TemporaryDirectory(prefix="roadseg-submit-") as tmp:
-        for root, dirs, files in os.walk(project):
-            rel_root = os.path.relpath(root, project).replace(os.sep, "/")
-            rel_root = "" if rel_root == "." else rel_root + "/"
-            dirs[:] = [d for d in dirs if not _excluded(rel_root + d, skip)]
-            for name in files:
-                rel = rel_root + name
-                if _excluded(rel, skip):
-                    continue
-                os.makedirs(os.path.join(tmp, rel_root), exist_ok=True)
-                try:
-                    shutil.copy2(os.path.join(root, name), os.path.join(tmp, rel))
-                except FileNotFoundError:  # removed while we walked: it is not part of the snapshot
-                    pass
-        yield tmp
+CREDENTIALS_WARNING = (
+    "--pass-credentials: {names} go into the job's runtime_env. Ray writes the runtime_env into "
+    "runtime_env_agent.log on every node and returns it from GET /api/jobs/ to anyone holding the "
+    "cluster token. Prefer credentials on the nodes (instance profile, IRSA, a Kubernetes Secret, or "
+    "the variables exported before `ray start`).")
 
 
 def describe(runtime_env: dict) -> str:
     """A one-line summary of a runtime_env safe to print: env var names, never their values."""
     names = ",".join(sorted(runtime_env.get("env_vars", {})))
-    return f"working_dir={runtime_env.get('working_dir')} env_vars=[{names}]"
+    return f"working_dir={runtime_env.get('working_dir')} (allow-listed copy) env_vars=[{names}]"
 
 
 def exit_code(status: str) -> int:
@@ -224,18 +202,52 @@ def follow_logs(job_client, job_id: str, out: TextIO = sys.stdout, poll_s: float
         time.sleep(poll_s)
 
 
+def _no_agent_yet(exc: Exception) -> bool:
+    """Ray's reply while the head's dashboard agent is still registering (HTTP 500)."""
+    return "No available agent" in str(exc)
+
+
+def submit_when_ready(job_client, wait_s: float, log: Callable[[str], None], poll_s: float = 2.0,
+                      **request) -> str:
+    """``submit_job(**request)``, retried while the head's job agent is not up yet, for ``wait_s``."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return job_client.submit_job(**request)
+        except Exception as exc:  # noqa: BLE001 - Ray raises RuntimeError with the HTTP reply
+            if not _no_agent_yet(exc) or time.monotonic() + poll_s > deadline:
+                if _no_agent_yet(exc):
+                    raise RuntimeError(
+                        f"the head's job agent was not up after {wait_s:.0f} s (--agent-wait): {exc}\n  see "
+                        "dashboard_agent.log in the head's session logs: 'address already in use' means "
+                        "another Ray on that machine holds its port (give --dashboard-agent-listen-port)"
+                    ) from None
+                raise
+            if not said:
+                log(f"roadseg submit: the cluster's job agent is not up yet; waiting for it "
+                    f"(up to {wait_s:.0f} s, --agent-wait)")
+                said = True
+            time.sleep(poll_s)
+
+
 def submit(s: SubmitSettings, args: tuple[str, ...] | list[str],
            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
     """Submit ``jobs/<job>.py ARGS``; with ``wait``, follow the logs and return the exit code."""
     project = find_project(s.project)
     address = resolve_address(s.address)
-    runtime_env = job_runtime_env(project, s.runtime_env)
+    runtime_env = job_runtime_env(project, s.runtime_env, pass_credentials=s.pass_credentials)
+    if s.pass_credentials:
+        names = ", ".join(cluster.storage_credentials()) or "no credentials (none are set here)"
+        log("roadseg submit: WARNING " + CREDENTIALS_WARNING.format(names=names))
     command = entrypoint(s.job, args, s.python)
     job_client = client(address)
     try:
-        with snapshot(project, runtime_env.get("excludes", [])) as frozen:
-            job_id = job_client.submit_job(entrypoint=command, runtime_env={**runtime_env, "working_dir": frozen},
-                                           submission_id=s.submission_id)
+        with ship.stage(project, runtime_env.get("excludes", [])) as (staged, manifest):
+            for line in ship.describe(manifest):
+                log(f"roadseg submit: {line}")
+            job_id = submit_when_ready(job_client, s.agent_wait, log, entrypoint=command,
+                                       runtime_env={**runtime_env, "working_dir": staged},
+                                       submission_id=s.submission_id)
     except Exception as exc:  # noqa: BLE001
         raise JobError(f"the cluster at {address} refused the job: "
                        f"{storage.redact(str(exc))}") from None

@@ -3,7 +3,8 @@
 Every ``every``-th request is either answered ``503 SlowDown`` (the S3 throttling reply) or has its
 connection cut: alternately before the request reaches the server, and halfway through the server's
 reply. All other requests are relayed unchanged. Requests are counted by method so a test can also
-tell whether anything was written (PUT/POST/DELETE) through it.
+tell whether anything was written (PUT/POST/DELETE) through it. ``faults=("slowdown",)`` with
+``every=1`` makes an endpoint that always answers 503 SlowDown.
 """
 from __future__ import annotations
 
@@ -78,10 +79,11 @@ def _force_close(head: bytes) -> bytes:
 
 
 class FaultyProxy:
-    def __init__(self, upstream: str, every: int = 5):
+    def __init__(self, upstream: str, every: int = 5,
+                 faults: tuple[str, ...] = ("slowdown", "cut-before", "slowdown", "cut-during")):
         host, port = upstream.split("://", 1)[-1].rstrip("/").split(":")
         self.upstream = (host, int(port))
-        self.every = every
+        self.every, self.cycle = every, faults
         self.lock = threading.Lock()
         self.count = 0
         self.methods: collections.Counter = collections.Counter()
@@ -131,7 +133,7 @@ class FaultyProxy:
                     self.methods[method] += 1
                 fault = None
                 if n % self.every == 0:
-                    fault = ("slowdown", "cut-before", "slowdown", "cut-during")[(n // self.every) % 4]
+                    fault = self.cycle[(n // self.every) % len(self.cycle)]
                     self.faults[fault] += 1
                 if fault == "slowdown":
                     client.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"

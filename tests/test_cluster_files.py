@@ -70,10 +70,14 @@ def test_cluster_yaml_token_auth_and_private_dashboard(cluster_config):
     # the token comes from Secrets Manager on the node, into a file only this user can read
     fetch = [c for c in cluster_config["setup_commands"] if "secretsmanager" in c]
     assert len(fetch) == 1 and "umask 077" in fetch[0] and "~/.ray/auth_token" in fetch[0]
-    # nothing but SSH is open to the world
-    for rule in cluster_config["provider"]["security_group"]["IpPermissions"]:
-        if any(r["CidrIp"] == "0.0.0.0/0" for r in rule.get("IpRanges", [])):
-            assert (rule["FromPort"], rule["ToPort"]) == (22, 22), rule
+    # nothing is open to the world: SSH only, from a CIDR the user sets (a closed one by default)
+    import ipaddress
+
+    rules = cluster_config["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+    for r in rules[0]["IpRanges"]:
+        assert ipaddress.ip_network(r["CidrIp"]).prefixlen > 0, r
+    assert "0.0.0.0/0" not in (ROOT / "cluster.yaml").read_text().split("Never 0.0.0.0/0")[0]
 
 
 # --- k8s: schemas ----------------------------------------------------------------------------------
@@ -140,7 +144,7 @@ def validate_manifest(doc: dict) -> None:
 
 def test_manifests_exist():
     kinds = sorted(d["kind"] for _, d in all_documents())
-    assert kinds == ["RayCluster", "RayJob", "RayJob", "ServiceAccount"]
+    assert kinds == ["NetworkPolicy", "NetworkPolicy", "RayCluster", "RayJob", "RayJob", "ServiceAccount"]
     assert (ROOT / "k8s" / "README.md").exists() and (ROOT / "k8s" / "Dockerfile").exists()
 
 
@@ -195,6 +199,35 @@ def test_token_auth_private_dashboard_and_gpu_groups():
             env = {e["name"]: e for e in pod_templates(doc)[0][1]["spec"]["containers"][0]["env"]}
             auth = next(s for n, s in ray_cluster_specs() if n == name)["authOptions"]
             assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == auth["secretName"]
+
+
+def test_network_policy_lets_only_the_cluster_and_its_clients_reach_the_head():
+    policies = {d["metadata"]["name"]: d["spec"] for _, d in all_documents() if d["kind"] == "NetworkPolicy"}
+    head, workers = policies["roadseg-ray-head"], policies["roadseg-ray-workers"]
+    member = {"app.kubernetes.io/name": "roadseg"}
+
+    def selects(selector: dict, labels: dict) -> bool:
+        ok = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+        for e in selector.get("matchExpressions", []):
+            ok = ok and (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In")
+        return ok
+
+    pods = {f"{name}:{group}": t["metadata"]["labels"]
+            for name, doc in all_documents() if doc["kind"] in ("RayCluster", "RayJob")
+            for group, t in pod_templates(doc)}
+    for where, labels in pods.items():  # every pod of ours is a member; the heads are selected
+        assert selects({"matchLabels": member}, labels), where
+        is_head = labels.get("app.kubernetes.io/component") == "ray-head"
+        assert selects(head["podSelector"], labels) == is_head, where
+        assert selects(workers["podSelector"], labels) == labels["app.kubernetes.io/component"].startswith(
+            "ray-worker"), where
+    assert head["policyTypes"] == workers["policyTypes"] == ["Ingress"]
+    peers = [(p["podSelector"]["matchLabels"], sorted(x["port"] for x in rule.get("ports", [])))
+             for rule in head["ingress"] for p in rule["from"]]
+    assert peers == [(member, []), ({"roadseg.io/ray-client": "true"}, [8265, 10001])]
+    assert [p["podSelector"]["matchLabels"] for r in workers["ingress"] for p in r["from"]] == [member]
+    assert not any("ipBlock" in p or "namespaceSelector" in p
+                   for pol in policies.values() for r in pol["ingress"] for p in r["from"])
 
 
 def test_pods_run_as_non_root_with_requests_and_limits():
@@ -274,13 +307,12 @@ def test_jobs_entrypoints_and_runtime_env():
 
     for job in submit.JOBS:
         assert (ROOT / "jobs" / f"{job}.py").is_file(), job
-    env = submit.job_runtime_env(ROOT, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-                                            "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
+    env = submit.job_runtime_env(ROOT, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"})
     RuntimeEnv(**env)  # Ray accepts it
     assert env["working_dir"] == str(ROOT) and "runs" in env["excludes"]
-    assert env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t-value"
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     line = submit.describe(env)
-    assert "AWS_SECRET_ACCESS_KEY" in line and "s3cr3t-value" not in line
+    assert "AWS_ENDPOINT_URL" in line and "9000" not in line
 
 
 def test_runtime_env_override_file_merges_env_vars(tmp_path):
@@ -326,14 +358,18 @@ def test_submit_to_nothing_says_what_to_do():
     assert "cannot reach the Ray Job API" in result.output and "port" in result.output
 
 
-def test_snapshot_freezes_the_checkout_without_the_excluded():
+def test_stage_freezes_the_allow_listed_part_of_the_checkout():
     import os
 
+    from roadseg_dist import ship
+
     env = submit.job_runtime_env(ROOT, env={})
-    with submit.snapshot(ROOT, env["excludes"]) as frozen:
+    with ship.stage(ROOT, env["excludes"]) as (frozen, manifest):
         files = {os.path.relpath(os.path.join(r, f), frozen) for r, _, fs in os.walk(frozen) for f in fs}
     assert {"jobs/train.py", "jobs/runtime_env.yaml", "roadseg_dist/submit.py", "pyproject.toml"} <= files
-    assert not [f for f in files if f.startswith((".git/", ".venv/")) or "__pycache__" in f or ".egg-info" in f]
+    assert files == set(manifest.files)
+    assert {f.split("/")[0] for f in files} <= set(ship.SHIP)
+    assert not [f for f in files if "__pycache__" in f or ".egg-info" in f]
     assert not os.path.exists(frozen)
 
 

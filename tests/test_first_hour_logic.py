@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from roadseg_dist import progress, resources, settings, storage, watchdog
+from roadseg_dist.cli import Command
 from roadseg_dist.resources import Offer, Request, ResourceError
 
 
@@ -201,7 +202,7 @@ class Job:
     size: tuple | None = settings.field(None, parse=settings.parse_size, help="HxW size")
 
 
-@click.command()
+@click.command(cls=Command)  # the CLI's command class: SettingsError is a usage error (exit 2)
 @settings.cli_options(Job)
 def job_cmd(config, **values):
     s = settings.build(Job, config, **values)
@@ -236,7 +237,7 @@ def test_positional_argument_from_config(tmp_path, monkeypatch):
 
 def test_every_job_marks_its_paths():
     from roadseg_dist.compare import CompareSettings
-    from roadseg_dist.data.shards import ShardSettings
+    from roadseg_dist.data.shard_job import ShardSettings
     from roadseg_dist.evaluate import EvalSettings
     from roadseg_dist.train.settings import TrainSettings
 

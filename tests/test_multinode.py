@@ -3,7 +3,8 @@
 The harness runs ``ray start --head`` and ``ray start --address`` with their own ports, CPUs, custom
 resources (``node_a`` / ``node_b``), temp dirs and token authentication on, and stops them by the
 ids of the processes they started -- never ``ray stop``, which would stop every Ray on the machine.
-The nodes get no AWS variables: S3 reaches the jobs only through `roadseg submit`'s runtime_env.
+The nodes get S3 access from their own environment (the AWS variables set before `ray start`, as
+README documents for hand-started clusters); `roadseg submit` sends the endpoint, never keys.
 """
 from __future__ import annotations
 
@@ -85,8 +86,9 @@ class TwoNodeCluster:
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.nodes: dict[str, RayNode] = {}
-        # The nodes' environment: token auth on, this venv's python, and no AWS settings.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
+        # The nodes' environment: token auth on, this venv's python, and the S3 settings and keys of
+        # this environment (a node's own credentials; the tests' moto keys).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
                    PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                    RAY_agent_register_timeout_ms="120000")  # agents start slowly on a busy machine
@@ -241,7 +243,7 @@ def test_check_job_runs_on_both_nodes_and_reaches_s3(two_nodes, s3_bucket):
     by_id = {r["node_id"]: r for r in reports}
     assert "node_a" in by_id[ids["node_a"]]["resources"] and "node_b" in by_id[ids["node_b"]]["resources"]
     for r in reports:
-        # the submitted checkout ran (Ray's working_dir copy), and S3 came through the runtime_env
+        # the submitted checkout ran (Ray's working_dir copy), and S3 answered with the node's keys
         assert "working_dir_files" in r["roadseg_path"], r
         assert r["storage"] == {"url": s3_bucket + "/probe/hello.txt", "exists": True}, r
     # the job's status and the logs: no secret of this environment in what the user sees

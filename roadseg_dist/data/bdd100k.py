@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from roadseg_dist import labels, storage
+from roadseg_dist.images import imdecode
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
@@ -83,7 +84,7 @@ def find_samples(root: str, split: str) -> list[Sample]:
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """JPEG/PNG bytes -> RGB uint8 (H, W, 3); ValueError naming ``name`` if unreadable."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    arr = imdecode(data, cv2.IMREAD_COLOR, name)
     if arr is None:
         raise ValueError(f"{name}: not a readable image (corrupt or empty file)")
     return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -91,7 +92,7 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
 
 def decode_mask(data: bytes, name: str) -> np.ndarray:
     """Train-id PNG bytes -> uint8 (H, W); ValueError naming ``name`` if it is not one."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    arr = imdecode(data, cv2.IMREAD_UNCHANGED, name)
     if arr is None:
         raise ValueError(f"{name}: not a readable PNG (corrupt or empty file)")
     if arr.ndim != 2 or arr.dtype != np.uint8:
@@ -102,7 +103,7 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
 
 def colormap_to_mask_png(data: bytes, name: str) -> tuple[bytes, np.ndarray]:
     """Official-palette colormap PNG -> (train-id PNG bytes, mask)."""
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    arr = imdecode(data, cv2.IMREAD_COLOR, name)
     if arr is None:
         raise ValueError(f"{name}: not a readable PNG (corrupt or empty file)")
     mask = labels.colormap_to_train_ids(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB))

@@ -108,11 +108,11 @@ def _check_resources(address: str | None) -> None:
 def _remote(fn):
     """``fn`` as a Ray task; it reaches the storage this driver sees even if that changed since Ray started."""
     import ray
-    from roadseg_dist.cluster import storage_env
+    from roadseg_dist.cluster import storage_settings
 
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=3)(fn)
     job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars", {}) or {}
-    here = storage_env()
+    here = storage_settings()  # where, never keys
     if any(job_env.get(k) != v for k, v in here.items()):
         task = task.options(runtime_env={"env_vars": here})
     return task

@@ -132,7 +132,40 @@ def _parse_meta(url: str) -> dict:
     if fmt != FORMAT:
         raise CheckpointError(f"{storage.redact(url)} has format {fmt!r}; this roadseg_dist "
                               f"{__version__} reads {FORMAT!r}")
+    check_meta_limits(meta, storage.redact(url))
     return meta
+
+
+# A meta.json is input: a hostile one must not make us build a model of any size it likes.
+META_LIMITS = {"num_classes": (1, 1024), "base_channels": (1, 128), "decoder_channels": (1, 1024),
+               "input_size": (1, 16384)}
+
+
+def check_meta_limits(meta: dict, shown: str) -> None:
+    """Raise CheckpointError when meta.json's architecture arguments are out of range."""
+    def bounded(name: str, value: Any, limits: tuple[int, int]) -> None:
+        lo, hi = limits
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise CheckpointError(f"{shown}: {name}={value!r} is outside {lo}..{hi}; this meta.json is "
+                                  "damaged or not from roadseg_dist")
+
+    kwargs = meta.get("arch_kwargs") or {}
+    if not isinstance(kwargs, dict) or len(json.dumps(kwargs)) > 4096:
+        raise CheckpointError(f"{shown}: arch_kwargs must be a small mapping, got {type(kwargs).__name__}")
+    bounded("num_classes", meta.get("num_classes"), META_LIMITS["num_classes"])
+    for name, value in kwargs.items():
+        values = value if isinstance(value, list) else [value]
+        if name in META_LIMITS and len(values) <= 8:
+            for v in values:
+                bounded(name, v, META_LIMITS[name])
+        elif name in META_LIMITS:
+            raise CheckpointError(f"{shown}: {name} has {len(values)} entries, at most 8 are allowed")
+    size = meta.get("input_size")
+    if size is not None:
+        if not isinstance(size, list) or len(size) != 2:
+            raise CheckpointError(f"{shown}: input_size must be [height, width], got {size!r}")
+        for v in size:
+            bounded("input_size", v, META_LIMITS["input_size"])
 
 
 def _rank(meta: dict) -> tuple:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import click
-
-from roadseg_dist.settings import field
+from roadseg_dist.settings import SettingsError, field
 
 
 @dataclasses.dataclass
@@ -15,7 +13,7 @@ class ViewSettings:
 
     def validate(self) -> None:
         if self.thumbnails < 0:
-            raise click.BadParameter(f"--thumbnails must be 0 or more, got {self.thumbnails}")
+            raise SettingsError(f"--thumbnails must be 0 or more, got {self.thumbnails}")
 
 
 @dataclasses.dataclass
@@ -30,8 +28,8 @@ class FramesSettings:
 
     def validate(self) -> None:
         if self.limit < 1:
-            raise click.BadParameter(f"--limit must be at least 1, got {self.limit}")
+            raise SettingsError(f"--limit must be at least 1, got {self.limit}")
         if self.sheet_columns < 1:
-            raise click.BadParameter(f"--sheet-columns must be at least 1, got {self.sheet_columns}")
+            raise SettingsError(f"--sheet-columns must be at least 1, got {self.sheet_columns}")
         if self.sheet and not self.sheet.lower().endswith((".png", ".jpg", ".jpeg")):
-            raise click.BadParameter(f"--sheet {self.sheet}: name a .png, .jpg or .jpeg file")
+            raise SettingsError(f"--sheet {self.sheet}: name a .png, .jpg or .jpeg file")

@@ -49,7 +49,7 @@ def build_trainer(s: TrainSettings, board=None):
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
 
-    from roadseg_dist.cluster import storage_env
+    from roadseg_dist.cluster import storage_settings
     from roadseg_dist.train.loop import train_func
 
     resources = {"CPU": s.cpus_per_worker}
@@ -65,7 +65,7 @@ def build_trainer(s: TrainSettings, board=None):
             name=s.name, storage_path=path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=s.keep),
             failure_config=FailureConfig(max_failures=s.max_failures),
-            worker_runtime_env={"env_vars": storage_env()},
+            worker_runtime_env={"env_vars": storage_settings()},  # never keys
             logging_config=LoggingConfig(log_level="WARNING")),
     )
 

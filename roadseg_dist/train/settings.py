@@ -70,8 +70,10 @@ class TrainSettings:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise SettingsError(f"scale_range must be 0 < MIN <= MAX, got {lo},{hi}")
-        if "/" in self.name or not self.name.strip():
-            raise SettingsError(f"name {self.name!r} must be a plain folder name (no '/')")
+        if (not self.name.strip() or self.name in (".", "..") or any(c in self.name for c in "/\\\0")
+                or len(self.name.encode()) > 255):
+            raise SettingsError(f"name {self.name!r} must be one plain folder name (not . or .., "
+                                "no '/' or '\\', at most 255 bytes)")
 
     def to_config(self) -> dict:
         """The settings as a plain dict for the workers; ``meta.json`` gets ``checkpoint.scrub`` of it."""

@@ -1,0 +1,131 @@
+"""The one retry layer for S3, and the errors it ends in.
+
+Every S3 request is retried by botocore's "standard" mode and nowhere else: it decides what is
+transient from error codes, HTTP status and exception types (503 SlowDown and the throttling codes,
+500/502/504, RequestTimeout, connection errors), never from message text. A request is tried at
+most ``max_attempts()`` times (AWS_MAX_ATTEMPTS, default 5); between tries botocore sleeps a random
+t_i <= min(2**(i-1), 20) s, so the back-off of one request totals at most ``backoff_bound_s()``
+(15 s at 5 tries), plus at most CONNECT_TIMEOUT_S per try to connect and READ_TIMEOUT_S per try to
+read. s3fs's own retry loop is turned off (it retried by message text on top of botocore's). The
+only retry above botocore: a read whose body breaks after a good response (botocore cannot see
+it) is requested again, at most STREAM_RETRIES more times (``storage.retry``).
+
+When the tries are spent, ``classify`` turns what S3 said into a StorageError that names the
+endpoint and bucket: unreachable, credentials refused, bucket missing, still busy.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Iterator
+
+DEFAULT_MAX_ATTEMPTS = 5
+CONNECT_TIMEOUT_S = 4
+READ_TIMEOUT_S = 60
+STREAM_RETRIES = 2
+
+
+def max_attempts() -> int:
+    """Tries per S3 request: AWS_MAX_ATTEMPTS (the standard AWS setting), else 5."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "")
+    try:
+        return max(1, int(value)) if value else DEFAULT_MAX_ATTEMPTS
+    except ValueError:
+        raise ValueError(f"AWS_MAX_ATTEMPTS={value!r} is not a whole number of tries") from None
+
+
+def backoff_bound_s(attempts: int | None = None) -> float:
+    """The most botocore can sleep between the tries of one request (standard mode)."""
+    n = max_attempts() if attempts is None else attempts
+    return float(sum(min(2 ** (i - 1), 20) for i in range(1, n)))
+
+
+@functools.lru_cache(maxsize=8)
+def s3fs_filesystem(endpoint: str | None, attempts: int):
+    import s3fs
+
+    config = {"retries": {"total_max_attempts": attempts, "mode": "standard"},  # tries, not retries
+              "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, config_kwargs=config,
+                           skip_instance_cache=True, use_listings_cache=False)
+    fs.retries = 1  # one try in s3fs's loop: botocore is the retry layer
+    return fs
+
+
+class StorageError(OSError):
+    """S3 cannot be used for this URL: endpoint unreachable, credentials refused, bucket missing.
+
+    The message names the (redacted) endpoint and bucket and says what to check."""
+
+
+class BucketMissing(StorageError, FileNotFoundError):
+    """The bucket of an ``s3://`` URL does not exist at the endpoint."""
+
+
+_BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+               "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "503", "500"}
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                     "AccessDenied", "AllAccessDisabled", "TokenRefreshRequired"}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _error_code(exc: BaseException) -> str | None:
+    for e in _chain(exc):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and (response.get("Error") or {}).get("Code"):
+            return str(response["Error"]["Code"])
+    return None
+
+
+def stream_broke(exc: BaseException) -> bool:
+    """A response body cut after a good status line: botocore never sees it, so we retry it."""
+    from http.client import IncompleteRead
+
+    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+    kinds: tuple[type, ...] = (IncompleteRead, IncompleteReadError, ResponseStreamingError)
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientPayloadError
+        kinds += (ClientPayloadError,)
+    return any(isinstance(e, kinds) for e in _chain(exc))
+
+
+def _unreachable(exc: BaseException) -> bool:
+    from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError
+
+    return any(isinstance(e, (BotoConnectionError, ConnectTimeoutError)) for e in _chain(exc))
+
+
+def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: str) -> BaseException:
+    """``exc`` from an S3 call as a clear StorageError, or ``exc`` itself when it is not one of:
+    endpoint unreachable, credentials refused, bucket missing, still busy after every try.
+    ``url_shown`` and ``endpoint_shown`` are already redacted."""
+    if isinstance(exc, StorageError):
+        return exc
+    code = _error_code(exc)
+    where = f"{url_shown} (endpoint {endpoint_shown})"
+    if code in _CREDENTIAL_CODES:
+        err: BaseException = StorageError(
+            f"S3 refused the credentials for {where}: {code}. Check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY (or the node's role) and that it may use bucket " + repr(bucket))
+    elif code == "NoSuchBucket":
+        err = BucketMissing(f"bucket {bucket!r} does not exist at {endpoint_shown} ({url_shown}): "
+                            "create it, or check the bucket name and AWS_ENDPOINT_URL")
+    elif code in _BUSY_CODES:
+        err = StorageError(f"S3 at {endpoint_shown} kept answering {code} for {url_shown}: gave up after "
+                           f"{max_attempts()} tries (AWS_MAX_ATTEMPTS) and at most {backoff_bound_s():.0f} s "
+                           "of back-off; try again later, or raise AWS_MAX_ATTEMPTS")
+    elif _unreachable(exc):
+        err = StorageError(f"cannot reach S3 at {endpoint_shown} for {url_shown} after {max_attempts()} "
+                           f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
+    else:
+        return exc
+    err.__cause__ = None
+    return err

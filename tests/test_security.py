@@ -1,0 +1,260 @@
+"""Issue 15, the parts that need no Ray: the retry layer's bounds and clear S3 errors, what `roadseg
+submit` ships and sends, the pixel cap, meta.json limits, durable markers, redacted CLI errors.
+
+The end-to-end search for secrets in Ray's files, outputs and job API is tests/test_security_e2e.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from faulty_s3_proxy import FaultyProxy
+from roadseg_dist import cluster, images, ship, storage, submit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- one retry layer ------------------------------------------------------------------------------
+
+def test_a_missing_local_file_is_not_retried(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(str(tmp_path / "clip503.mp4"))  # "503" in a path is not a 503 reply
+    assert time.monotonic() - start < 1
+
+
+def test_backoff_bound_is_documented_arithmetic(monkeypatch):
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    assert storage.max_attempts() == 5 and storage.backoff_bound_s() == 1 + 2 + 4 + 8
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    assert storage.max_attempts() == 3 and storage.backoff_bound_s() == 3
+    assert storage.backoff_bound_s(10) == 1 + 2 + 4 + 8 + 16 + 20 * 4
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "many")
+    with pytest.raises(ValueError, match="AWS_MAX_ATTEMPTS"):
+        storage.max_attempts()
+
+
+@pytest.mark.slow
+def test_an_always_throttling_endpoint_gives_up_within_the_bound(s3_server, s3_bucket, monkeypatch):
+    """Every request answered 503 SlowDown: one write makes at most max_attempts() PUTs and gives up
+    within the back-off bound (plus request time), with an error naming the endpoint."""
+    with FaultyProxy(s3_server.endpoint, every=1, faults=("slowdown",)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        start = time.monotonic()
+        with pytest.raises(storage.StorageError) as err:
+            storage.write_bytes(f"{s3_bucket}/runs/metrics.jsonl", b"{}\n")
+        took = time.monotonic() - start
+    assert proxy.methods["PUT"] == storage.max_attempts() == 5, proxy.methods
+    assert took < storage.backoff_bound_s() + 10, took
+    assert "kept answering SlowDown" in str(err.value) and proxy.endpoint in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_refused_endpoint_is_a_clear_error_within_30s(monkeypatch):
+    from conftest import free_port
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(storage.StorageError) as err:
+        storage.read_bytes("s3://data/shards/train-index.parquet")
+    assert time.monotonic() - start < 30
+    assert f"127.0.0.1:{port}" in str(err.value) and "AWS_ENDPOINT_URL" in str(err.value)
+
+
+def test_a_missing_bucket_names_the_bucket(s3_server):
+    with pytest.raises(storage.BucketMissing, match="'no-such-bucket-here'") as err:
+        storage.read_bytes("s3://no-such-bucket-here/a/b.json")
+    assert isinstance(err.value, FileNotFoundError)  # callers that handle "missing" still do
+    assert s3_server.endpoint in str(err.value)
+
+
+def test_refused_credentials_are_named_by_error_code_not_text(monkeypatch):
+    from botocore.exceptions import ClientError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://user:pw@127.0.0.1:9")
+    denied = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "no"}}, "GetObject")
+    wrapped = PermissionError("Forbidden")
+    wrapped.__cause__ = denied  # how s3fs hands a botocore error on
+    err = storage.storage_error(wrapped, "s3://bkt/key")
+    assert isinstance(err, storage.StorageError) and "InvalidAccessKeyId" in str(err)
+    assert "'bkt'" in str(err) and "pw" not in str(err)  # the endpoint is redacted
+    throttled = ClientError({"Error": {"Code": "SlowDown", "Message": "InvalidAccessKeyId"}}, "PutObject")
+    assert "kept answering SlowDown" in str(storage.storage_error(throttled, "s3://bkt/key"))  # by code
+    other = ClientError({"Error": {"Code": "NoSuchKey", "Message": "SlowDown 503 InvalidAccessKeyId"}}, "Get")
+    assert storage.storage_error(other, "s3://bkt/key") is other  # message text decides nothing
+
+
+# --- what travels with a job ----------------------------------------------------------------------
+
+def test_runtime_env_carries_where_but_never_who(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFAKE0123")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-0123456789")
+    env = submit.job_runtime_env(ROOT)["env_vars"]
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert not set(env) & set(cluster.STORAGE_SECRETS)
+    passed = submit.job_runtime_env(ROOT, pass_credentials=True)["env_vars"]
+    assert passed["AWS_SECRET_ACCESS_KEY"] == "fake-secret-0123456789"
+    assert "runtime_env_agent.log" in submit.CREDENTIALS_WARNING
+
+
+def _checkout(tmp_path: Path) -> tuple[Path, Path]:
+    """A small checkout with what must not travel: .env, a key, data, an export, outside symlinks."""
+    project, outside = tmp_path / "checkout", tmp_path / "outside"
+    for rel, text in {"roadseg_dist/__init__.py": "", "roadseg_dist/core.py": "x = 1\n",
+                      "roadseg_dist/.env": "AWS_SECRET_ACCESS_KEY=inner\n", "jobs/train.py": "print()\n",
+                      "jobs/runtime_env.yaml": "env_vars: {}\n", "configs/a.yaml": "model: unet\n",
+                      "pyproject.toml": "[project]\n", ".env": "AWS_SECRET_ACCESS_KEY=top\n",
+                      "id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----\n", "data/big.bin": "0" * 5000,
+                      "exports/model.onnx": "onnx", "roadseg_dist/__pycache__/core.pyc": "c"}.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("outside secret\n")
+    (project / "configs" / "leak.yaml").symlink_to(outside / "secret.txt")
+    (project / "roadseg_dist" / "home").symlink_to(outside, target_is_directory=True)
+    (project / "configs" / "same.yaml").symlink_to(project / "configs" / "a.yaml")  # inside: fine
+    return project, outside
+
+
+def test_submit_ships_an_allow_list_and_never_follows_symlinks_out(tmp_path):
+    project, _ = _checkout(tmp_path)
+    with ship.stage(project, ["*.tar"]) as (staged, manifest):
+        shipped = sorted(str(p.relative_to(staged)) for p in Path(staged).rglob("*") if p.is_file())
+        contents = "".join(p.read_text() for p in Path(staged).rglob("*") if p.is_file())
+    assert shipped == ["configs/a.yaml", "configs/same.yaml", "jobs/runtime_env.yaml", "jobs/train.py",
+                       "pyproject.toml", "roadseg_dist/__init__.py", "roadseg_dist/core.py"]
+    assert "secret" not in contents.lower() and "PRIVATE KEY" not in contents
+    assert set(manifest.skipped) == {"configs/leak.yaml", "roadseg_dist/home"}
+    assert all("outside the checkout" in why for why in manifest.skipped.values())
+    lines = ship.describe(manifest)
+    assert lines[0].startswith("shipping 7 file(s)") and "roadseg_dist (2 file(s)" in lines[0]
+    assert any("configs/leak.yaml" in line for line in lines[1:])
+    assert not Path(staged).exists()
+
+
+def test_submit_waits_for_the_job_agent_then_submits():
+    class Head:  # the dashboard's answers after a fresh `ray start`: 500 until the agent registers
+        def __init__(self, refusals: int):
+            self.refusals, self.calls = refusals, 0
+
+        def submit_job(self, **request):
+            self.calls += 1
+            if self.calls <= self.refusals:
+                raise RuntimeError("Request failed with status code 500: No available agent to submit "
+                                   "job, please try again later.")
+            return "raysubmit_1"
+
+    said = []
+    assert submit.submit_when_ready(Head(2), 10, said.append, poll_s=0.01, entrypoint="x") == "raysubmit_1"
+    assert len(said) == 1 and "up to 10 s" in said[0]
+    with pytest.raises(RuntimeError, match="--agent-wait"):
+        submit.submit_when_ready(Head(10**6), 0.05, said.append, poll_s=0.01, entrypoint="x")
+    head = Head(0)
+    head.submit_job = lambda **r: (_ for _ in ()).throw(RuntimeError("500: runtime_env invalid"))
+    with pytest.raises(RuntimeError, match="runtime_env invalid"):  # other refusals are not waited on
+        submit.submit_when_ready(head, 10, said.append, poll_s=0.01)
+
+
+def test_eval_and_compare_can_be_submitted():
+    for job in ("eval", "compare"):
+        assert job in submit.JOBS and (ROOT / "jobs" / f"{job}.py").is_file()
+        assert submit.entrypoint(job, ["--data", "s3://b/s"]) == f"python jobs/{job}.py --data s3://b/s"
+
+
+# --- decoding untrusted bytes ---------------------------------------------------------------------
+
+def test_pixel_cap_refuses_a_decompression_bomb_from_its_header(monkeypatch):
+    from roadseg_dist.data.shards import decode_sample
+
+    ok, bomb = cv2.imencode(".png", np.zeros((16000, 16000), np.uint8))  # ~250 KB, 256 MP
+    ok, jpg = cv2.imencode(".jpg", np.zeros((40, 64, 3), np.uint8))
+    ok, png = cv2.imencode(".png", np.zeros((40, 64), np.uint8))
+    start = time.monotonic()
+    with pytest.raises(images.ImageTooLarge, match="256 MP is over the 100 MP cap"):
+        decode_sample(jpg.tobytes(), bomb.tobytes())
+    assert time.monotonic() - start < 0.5  # refused from the header, nothing decoded
+    rgb, label = decode_sample(jpg.tobytes(), png.tobytes())
+    assert rgb.shape == (40, 64, 3) and label.shape == (40, 64)
+    assert images.image_size(jpg.tobytes()) == (64, 40)
+    with pytest.raises(images.ImageTooLarge, match="clip.mp4"):
+        images.check_size(15360, 8640, "clip.mp4")  # 16K video
+    images.check_size(7680, 4320, "clip.mp4")  # 8K video passes
+    monkeypatch.setenv("ROADSEG_MAX_PIXELS", "2000")  # configurable: 40x64 = 2560 pixels
+    with pytest.raises(images.ImageTooLarge, match="ROADSEG_MAX_PIXELS"):
+        decode_sample(jpg.tobytes(), png.tobytes())
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"arch_kwargs": {"base_channels": 4096}}, "base_channels=4096"),
+    ({"input_size": [100000, 100000]}, "input_size=100000"),
+    ({"num_classes": 10**6}, "num_classes"),
+    ({"arch_kwargs": {"decoder_channels": [10**5] * 5}}, "decoder_channels"),
+    ({"arch_kwargs": "rm -rf"}, "arch_kwargs"),
+])
+def test_hostile_meta_json_is_refused_before_building(tmp_path, change, match):
+    import torch
+
+    from roadseg_dist.models import build_model
+    from roadseg_dist.models.checkpoint import CheckpointError, load_model, save_checkpoint
+
+    ckpt = str(tmp_path / "ckpt")
+    save_checkpoint(ckpt, build_model("unet", base_channels=4), input_size=(64, 96))
+    meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
+    load_model(ckpt)  # sound as written
+    meta.update(change)
+    (tmp_path / "ckpt" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=match):
+        load_model(ckpt, torch.device("cpu"))
+
+
+# --- durable markers, names, redacted errors ------------------------------------------------------
+
+def test_write_durable_writes_whole_files_under_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage.write_durable(str(tmp_path / "done" / "clip.json"), b'{"frames": 12}')
+    finally:
+        os.umask(old)
+    path = tmp_path / "done" / "clip.json"
+    assert path.read_bytes() == b'{"frames": 12}'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert os.listdir(tmp_path / "done") == ["clip.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "a\\b", "x" * 256])
+def test_run_name_is_one_path_component(tmp_path, name):
+    from roadseg_dist.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--storage", str(tmp_path),
+                                       "--name", name])
+    assert result.exit_code == 2 and "one plain folder name" in result.output
+
+
+def test_unexpected_errors_leave_redacted(monkeypatch):
+    from roadseg_dist.cli import RedactedErrors
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY")
+
+    @click.group(cls=RedactedErrors)
+    def app():
+        pass
+
+    @app.command()
+    def boom():
+        raise RuntimeError("cannot open s3://AKIDEXAMPLE:wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY@bucket/k")
+
+    result = CliRunner().invoke(app, ["boom"])
+    assert result.exit_code == 1 and "RuntimeError: cannot open s3://***@bucket/k" in result.output
+    assert "wJalrXUtnFEMI" not in result.output and "Traceback" not in result.output
