@@ -140,7 +140,7 @@ def gradient_probe(config):
 
     from roadseg_dist.data.ingest import to_model_input
     from roadseg_dist.models.zoo import build_model
-    from roadseg_dist.train import loop
+    from roadseg_dist.train import losses, loop
 
     b = config["per_worker_batch"]
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
@@ -155,14 +155,14 @@ def gradient_probe(config):
 
     ddp = ray.train.torch.prepare_model(fresh())
     part = slice(rank * b, (rank + 1) * b)
-    loss_sum, norm = loop.criterion(ddp(to_model_input(images[part])), labels[part])
+    loss_sum, norm = losses.cross_entropy(ddp(to_model_input(images[part])), labels[part])
     loop.ddp_loss(loss_sum, norm).backward()
     grads = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
 
     metrics = {"world": world}
     if rank == 0:
         single = fresh()
-        loss_sum, norm = loop.criterion(single(to_model_input(images)), labels)
+        loss_sum, norm = losses.cross_entropy(single(to_model_input(images)), labels)
         (loss_sum / norm).backward()
         ref = torch.cat([p.grad.flatten() for p in single.parameters()])
         metrics.update(max_abs_diff=float((grads - ref).abs().max()), max_abs_grad=float(ref.abs().max()))

@@ -115,6 +115,7 @@ def train(s: TrainSettings, echo=click.echo) -> dict:
     follow(run_dir, done, printed, s.epochs, echo)
     thread.join()
     if "error" in outcome:
+        run.write_status(run_dir, "failed", error=storage.redact(str(outcome["error"]))[:1000])
         raise click.ClickException(f"training failed: {storage.redact(str(outcome['error']))[:2000]}")
     return summarize(run_dir, time.time() - t0, echo)
 
