@@ -37,7 +37,9 @@ class CompareSettings:
     batch_size: int = field(4, help="images per model call while scoring")
     workers: int = field(2, help="model actors scoring in parallel")
     cpus_per_worker: float = field(1.0, help="CPUs reserved per model actor")
-    gpu: bool = field(False, flag="--gpu/--cpu", help="score and time on GPU, or on CPU")
+    gpu: bool = field(False, flag="--gpu/--cpu", help="score and time on GPU (fp16 autocast, as infer), or on CPU")
+    channels_last: bool = field(False, help="run the models in NHWC memory format (faster on GPUs)")
+    compile: bool = field(False, help="torch.compile the models (timed after the compiling warm-up)")
     address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
     num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
 
@@ -51,13 +53,16 @@ class CompareSettings:
 
 
 def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",
-                min_iters: int = 3) -> float:
-    """Frames per second of forward + argmax at ``size`` (H, W), after two warm-up calls."""
+                min_iters: int = 3, channels_last: bool = False) -> float:
+    """Frames per second of forward + argmax at ``size`` (H, W), after two warm-up calls; on CUDA
+    under fp16 autocast, as ``roadseg infer`` runs."""
     import torch
 
-    x = torch.randn(batch, 3, *size, device=device)
+    from roadseg_dist.models.speed import as_input, inference_autocast
+
+    x = as_input(torch.randn(batch, 3, *size, device=device), channels_last)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_autocast(device):
         for _ in range(2):
             model(x).argmax(1)
         _sync(device)
@@ -185,6 +190,7 @@ def run_compare(s: CompareSettings, console=None) -> dict:
 
     from roadseg_dist.cluster import init_ray
     from roadseg_dist.models.checkpoint import load_model
+    from roadseg_dist.models.speed import optimize
     from roadseg_dist.models.zoo import count_parameters
 
     console = console or Console()
@@ -203,10 +209,12 @@ def run_compare(s: CompareSettings, console=None) -> dict:
             task = bar.add_task(f"{name}: scoring", total=None)
             cm, images = score_split(
                 meta["checkpoint"], s.data, s.split, limit=s.limit, batch_size=s.batch_size, workers=s.workers,
-                cpus_per_worker=s.cpus_per_worker, gpu=s.gpu,
+                cpus_per_worker=s.cpus_per_worker, gpu=s.gpu, channels_last=s.channels_last, compile=s.compile,
                 progress=lambda done, total, t=task: bar.update(t, completed=done, total=total))
             bar.update(task, description=f"{name}: timing at {size[0]}x{size[1]}")
-            fps = measure_fps(model, size, batch=s.speed_batch, seconds=s.speed_seconds, device=device)
+            fps = measure_fps(optimize(model, channels_last=s.channels_last, compile=s.compile), size,
+                              batch=s.speed_batch, seconds=s.speed_seconds, device=device,
+                              channels_last=s.channels_last)
             bar.update(task, description=f"{name}: done")
             m = cm.compute()
             rows.append({"name": name, "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"),
