@@ -65,11 +65,11 @@ def kill_rank_after_epoch(run_dir: str, rank: int, epoch: int, stop: threading.E
 
 
 @pytest.mark.slow
-def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3_bucket):
+def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3_bucket, tmp_path):
     from roadseg_dist.data import shards
     from roadseg_dist.models.checkpoint import load_model
 
-    s = tiny_run(s3_shards, s3_bucket + "/runs", "synthetic")
+    s = tiny_run(s3_shards, s3_bucket + "/runs", "synthetic", mlflow=f"file:{tmp_path / 'mlruns'}")
     run_dir = storage.join(s.storage, s.name)
     stop, killed, lines = threading.Event(), {}, []
     killer = threading.Thread(target=kill_rank_after_epoch, args=(run_dir, 1, 2, stop, killed), daemon=True)
@@ -113,6 +113,8 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
     assert summary["best_val_miou"] == pytest.approx(max(r["val_miou"] for r in records))
     assert any("best val mIoU" in line for line in lines) and sum(l.startswith("epoch") for l in lines) >= EPOCHS
 
+    check_tracking(s, run_dir, summary, tmp_path)
+
     # without --resume the finished run is not overwritten
     with pytest.raises(click.UsageError, match="--resume"):
         driver.train(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1))
@@ -130,6 +132,31 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
     mious = [round(r["val_miou"], 3) for r in after]
     print("val mIoU per epoch:", mious, "loss:", [round(r["train_loss"], 3) for r in after], file=sys.stderr)
     assert max(mious) >= MIOU_BAR, f"val mIoU per epoch {mious} never reached {MIOU_BAR}"
+
+
+def check_tracking(s, run_dir: str, summary: dict, tmp_path) -> None:
+    """status.json, TensorBoard events of every epoch (uploaded to S3), MLflow, ``roadseg runs``."""
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run.read_status(run_dir)["status"] == "finished"
+    events = tmp_path / "events"
+    for url in storage.list_files(storage.join(run_dir, "tensorboard")):
+        storage.download(url, str(events / url.rsplit("/", 1)[-1]))
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    epochs = set(range(1, EPOCHS + 1))
+    for tag in ("train/loss", "train/lr", "train/images_per_s", "val/miou", "val/pixel_acc", "val_iou/road"):
+        assert {e.step for e in acc.Scalars(tag)} == epochs, tag  # restarts may log an epoch twice
+    assert {e.step for e in acc.Images("val_overlay/0")} == epochs
+    client = MlflowClient(tracking_uri=s.mlflow)
+    run_id = read_json(storage.join(run_dir, "tracking.json"))["mlflow_run_id"]
+    assert {m.step for m in client.get_metric_history(run_id, "val/miou")} == epochs
+    assert client.get_run(run_id).data.params["name"] == s.name
+    assert "testing-secret-key" not in json.dumps(client.get_run(run_id).data.params)
+    [row] = run.list_runs(s.storage)
+    assert (row["name"], row["status"], row["epochs"]) == (s.name, "finished", EPOCHS)
+    assert row["best_val_miou"] == pytest.approx(summary["best_val_miou"])
 
 
 def gradient_probe(config):

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from roadseg_dist.labels import IGNORE_INDEX
-
-LOSSES = ("ce", "ohem", "dice_ce")
+from roadseg_dist.train.settings import LOSSES
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
