@@ -163,10 +163,6 @@ def speed_options(args) -> None:
     """Plain vs channels_last / compile / both: training and inference images/s on in-memory batches."""
     import torch
 
-    from roadseg_dist.models.speed import as_input, inference_autocast, optimize
-    from roadseg_dist.models.zoo import build_model
-    from roadseg_dist.train import loop
-
     device = torch.device(args.device)
     amp = args.amp if device.type == "cuda" else "off"
     g = torch.Generator().manual_seed(0)
@@ -181,44 +177,9 @@ def speed_options(args) -> None:
         variants.append(("compile", False, True))
     if args.channels_last and args.compile:
         variants.append(("channels_last+compile", True, True))
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def timed(fn, steps: int) -> float:
-        sync()
-        t0 = time.perf_counter()
-        for i in range(steps):
-            fn(batches[i % len(batches)])
-        sync()
-        return steps * args.batch_size / (time.perf_counter() - t0)
-
     rows = []
     for name, channels_last, compiled in variants:
-        torch.manual_seed(0)
-        kw = {"base_channels": args.base_channels} if args.model == "unet" else {}
-        model = optimize(build_model(args.model, **kw).to(device), channels_last=channels_last, compile=compiled)
-        opt = loop.build_optimizer(model, "adamw", 1e-3, 1e-4, 0.9)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
-
-        def train_step(batch):
-            loop.train_one_epoch(model, [batch], opt, sched, scaler, device, amp=amp, channels_last=channels_last)
-
-        @torch.inference_mode()
-        def infer_step(batch):
-            from roadseg_dist.data.ingest import to_model_input
-
-            model.eval()
-            with inference_autocast(device):
-                model(as_input(to_model_input(batch["image"], device), channels_last)).argmax(1)
-
-        t0 = time.perf_counter()
-        timed(train_step, args.warmup)
-        timed(infer_step, max(2, args.warmup // 2))
-        warm_s = time.perf_counter() - t0
-        rows.append((name, timed(train_step, args.steps), timed(infer_step, args.steps), warm_s))
+        rows.append((name, *variant_rates(args, device, amp, batches, channels_last, compiled)))
         print(f"  measured {name}", flush=True)
 
     print(f"device {device.type} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), "
@@ -231,6 +192,47 @@ def speed_options(args) -> None:
         print(f"{name:<24}{train_rate:>12.1f}{train_rate / base_train:>9.2f}{infer_rate:>13.1f}"
               f"{infer_rate / base_infer:>9.2f}{warm_s:>11.1f}")
 
+
+def variant_rates(args, device, amp: str, batches: list, channels_last: bool, compiled: bool):
+    """(train images/s, inference images/s, warm-up seconds) of one fresh model with these options."""
+    import torch
+
+    from roadseg_dist.data.ingest import to_model_input
+    from roadseg_dist.models.speed import as_input, inference_autocast, optimize
+    from roadseg_dist.models.zoo import build_model
+    from roadseg_dist.train import loop
+
+    torch.manual_seed(0)
+    kw = {"base_channels": args.base_channels} if args.model == "unet" else {}
+    model = optimize(build_model(args.model, **kw).to(device), channels_last=channels_last, compile=compiled)
+    opt = loop.build_optimizer(model, "adamw", 1e-3, 1e-4, 0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+
+    def train_step(batch):
+        loop.train_one_epoch(model, [batch], opt, sched, scaler, device, amp=amp, channels_last=channels_last)
+
+    @torch.inference_mode()
+    def infer_step(batch):
+        model.eval()
+        with inference_autocast(device):
+            model(as_input(to_model_input(batch["image"], device), channels_last)).argmax(1)
+
+    def rate(step, n: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(n):
+            step(batches[i % len(batches)])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n * args.batch_size / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    rate(train_step, args.warmup)
+    rate(infer_step, max(2, args.warmup // 2))
+    warm_s = time.perf_counter() - t0
+    return rate(train_step, args.steps), rate(infer_step, args.steps), warm_s
 
 if __name__ == "__main__":
     main()

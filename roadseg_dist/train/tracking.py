@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -139,6 +140,9 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None:
         self.writer.close()
         self._upload_events()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
         if self.mlflow is not None:
             self.mlflow.set_terminated(self.mlflow_run, status=status)
 
