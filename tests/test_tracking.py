@@ -84,8 +84,6 @@ def test_tensorboard_event_files_reach_an_s3_run_dir_after_each_epoch(s3_bucket,
 
 
 def test_mlflow_file_store_holds_params_metrics_and_the_best_checkpoint_meta(tmp_path):
-    from mlflow import MlflowClient
-
     from roadseg_dist.models.checkpoint import save_checkpoint
     from roadseg_dist.models.zoo import build_model
     from roadseg_dist.train.settings import TrainSettings
@@ -108,7 +106,7 @@ def test_mlflow_file_store_holds_params_metrics_and_the_best_checkpoint_meta(tmp
     again.log_epoch(record(EPOCHS), panels(1))
     again.close()
 
-    client = MlflowClient(tracking_uri=uri)
+    client = tracking.mlflow_client(uri)
     got = client.get_run(run_id)
     assert got.info.status == "FINISHED" and got.info.run_name == "r"
     assert got.data.params["loss"] == "ohem" and got.data.params["epochs"] == str(EPOCHS)

@@ -136,8 +136,9 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
 
 def check_tracking(s, run_dir: str, summary: dict, tmp_path) -> None:
     """status.json, TensorBoard events of every epoch (uploaded to S3), MLflow, ``roadseg runs``."""
-    from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from roadseg_dist.train.tracking import mlflow_client
 
     assert run.read_status(run_dir)["status"] == "finished"
     events = tmp_path / "events"
@@ -149,7 +150,7 @@ def check_tracking(s, run_dir: str, summary: dict, tmp_path) -> None:
     for tag in ("train/loss", "train/lr", "train/images_per_s", "val/miou", "val/pixel_acc", "val_iou/road"):
         assert {e.step for e in acc.Scalars(tag)} == epochs, tag  # restarts may log an epoch twice
     assert {e.step for e in acc.Images("val_overlay/0")} == epochs
-    client = MlflowClient(tracking_uri=s.mlflow)
+    client = mlflow_client(s.mlflow)
     run_id = read_json(storage.join(run_dir, "tracking.json"))["mlflow_run_id"]
     assert {m.step for m in client.get_metric_history(run_id, "val/miou")} == epochs
     assert client.get_run(run_id).data.params["name"] == s.name

@@ -27,6 +27,12 @@ def check_inputs(s: TrainSettings) -> str:
         if split == "train" and len(index) < s.num_workers:
             raise click.ClickException(f"the train split has {len(index)} samples, fewer than "
                                        f"--num-workers {s.num_workers}")
+    if s.mlflow:
+        from roadseg_dist.train.tracking import mlflow_client
+        try:
+            mlflow_client(s.mlflow)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
     run_dir = storage.join(s.storage, s.name)
     exists = run.run_exists(run_dir)
     if exists and not s.resume:
