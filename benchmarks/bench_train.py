@@ -1,14 +1,21 @@
-"""Training throughput: streaming shards from S3 through Ray Data vs. tensors already in memory.
+"""Training throughput: streaming shards from S3 through Ray Data vs. tensors already in memory;
+with --channels-last / --compile, the GPU speed options beside the plain model instead.
 
-Prints, measured side by side in one run on the same model and batches:
+Default mode prints, measured side by side in one run on the same model and batches:
   * training images/s fed by the Ray Data ingest (shards streamed from a loopback S3 server,
     decoded and augmented in Ray tasks), and fed from in-memory tensors; their ratio is the ingest
     overhead seen by the training loop;
   * ingest-only samples/s (Ray Data, no training) and per CPU core, beside a plain one-process
     decode+augment loop (the per-core cost of the work itself).
 
+Speed-options mode (--channels-last and/or --compile; no Ray, no S3, in-memory batches): training
+images/s and inference images/s (forward + argmax, fp16 autocast on CUDA as eval/compare/infer run)
+of the plain model, then of each option asked for and of both together, over a fixed number of
+steps after warm-up steps (torch.compile compiles during the warm-up), with the ratio to plain.
+
 Usage: python benchmarks/bench_train.py [--train 48 --height 128 --width 224 --epochs 3 --device cuda --amp bf16]
-Runs without a GPU (CPU training); on a GPU machine pass --device cuda to measure with AMP.
+       python benchmarks/bench_train.py --gpu --amp bf16 --channels-last --compile [--steps 30 --warmup 10]
+Runs without a GPU (CPU training); on a GPU machine pass --gpu (= --device cuda) to measure with AMP.
 """
 from __future__ import annotations
 
@@ -50,7 +57,17 @@ def main() -> None:
     ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "off"))
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray")
     ap.add_argument("--ingest-cpus", type=float, default=0.5, help="CPUs per Ray Data task")
+    ap.add_argument("--gpu", action="store_true", help="same as --device cuda")
+    ap.add_argument("--channels-last", action="store_true", help="speed-options mode: measure channels_last")
+    ap.add_argument("--compile", action="store_true", help="speed-options mode: measure torch.compile")
+    ap.add_argument("--steps", type=int, default=20, help="speed-options mode: timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=5, help="speed-options mode: untimed steps first")
     args = ap.parse_args()
+    if args.gpu:
+        args.device = "cuda"
+    if args.channels_last or args.compile:
+        speed_options(args)
+        return
 
     import logging
 
@@ -141,6 +158,81 @@ def main() -> None:
           f"{ingest_rate / args.cpus:.1f} samples/s per CPU core ({args.cpus} cores)")
     print(f"ingest only, one plain process       : {one_core:8.1f} samples/s per core (decode + augment)")
 
+
+def speed_options(args) -> None:
+    """Plain vs channels_last / compile / both: training and inference images/s on in-memory batches."""
+    import torch
+
+    device = torch.device(args.device)
+    amp = args.amp if device.type == "cuda" else "off"
+    g = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.randint(0, 256, (args.batch_size, args.height, args.width, 3), generator=g,
+                                       dtype=torch.uint8),
+                "label": torch.randint(0, 19, (args.batch_size, args.height, args.width), generator=g,
+                                       dtype=torch.uint8)} for _ in range(4)]
+    variants = [("plain", False, False)]
+    if args.channels_last:
+        variants.append(("channels_last", True, False))
+    if args.compile:
+        variants.append(("compile", False, True))
+    if args.channels_last and args.compile:
+        variants.append(("channels_last+compile", True, True))
+    rows = []
+    for name, channels_last, compiled in variants:
+        rows.append((name, *variant_rates(args, device, amp, batches, channels_last, compiled)))
+        print(f"  measured {name}", flush=True)
+
+    print(f"device {device.type} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}), "
+          f"train amp {amp}, inference {'fp16 autocast' if device.type == 'cuda' else 'fp32'}, model "
+          f"{args.model}, batch {args.batch_size} x {args.height}x{args.width}, {args.warmup} warm-up + "
+          f"{args.steps} timed steps")
+    print(f"{'variant':<24}{'train img/s':>12}{'x plain':>9}{'infer img/s':>13}{'x plain':>9}{'warm-up s':>11}")
+    base_train, base_infer = rows[0][1], rows[0][2]
+    for name, train_rate, infer_rate, warm_s in rows:
+        print(f"{name:<24}{train_rate:>12.1f}{train_rate / base_train:>9.2f}{infer_rate:>13.1f}"
+              f"{infer_rate / base_infer:>9.2f}{warm_s:>11.1f}")
+
+
+def variant_rates(args, device, amp: str, batches: list, channels_last: bool, compiled: bool):
+    """(train images/s, inference images/s, warm-up seconds) of one fresh model with these options."""
+    import torch
+
+    from roadseg_dist.data.ingest import to_model_input
+    from roadseg_dist.models.predict import INFERENCE_AMP, as_input, autocast, optimize
+    from roadseg_dist.models.zoo import build_model
+    from roadseg_dist.train import loop
+
+    torch.manual_seed(0)
+    kw = {"base_channels": args.base_channels} if args.model == "unet" else {}
+    model = optimize(build_model(args.model, **kw).to(device), channels_last=channels_last, compile=compiled)
+    opt = loop.build_optimizer(model, "adamw", 1e-3, 1e-4, 0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+
+    def train_step(batch):
+        loop.train_one_epoch(model, [batch], opt, sched, scaler, device, amp=amp, channels_last=channels_last)
+
+    @torch.inference_mode()
+    def infer_step(batch):
+        model.eval()
+        with autocast(device, INFERENCE_AMP):
+            model(as_input(to_model_input(batch["image"], device), channels_last)).argmax(1)
+
+    def rate(step, n: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(n):
+            step(batches[i % len(batches)])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return n * args.batch_size / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    rate(train_step, args.warmup)
+    rate(infer_step, max(2, args.warmup // 2))
+    warm_s = time.perf_counter() - t0
+    return rate(train_step, args.steps), rate(infer_step, args.steps), warm_s
 
 if __name__ == "__main__":
     main()

@@ -198,6 +198,48 @@ def train(config, **values):
     s = settings.build(TrainSettings, config, **values)
     driver.train(s)
 
+
+@main.command()
+@click.argument("storage_url", metavar="STORAGE")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per run) instead of a table.")
+def runs(storage_url: str, as_json: bool) -> None:
+    """List the training runs under STORAGE (local, file:// or s3://): status, epochs, model, best mIoU.
+
+    The status comes from each run's status.json: running (rank 0 is training, or the job died
+    without a word), finished, or failed (the driver saw fit() fail); unknown for older runs.
+    """
+    import json as json_mod
+
+    from roadseg_dist import storage
+    from roadseg_dist.train import run as run_mod
+
+    try:
+        rows = run_mod.list_runs(storage_url)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot list runs under {storage.redact(storage_url)}: "
+                                   f"{storage.redact(str(exc))}") from None
+    if as_json:
+        click.echo(json_mod.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no runs under {storage.redact(storage_url)}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs under {storage.redact(storage_url)}")
+    for col, justify in (("run", "left"), ("status", "left"), ("epochs", "right"), ("model", "left"),
+                         ("best val mIoU", "right"), ("best epoch", "right"), ("updated", "left")):
+        table.add_column(col, justify=justify)
+    colours = {"running": "yellow", "finished": "green", "failed": "red"}
+    for r in rows:
+        planned = f"/{r['planned_epochs']}" if r["planned_epochs"] else ""
+        miou = f"{100 * r['best_val_miou']:.1f} %" if r["best_val_miou"] is not None else "-"
+        status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
+        table.add_row(r["name"], status, f"{r['epochs']}{planned}", r["model"] or "-", miou,
+                      str(r["best_epoch"] or "-"), r["updated"] or "-")
+    Console().print(table)
+
 # --- infer ---------------------------------------------------------------------------------------
 
 from roadseg_dist.infer.settings import InferSettings  # noqa: E402 - each section owns its imports

@@ -39,7 +39,9 @@ class CompareSettings:
     cpus_per_worker: float | str = field(AUTO, parse=parse_cpus, metavar="CPUS|auto",
                                          help="CPUs reserved per model actor; auto: what the read tasks leave, "
                                               "shared by the actors")
-    gpu: bool = field(False, flag="--gpu/--cpu", help="score and time on GPU, or on CPU")
+    gpu: bool = field(False, flag="--gpu/--cpu", help="score and time on GPU (fp16 autocast, as infer), or on CPU")
+    channels_last: bool = field(False, help="run the models in NHWC memory format (faster on GPUs)")
+    compile: bool = field(False, help="torch.compile the models (timed after the compiling warm-up)")
     address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
     num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
     stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
@@ -55,20 +57,21 @@ class CompareSettings:
 
 
 def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",
-                min_iters: int = 3) -> float:
+                min_iters: int = 3, channels_last: bool = False) -> float:
     """Frames per second of ``predict`` (forward, argmax, masks to the host) at ``size`` (H, W), after
-    two warm-up calls. Each call ends with the masks on the host, so no GPU work is left uncounted."""
+    two warm-up calls; on CUDA under fp16 autocast, as ``roadseg infer`` runs. Each call ends with the
+    masks on the host, so no GPU work is left uncounted."""
     import torch
 
-    from roadseg_dist.models.predict import predict
+    from roadseg_dist.models.predict import INFERENCE_AMP, predict
 
     x = torch.randn(batch, 3, *size, device=device)
     model.eval()
     for _ in range(2):
-        predict(model, x)
+        predict(model, x, amp=INFERENCE_AMP, channels_last=channels_last)
     iters, start = 0, time.perf_counter()
     while iters < min_iters or time.perf_counter() - start < seconds:
-        predict(model, x)
+        predict(model, x, amp=INFERENCE_AMP, channels_last=channels_last)
         iters += 1
     return batch * iters / (time.perf_counter() - start)
 
@@ -171,6 +174,7 @@ def print_table(result: dict, console=None) -> None:
 def run_compare(s: CompareSettings, console=None) -> dict:
     from roadseg_dist import settings
     from roadseg_dist.models.checkpoint import CheckpointError, load_model
+    from roadseg_dist.models.predict import optimize
     from roadseg_dist.models.zoo import count_parameters
 
     s = settings.absolute_paths(s)
@@ -189,9 +193,12 @@ def run_compare(s: CompareSettings, console=None) -> dict:
             cm, images = score_split(
                 meta["checkpoint"], s.data, s.split, limit=s.limit, batch_size=s.batch_size, workers=s.workers,
                 cpus_per_worker=plan.cpus_per_worker, gpu=s.gpu, stall_timeout=s.stall_timeout,
+                channels_last=s.channels_last, compile=s.compile,
                 progress=lambda done, total: bar.update(done, total=total))
             bar.update(note=f"timing at {size[0]}x{size[1]}")
-            fps = measure_fps(model, size, batch=s.speed_batch, seconds=s.speed_seconds, device=device)
+            fps = measure_fps(optimize(model, channels_last=s.channels_last, compile=s.compile), size,
+                              batch=s.speed_batch, seconds=s.speed_seconds, device=device,
+                              channels_last=s.channels_last)
             bar.update(note=f"{fps:.2f} frames/s")
         m = cm.compute()
         rows.append({"name": name, "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"),

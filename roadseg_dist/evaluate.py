@@ -45,7 +45,9 @@ class EvalSettings:
     cpus_per_worker: float | str = field(AUTO, parse=parse_cpus, metavar="CPUS|auto",
                                          help="CPUs reserved per model actor (also its torch threads); auto: "
                                               "what the read tasks leave, shared by the actors")
-    gpu: bool = field(False, flag="--gpu/--cpu", help="one GPU per model actor, or CPUs")
+    gpu: bool = field(False, flag="--gpu/--cpu", help="one GPU per model actor, or CPUs (fp16 autocast on GPU, as infer)")
+    channels_last: bool = field(False, help="run the model in NHWC memory format (faster on GPUs)")
+    compile: bool = field(False, help="torch.compile the model in each actor (slow first batches)")
     address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
     num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
     stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
@@ -65,14 +67,16 @@ class EvalSettings:
 # --- prediction (plain torch) ----------------------------------------------------------------------
 
 def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tuple[int, int] | None = None,
-                  out_sizes: Sequence[tuple[int, int]] | None = None, device="cpu") -> list[np.ndarray]:
+                  out_sizes: Sequence[tuple[int, int]] | None = None, device="cpu",
+                  channels_last: bool = False) -> list[np.ndarray]:
     """RGB uint8 images (H, W, 3) -> train-id masks (uint8), each at its ``out_sizes`` entry
     (default: the image's own size). Same-sized images go through the model together; with ``size``
-    the model runs at that HxW and its logits are resized to the output size."""
+    the model runs at that HxW and its logits are resized to the output size. On CUDA under fp16
+    autocast, as ``roadseg infer`` runs."""
     import torch.nn.functional as F
 
     from roadseg_dist.models.checkpoint import input_normalization
-    from roadseg_dist.models.predict import normalize, predict
+    from roadseg_dist.models.predict import INFERENCE_AMP, normalize, predict
 
     mean, std = input_normalization(meta)
     out_sizes = list(out_sizes or [img.shape[:2] for img in images])
@@ -84,7 +88,7 @@ def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tupl
         x = normalize(np.stack([images[i] for i in idx]), mean, std, device)
         if size is not None and tuple(size) != tuple(shape[:2]):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-        for i, mask in zip(idx, predict(model, x, out_size)):
+        for i, mask in zip(idx, predict(model, x, out_size, amp=INFERENCE_AMP, channels_last=channels_last)):
             masks[i] = mask
     return masks  # type: ignore[return-value]
 
@@ -122,16 +126,17 @@ class Scorer:
     """Model actor: loads the checkpoint once; each batch -> its confusion matrix (flattened)."""
 
     def __init__(self, checkpoint: str, size=None, save_preds: str | None = None, device: str = "cpu",
-                 threads: int = 1):
+                 threads: int = 1, channels_last: bool = False, compile: bool = False):
         import torch
 
         from roadseg_dist.models.checkpoint import load_model
+        from roadseg_dist.models.predict import optimize
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.device = device
-        self.model, self.meta = load_model(checkpoint, device)
-        self.model.eval()
+        self.device, self.channels_last = device, channels_last
+        model, self.meta = load_model(checkpoint, device)
+        self.model = optimize(model, channels_last=channels_last, compile=compile).eval()
         self.size = size
         self.save_preds = save_preds
 
@@ -143,7 +148,8 @@ class Scorer:
         images = [rgb for rgb, _ in decoded]
         targets = [label for _, label in decoded]
         preds = predict_masks(self.model, images, self.meta, size=self.size,
-                              out_sizes=[t.shape for t in targets], device=self.device)
+                              out_sizes=[t.shape for t in targets], device=self.device,
+                              channels_last=self.channels_last)
         cm = ConfusionMatrix()
         for key, target, pred in zip(batch["key"], targets, preds):
             cm.update(target, pred)
@@ -154,8 +160,8 @@ class Scorer:
 
 def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, limit: int | None = None,
                 batch_size: int = 4, workers: int = 2, cpus_per_worker: float = 1.0, gpu: bool = False,
-                save_preds: str | None = None, progress=None,
-                stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> tuple[ConfusionMatrix, int]:
+                save_preds: str | None = None, progress=None, channels_last: bool = False,
+                compile: bool = False, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> tuple[ConfusionMatrix, int]:
     """Run the model over the split on Ray; the summed confusion matrix and the number of images.
 
     ``progress(done, total)`` is called on the driver as batches finish. Ray must be initialised.
@@ -180,7 +186,8 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_cpus=cpus_per_worker, num_gpus=1 if gpu else 0,
         fn_constructor_kwargs=dict(checkpoint=checkpoint, size=size, save_preds=save_preds,
-                                   device="cuda" if gpu else "cpu", threads=max(1, int(cpus_per_worker))))
+                                   device="cuda" if gpu else "cpu", threads=max(1, int(cpus_per_worker)),
+                                   channels_last=channels_last, compile=compile))
     cm = ConfusionMatrix()
     done = 0
     dog = watchdog.Watchdog("eval", stall_timeout, pending=lambda: (
@@ -236,6 +243,7 @@ def run_eval(s: EvalSettings, console=None) -> dict:
         cm, images = score_split(
             meta["checkpoint"], s.data, s.split, size=s.size, limit=s.limit, batch_size=s.batch_size,
             workers=s.workers, cpus_per_worker=plan.cpus_per_worker, gpu=s.gpu, save_preds=s.save_preds,
+            channels_last=s.channels_last, compile=s.compile,
             progress=lambda done, total: bar.update(done, total=total), stall_timeout=s.stall_timeout)
     seconds = time.time() - start
     result = {

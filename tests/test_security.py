@@ -243,11 +243,11 @@ def test_run_name_is_one_path_component(tmp_path, name):
 
 
 def test_unexpected_errors_leave_redacted(monkeypatch):
-    from roadseg_dist.cli import RedactedErrors
+    from roadseg_dist.cli import Group
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY")
 
-    @click.group(cls=RedactedErrors)
+    @click.group(cls=Group)
     def app():
         pass
 

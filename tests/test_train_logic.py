@@ -8,7 +8,7 @@ import torch
 
 from roadseg_dist import settings
 from roadseg_dist.labels import IGNORE_INDEX
-from roadseg_dist.train import loop, run
+from roadseg_dist.train import losses, loop, run
 from roadseg_dist.train.plots import render_curves
 from roadseg_dist.train.settings import TrainSettings
 
@@ -20,7 +20,7 @@ def test_criterion_sum_over_norm_is_mean_ce_ignoring_255():
     target[0, :2] = IGNORE_INDEX
     weight = torch.rand(19, generator=g) + 0.5
     for w in (None, weight):
-        loss_sum, norm = loop.criterion(logits, target, w)
+        loss_sum, norm = losses.cross_entropy(logits, target, w)
         expected = torch.nn.functional.cross_entropy(logits, target, weight=w, ignore_index=IGNORE_INDEX)
         assert torch.allclose(loss_sum / norm, expected, atol=1e-6)
 
@@ -31,7 +31,7 @@ def test_split_batches_normalised_globally_equal_whole_batch():
     logits = torch.randn(4, 19, 5, 5, generator=g)
     target = torch.randint(0, 19, (4, 5, 5), generator=g)
     target[:3, :4] = IGNORE_INDEX  # parts with very different labelled pixel counts
-    parts = [loop.criterion(logits[i:i + 2], target[i:i + 2]) for i in (0, 2)]
+    parts = [losses.cross_entropy(logits[i:i + 2], target[i:i + 2]) for i in (0, 2)]
     total_norm = sum(n for _, n in parts)
     combined = sum(s for s, _ in parts) / total_norm
     whole = torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)

@@ -65,11 +65,11 @@ def kill_rank_after_epoch(run_dir: str, rank: int, epoch: int, stop: threading.E
 
 
 @pytest.mark.slow
-def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3_bucket):
+def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3_bucket, tmp_path):
     from roadseg_dist.data import shards
     from roadseg_dist.models.checkpoint import load_model
 
-    s = tiny_run(s3_shards, s3_bucket + "/runs", "synthetic")
+    s = tiny_run(s3_shards, s3_bucket + "/runs", "synthetic", mlflow=f"file:{tmp_path / 'mlruns'}")
     run_dir = storage.join(s.storage, s.name)
     stop, killed, lines = threading.Event(), {}, []
     killer = threading.Thread(target=kill_rank_after_epoch, args=(run_dir, 1, 2, stop, killed), daemon=True)
@@ -113,6 +113,8 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
     assert summary["best_val_miou"] == pytest.approx(max(r["val_miou"] for r in records))
     assert any("best val mIoU" in line for line in lines) and sum(l.startswith("epoch") for l in lines) >= EPOCHS
 
+    check_tracking(s, run_dir, summary, tmp_path)
+
     # without --resume the finished run is not overwritten
     with pytest.raises(SettingsError, match="--resume"):
         driver.train(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1))
@@ -132,6 +134,32 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
     assert max(mious) >= MIOU_BAR, f"val mIoU per epoch {mious} never reached {MIOU_BAR}"
 
 
+def check_tracking(s, run_dir: str, summary: dict, tmp_path) -> None:
+    """status.json, TensorBoard events of every epoch (uploaded to S3), MLflow, ``roadseg runs``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from roadseg_dist.train.tracking import mlflow_client
+
+    assert run.read_status(run_dir)["status"] == "finished"
+    events = tmp_path / "events"
+    for url in storage.list_files(storage.join(run_dir, "tensorboard")):
+        storage.download(url, str(events / url.rsplit("/", 1)[-1]))
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    epochs = set(range(1, EPOCHS + 1))
+    for tag in ("train/loss", "train/lr", "train/images_per_s", "val/miou", "val/pixel_acc", "val_iou/road"):
+        assert {e.step for e in acc.Scalars(tag)} == epochs, tag  # restarts may log an epoch twice
+    assert {e.step for e in acc.Images("val_overlay/0")} == epochs
+    client = mlflow_client(s.mlflow)
+    run_id = read_json(storage.join(run_dir, "tracking.json"))["mlflow_run_id"]
+    assert {m.step for m in client.get_metric_history(run_id, "val/miou")} == epochs
+    assert client.get_run(run_id).data.params["name"] == s.name
+    assert "testing-secret-key" not in json.dumps(client.get_run(run_id).data.params)
+    [row] = run.list_runs(s.storage)
+    assert (row["name"], row["status"], row["epochs"]) == (s.name, "finished", EPOCHS)
+    assert row["best_val_miou"] == pytest.approx(summary["best_val_miou"])
+
+
 def gradient_probe(config):
     """Per worker: the DDP gradient of one step on its slice of a fixed batch, beside (on rank 0) the
     gradient of a plain single-process model on the whole batch."""
@@ -140,7 +168,7 @@ def gradient_probe(config):
 
     from roadseg_dist.data.ingest import to_model_input
     from roadseg_dist.models.zoo import build_model
-    from roadseg_dist.train import loop
+    from roadseg_dist.train import losses, loop
 
     b = config["per_worker_batch"]
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
@@ -155,14 +183,14 @@ def gradient_probe(config):
 
     ddp = ray.train.torch.prepare_model(fresh())
     part = slice(rank * b, (rank + 1) * b)
-    loss_sum, norm = loop.criterion(ddp(to_model_input(images[part])), labels[part])
+    loss_sum, norm = losses.cross_entropy(ddp(to_model_input(images[part])), labels[part])
     loop.ddp_loss(loss_sum, norm).backward()
     grads = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
 
     metrics = {"world": world}
     if rank == 0:
         single = fresh()
-        loss_sum, norm = loop.criterion(single(to_model_input(images)), labels)
+        loss_sum, norm = losses.cross_entropy(single(to_model_input(images)), labels)
         (loss_sum / norm).backward()
         ref = torch.cat([p.grad.flatten() for p in single.parameters()])
         metrics.update(max_abs_diff=float((grads - ref).abs().max()), max_abs_grad=float(ref.abs().max()))

@@ -239,6 +239,16 @@ def _load_torch(url: str, what: str) -> Any:
                               f"{str(exc)[:200]}); re-save it or pick another checkpoint") from None
 
 
+def read_weights(url: str) -> dict:
+    """model.pt of a checkpoint (or of a run's best checkpoint) as a state dict of CPU tensors."""
+    ckpt = resolve_checkpoint(url)
+    state = _load_torch(storage.join(ckpt, MODEL_FILE), "weights")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{storage.redact(ckpt)}/{MODEL_FILE} holds a {type(state).__name__}, "
+                              "not a state dict")
+    return state
+
+
 def load_model(url: str, device: str | torch.device = "cpu",
                num_classes: int | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the model of a checkpoint dir or a run dir (its best checkpoint) -> (model in eval mode, meta).
@@ -263,9 +273,7 @@ def load_model(url: str, device: str | torch.device = "cpu",
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{shown}: cannot rebuild {meta['arch']!r} from arch_kwargs "
                               f"{meta.get('arch_kwargs')}: {exc}") from None
-    state = _load_torch(storage.join(ckpt, MODEL_FILE), "weights")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{shown}/{MODEL_FILE} holds a {type(state).__name__}, not a state dict")
+    state = read_weights(ckpt)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -2,6 +2,7 @@
 
     x = normalize(images, mean, std, device)      uint8 RGB (N, H, W, 3) -> float (N, 3, H, W)
     masks = predict(model, x, out_size, amp)      -> uint8 train ids (N, H', W') on the host
+    model = optimize(model, channels_last, compile)   the GPU speed options (same outputs)
 
 Training (``data/ingest.to_model_input``), evaluation (``evaluate``), comparison (``compare``) and
 inference all go through these, so a model sees the same input wherever it runs. The mean and std
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from roadseg_dist.labels import MEAN, STD
 
 AMP_MODES = ("off", "bf16", "fp16")
+INFERENCE_AMP = "fp16"  # eval, compare and infer run CUDA models under fp16 autocast, so their speeds agree
 
 
 def normalize(images, mean=MEAN, std=STD, device=None) -> torch.Tensor:
@@ -44,7 +46,7 @@ def autocast(device, amp: str = "off"):
 
 
 def predict(model: torch.nn.Module, x: torch.Tensor, out_size: tuple[int, int] | None = None,
-            amp: str = "off") -> np.ndarray:
+            amp: str = "off", channels_last: bool = False) -> np.ndarray:
     """Normalised batch -> uint8 train-id masks (N, H, W) as numpy.
 
     With ``out_size`` the logits are resized (bilinear, in float32) to it before the argmax, which
@@ -52,7 +54,27 @@ def predict(model: torch.nn.Module, x: torch.Tensor, out_size: tuple[int, int] |
     """
     with torch.inference_mode():
         with autocast(x.device, amp):
-            logits = model(x)
+            logits = model(as_input(x, channels_last))
         if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def optimize(model: torch.nn.Module, *, channels_last: bool = False, compile: bool = False) -> torch.nn.Module:
+    """The model converted to channels_last and/or wrapped by ``torch.compile`` (same weights).
+
+    channels_last lets cuDNN use its NHWC convolution kernels (tensor cores under AMP); compile fuses
+    the element-wise work between them. Neither changes what the model computes (tests/test_speed.py).
+    Compile last: it traces the module as it will run. ``checkpoint.unwrap`` sees through the
+    compiled wrapper, so checkpoints of a compiled model hold the plain state dict.
+    """
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    return model
+
+
+def as_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An (N, 3, H, W) batch in NHWC memory when the model is channels_last (no copy otherwise)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -32,6 +32,12 @@ def check_inputs(s: TrainSettings) -> str:
         if split == "train" and len(index) < s.num_workers:
             raise JobError(f"the train split has {len(index)} samples, fewer than "
                            f"--num-workers {s.num_workers}")
+    if s.mlflow:
+        from roadseg_dist.train.tracking import mlflow_client
+        try:
+            mlflow_client(s.mlflow)
+        except RuntimeError as exc:
+            raise JobError(str(exc)) from None
     run_dir = storage.join(s.storage, s.name)
     exists = run.run_exists(run_dir)
     if exists and not s.resume:
@@ -184,6 +190,7 @@ def train(s: TrainSettings, echo=None) -> dict:
         follower.poll()
     ray.kill(board)
     if "error" in outcome:
+        run.write_status(run_dir, "failed", error=storage.redact(str(outcome["error"]))[:1000])
         raise JobError(f"training failed: {storage.redact(str(outcome['error']))[:2000]}")
     return summarize(run_dir, time.time() - t0, out)
 

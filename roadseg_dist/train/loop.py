@@ -1,48 +1,39 @@
 """The per-worker training function: ordinary PyTorch DDP plus Ray Train's report/get_checkpoint.
 
-Reads top to bottom like torchvision's reference script: ``criterion``, ``poly_schedule``,
-``train_one_epoch``, ``evaluate``, then ``train_func`` which ties them together per epoch:
+Reads top to bottom like torchvision's reference script: ``ddp_loss``, ``poly_schedule``,
+``train_one_epoch``, ``evaluate``; then, as in litgpt, ``train_func`` only wires three steps:
 
-    plan this rank's samples -> Ray Data decode/augment -> train_one_epoch (DDP)
-    -> evaluate (val shards of this rank, confusion matrix all-reduced)
-    -> rank 0: metrics.jsonl + curves.png + checkpoint (and a copy of the best) -> ray.train.report
+    setup(config)            settings, model (DDP, channels_last, compile), optimizer, schedule,
+                             loss (train/losses.py), restore from Ray's checkpoint, rank 0's tracker
+    run_epoch(job, epoch)    plan this rank's samples -> Ray Data decode/augment -> train_one_epoch
+                             -> evaluate (val shards of this rank, confusion matrix all-reduced)
+    save_epoch(job, ...)     rank 0: metrics.jsonl, curves.png, status.json, TensorBoard/MLflow,
+                             checkpoint (and a copy of the best) -> ray.train.report on every rank
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
 import time
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from roadseg_dist import storage
 from roadseg_dist.data import ingest
-from roadseg_dist.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from roadseg_dist.labels import CLASSES, NUM_CLASSES
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.models.predict import autocast  # bf16/fp16 on GPU, float32 on CPU
-from roadseg_dist.train import run
+from roadseg_dist.models.predict import as_input, autocast  # bf16/fp16 on GPU, float32 on CPU
+from roadseg_dist.train import losses, run
 from roadseg_dist.train.plots import render_curves
 
 
 # --- loss and schedule ---------------------------------------------------------------------------
-
-def criterion(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None):
-    """Cross-entropy ignoring 255, as (sum over pixels, normaliser = summed pixel weights).
-
-    Returning the sum and its normaliser separately lets DDP normalise by the labelled pixels of the
-    *global* batch, so N workers x batch b give exactly the gradient of 1 worker x batch N*b.
-    """
-    loss_sum = F.cross_entropy(logits.float(), target.long(), weight=weight, ignore_index=IGNORE_INDEX,
-                               reduction="sum")
-    labelled = target[target != IGNORE_INDEX].long()
-    norm = weight[labelled].sum() if weight is not None else torch.tensor(
-        float(labelled.numel()), device=logits.device)
-    return loss_sum, norm.float()
-
 
 def global_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum of a tensor over all workers (itself when not distributed)."""
@@ -57,7 +48,12 @@ def world_size() -> int:
 
 
 def ddp_loss(loss_sum: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-    """The loss to backpropagate: DDP averages gradients over workers, hence the world-size factor."""
+    """The loss to backpropagate, from a loss's (sum over pixels, normaliser) (train/losses.py).
+
+    Dividing by the normaliser of the *global* batch (all-reduced) makes N workers x batch b give
+    exactly the gradient of 1 worker x batch N*b; DDP averages gradients over workers, hence the
+    world-size factor.
+    """
     return loss_sum * world_size() / global_sum(norm.detach()).clamp_min(1.0)
 
 
@@ -91,14 +87,15 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: 
 # --- one epoch -----------------------------------------------------------------------------------
 
 def train_one_epoch(model, batches, optimizer, scheduler, scaler, device, *, amp: str = "off",
-                    weight: torch.Tensor | None = None, on_batch=None) -> dict:
+                    weight: torch.Tensor | None = None, criterion: Callable = losses.cross_entropy,
+                    channels_last: bool = False, on_batch=None) -> dict:
     """One pass over this worker's batches; returns summed loss/normaliser (for a global mean)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
     images = 0
     for batch in batches:
-        x = ingest.to_model_input(batch["image"], device)
+        x = as_input(ingest.to_model_input(batch["image"], device), channels_last)
         y = torch.as_tensor(batch["label"]).to(device, non_blocking=True).long()
         with autocast(device, amp):
             logits = model(x)
@@ -118,138 +115,206 @@ def train_one_epoch(model, batches, optimizer, scheduler, scaler, device, *, amp
 
 
 @torch.no_grad()
-def evaluate(model, batches, device, *, amp: str = "off", num_classes: int = NUM_CLASSES) -> ConfusionMatrix:
+def evaluate(model, batches, device, *, amp: str = "off", num_classes: int = NUM_CLASSES,
+             channels_last: bool = False, samples: list | None = None, max_samples: int = 3) -> ConfusionMatrix:
     """Confusion matrix of this worker's val batches, summed over all workers.
 
     ``model`` must be the plain module (not the DDP wrapper): ranks hold different numbers of val
-    samples, and a DDP forward would wait for the others.
+    samples, and a DDP forward would wait for the others. ``samples``, when given, receives the
+    first ``max_samples`` (image, label, prediction) triples as numpy arrays (for the overlays).
     """
     model.eval()
     cm = ConfusionMatrix(num_classes)
     for batch in batches:
-        x = ingest.to_model_input(batch["image"], device)
+        x = as_input(ingest.to_model_input(batch["image"], device), channels_last)
         with autocast(device, amp):
             pred = model(x).argmax(1)
         cm.update(batch["label"], pred)
+        if samples is not None and len(samples) < max_samples:
+            for image, label, p in zip(batch["image"], batch["label"], pred.cpu().numpy()):
+                if len(samples) < max_samples:
+                    samples.append((np.asarray(image), np.asarray(label), p))
     cm.all_reduce()
     return cm
 
 
-# --- the Ray Train entry point -------------------------------------------------------------------
+# --- the Ray Train entry point: setup / run_epoch / save_epoch ----------------------------------
+
+@dataclasses.dataclass
+class Job:
+    """Everything one worker trains with; built by ``setup``, advanced by ``run_epoch``/``save_epoch``."""
+    s: Any                       # TrainSettings
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: str
+    model: torch.nn.Module       # what trains: DDP-wrapped and/or compiled
+    plain: torch.nn.Module       # the bare module: evaluation and checkpoints
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    criterion: Callable
+    weight: torch.Tensor | None
+    train_index: Any
+    val_index: Any
+    start_epoch: int = 1
+    restored_from: int = 0
+    best_miou: float = -1.0
+    tracker: Any = None          # rank 0 only: tracking.Tracker
+    post: Callable = lambda **_: None  # batch progress to the driver's board (progress.Poster)
+
 
 def train_func(config: dict) -> None:
+    job = setup(config)
+    try:
+        for epoch in range(job.start_epoch, job.s.epochs + 1):
+            record, samples = run_epoch(job, epoch)
+            save_epoch(job, record, samples)
+    except BaseException:
+        if job.tracker is not None:
+            job.tracker.close("FAILED")
+        raise
+    if job.tracker is not None:
+        job.tracker.close()
+        run.write_status(job.run_dir, "finished", epoch=job.s.epochs, epochs=job.s.epochs, model=job.s.model)
+
+
+def setup(config: dict) -> Job:
     import ray.train
     import ray.train.torch
 
     from roadseg_dist.cluster import quiet_ray_data
     from roadseg_dist.data import shards
-    from roadseg_dist.models import checkpoint as ckpt_format
-    from roadseg_dist.models.zoo import build_model
     from roadseg_dist.progress import Poster
 
     quiet_ray_data()
     s = config["settings"]  # resolved on the driver: absolute paths, CPUs; never rebuilt here
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    post = Poster(config.get("board"), rank)
     device = ray.train.torch.get_device()
-    run_dir = storage.join(s.storage, s.name)
-
     train_index = shards.read_index(s.data, "train")
-    val_index = shards.read_index(s.data, "val")
     steps_per_epoch = math.ceil((len(train_index) // world) / s.batch_size)
+    model, plain = worker_model(s, world, device)
+    optimizer = build_optimizer(model, s.optimizer, s.lr, s.weight_decay, s.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(
+        s.epochs * steps_per_epoch, round(s.warmup_epochs * steps_per_epoch), s.poly_power))
+    weight = None
+    if s.class_weights:
+        weight = class_weight_tensor(shards.read_stats(s.data, "train")["class_weights"]).to(device)
+    job = Job(s=s, rank=rank, world=world, device=device, run_dir=storage.join(s.storage, s.name),
+              model=model, plain=plain, optimizer=optimizer, scheduler=scheduler,
+              scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and s.amp == "fp16"),
+              criterion=losses.build_criterion(s.loss, ohem_thresh=s.ohem_thresh, ohem_min_kept=s.ohem_min_kept,
+                                               dice_weight=s.dice_weight),
+              weight=weight, train_index=train_index, val_index=shards.read_index(s.data, "val"),
+              post=Poster(config.get("board"), rank))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            job.restored_from = restore(folder, plain, optimizer, scheduler, job.scaler)
+        job.start_epoch = job.restored_from + 1
+    if s.record_keys:
+        storage.write_text(storage.join(job.run_dir, "debug", f"worker-rank{rank}.json"),
+                           json.dumps({"pid": os.getpid(), "restored_from": job.restored_from}))
+    if rank == 0:
+        start_tracking(job)
+    return job
+
+
+def worker_model(s, world: int, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the model to train: DDP and optionally compiled, the bare module inside it)."""
+    import ray.train.torch
+
+    from roadseg_dist.models.checkpoint import unwrap
+    from roadseg_dist.models.predict import optimize
+    from roadseg_dist.models.zoo import build_model
 
     torch.manual_seed(s.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     arch_kwargs = {"base_channels": s.base_channels} if s.base_channels else {}
     model = build_model(s.model, num_classes=NUM_CLASSES, pretrained=s.pretrained, **arch_kwargs)
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # no CPU kernel for SyncBN
-    model = ray.train.torch.prepare_model(model)
-    plain = model.module if hasattr(model, "module") else model
+    model = ray.train.torch.prepare_model(optimize(model, channels_last=s.channels_last))
+    return optimize(model, compile=s.compile), unwrap(model)
 
-    optimizer = build_optimizer(model, s.optimizer, s.lr, s.weight_decay, s.momentum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(
-        s.epochs * steps_per_epoch, round(s.warmup_epochs * steps_per_epoch), s.poly_power))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and s.amp == "fp16")
-    weight = None
-    if s.class_weights:
-        weight = class_weight_tensor(shards.read_stats(s.data, "train")["class_weights"]).to(device)
-    val_pixels_expected = int(val_index["labelled_pixels"].sum())
 
-    start_epoch, restored_from = 1, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            restored_from = restore(folder, plain, optimizer, scheduler, scaler)
-        start_epoch = restored_from + 1
+def start_tracking(job: Job) -> None:
+    """Rank 0: the TensorBoard/MLflow tracker, the best mIoU so far (after a restore), status running."""
+    from roadseg_dist.train.tracking import Tracker
 
+    job.tracker = Tracker(job.run_dir, job.s, mlflow_uri=job.s.mlflow, experiment=job.s.mlflow_experiment)
+    best = run.best_checkpoint(job.run_dir) if job.restored_from else None
+    job.best_miou = (best[1].get("metrics") or {}).get("val_miou", -1.0) if best else -1.0
+    run.write_status(job.run_dir, "running", epoch=job.restored_from, epochs=job.s.epochs, model=job.s.model)
+
+
+def run_epoch(job: Job, epoch: int) -> tuple[dict, list]:
+    """Train on this rank's part of the epoch, then score the val split; (metrics record, val samples)."""
+    s, t0 = job.s, time.time()
+    steps = math.ceil((len(job.train_index) // job.world) / s.batch_size)
+    job.post(force=True, epoch=epoch, batches=0)
+    tasks = ingest.plan_epoch(job.train_index, job.world, s.seed, epoch)[job.rank]
+    ds = ingest.train_dataset(s.data, tasks, seed=s.seed, epoch=epoch, crop=s.crop, scale_range=s.scale_range,
+                              flip=s.flip, jitter=s.jitter, ingest_cpus=s.ingest_cpus)
+    seen: list[str] = []
+    batches = ingest.iter_train_batches(ds, s.batch_size, s.shuffle_buffer, seed=s.seed * 1000 + epoch)
+    batches = each(batches, lambda i: job.post(epoch=epoch, batches=i - 1))
+    stats = train_one_epoch(job.model, batches, job.optimizer, job.scheduler, job.scaler, job.device, amp=s.amp,
+                            weight=job.weight, criterion=job.criterion, channels_last=s.channels_last,
+                            on_batch=lambda b: seen.extend(map(str, b["key"])))
+    job.post(force=True, epoch=epoch, batches=steps, stage="validation")
+    train_seconds = time.time() - t0
     if s.record_keys:
-        storage.write_text(storage.join(run_dir, "debug", f"worker-rank{rank}.json"),
-                           json.dumps({"pid": os.getpid(), "restored_from": restored_from}))
+        storage.write_text(storage.join(job.run_dir, "debug", f"keys-epoch{epoch:04d}-rank{job.rank}.json"),
+                           json.dumps(seen))
+    val = ingest.iter_val_batches(s.data, ingest.val_shards_for_rank(job.val_index, job.rank, job.world),
+                                  s.val_batch_size)
+    val = each(val, lambda i: job.post(epoch=epoch, batches=steps, stage=f"validation batch {i}"))
+    samples: list = []
+    cm = evaluate(job.plain, val, job.device, amp=s.amp, channels_last=s.channels_last,
+                  samples=samples if job.rank == 0 else None, max_samples=s.overlays)
+    loss_sum = global_sum(stats["loss_sum"]).item()
+    norm = global_sum(stats["norm"]).item()
+    images = int(global_sum(torch.tensor(float(stats["images"]), device=job.device)).item())
+    scores = cm.compute()
+    record = {"epoch": epoch, "train_loss": loss_sum / max(norm, 1.0), "val_miou": scores["miou"],
+              "val_pixel_acc": scores["pixel_acc"], "val_pixels": cm.labelled_pixels,
+              "val_pixels_expected": int(job.val_index["labelled_pixels"].sum()), "val_iou": scores["iou"],
+              "train_images": images, "images_per_s": images / max(train_seconds, 1e-9),
+              "lr": job.scheduler.get_last_lr()[0], "seconds": time.time() - t0, "workers": job.world}
+    if job.restored_from and epoch == job.start_epoch:
+        record["restored_from_epoch"] = job.restored_from
+    return record, samples
 
-    best = run.best_checkpoint(run_dir) if rank == 0 and restored_from else None
-    best_miou = (best[1].get("metrics") or {}).get("val_miou", -1.0) if best else -1.0
 
-    for epoch in range(start_epoch, s.epochs + 1):
-        t0 = time.time()
-        post(force=True, epoch=epoch, batches=0)
-        tasks = ingest.plan_epoch(train_index, world, s.seed, epoch)[rank]
-        ds = ingest.train_dataset(s.data, tasks, seed=s.seed, epoch=epoch, crop=s.crop,
-                                  scale_range=s.scale_range, flip=s.flip, jitter=s.jitter,
-                                  ingest_cpus=s.ingest_cpus)
-        seen: list[str] = []
-        batches = ingest.iter_train_batches(ds, s.batch_size, s.shuffle_buffer, seed=s.seed * 1000 + epoch)
-        batches = each(batches, lambda i: post(epoch=epoch, batches=i - 1))
-        stats = train_one_epoch(model, batches, optimizer, scheduler, scaler, device, amp=s.amp,
-                                weight=weight, on_batch=lambda b: seen.extend(map(str, b["key"])))
-        post(force=True, epoch=epoch, batches=steps_per_epoch, stage="validation")
-        train_seconds = time.time() - t0
-        if s.record_keys:
-            storage.write_text(storage.join(run_dir, "debug", f"keys-epoch{epoch:04d}-rank{rank}.json"),
-                               json.dumps(seen))
+def save_epoch(job: Job, record: dict, samples: list) -> None:
+    """Rank 0 writes the epoch's files, checkpoint and tracking; every rank reports to Ray Train."""
+    import ray.train
 
-        val = ingest.iter_val_batches(s.data, ingest.val_shards_for_rank(val_index, rank, world),
-                                      s.val_batch_size)
-        val = each(val, lambda i: post(epoch=epoch, batches=steps_per_epoch, stage=f"validation batch {i}"))
-        cm = evaluate(plain, val, device, amp=s.amp)
-        loss_sum = global_sum(stats["loss_sum"]).item()
-        norm = global_sum(stats["norm"]).item()
-        images = int(global_sum(torch.tensor(float(stats["images"]), device=device)).item())
-        scores = cm.compute()
-        record = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(norm, 1.0),
-            "val_miou": scores["miou"],
-            "val_pixel_acc": scores["pixel_acc"],
-            "val_pixels": cm.labelled_pixels,
-            "val_pixels_expected": val_pixels_expected,
-            "val_iou": scores["iou"],
-            "train_images": images,
-            "images_per_s": images / max(train_seconds, 1e-9),
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": time.time() - t0,
-            "workers": world,
-        }
-        if restored_from and epoch == start_epoch:
-            record["restored_from_epoch"] = restored_from
+    from roadseg_dist.models import checkpoint as ckpt_format
+    from roadseg_dist.train.tracking import epoch_scalars, overlay_panel
 
-        report_checkpoint = None
-        with tempfile.TemporaryDirectory(prefix="roadseg-ckpt-") as tmp:
-            if rank == 0:
-                records = run.append_metrics(run_dir, record)
-                storage.write_bytes(storage.join(run_dir, run.CURVES), render_curves(records, s.name))
-                metrics = {k: record[k] for k in ("train_loss", "val_miou", "val_pixel_acc", "val_pixels")}
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict(), "epoch": epoch}
-                ckpt_format.save_checkpoint(tmp, plain, epoch=epoch, metrics=metrics,
-                                            train_config=redacted_config(s), input_size=list(s.crop),
-                                            train_state=state)
-                if record["val_miou"] > best_miou:
-                    keep_best(run_dir, tmp, epoch)
-                    best_miou = record["val_miou"]
-                report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({"epoch": epoch, "val_miou": record["val_miou"]}, checkpoint=report_checkpoint,
-                             checkpoint_dir_name=run.checkpoint_name(epoch))
+    s, epoch = job.s, record["epoch"]
+    report_checkpoint = None
+    with tempfile.TemporaryDirectory(prefix="roadseg-ckpt-") as tmp:
+        if job.rank == 0:
+            records = run.append_metrics(job.run_dir, record)
+            curves = render_curves(records, s.name)
+            storage.write_bytes(storage.join(job.run_dir, run.CURVES), curves)
+            metrics = {k: record[k] for k in ("train_loss", "val_miou", "val_pixel_acc", "val_pixels")}
+            state = {"optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
+                     "scaler": job.scaler.state_dict(), "epoch": epoch}
+            ckpt_format.save_checkpoint(tmp, job.plain, epoch=epoch, metrics=metrics, train_config=s,
+                                        input_size=list(s.crop), train_state=state)
+            if record["val_miou"] > job.best_miou:
+                run.keep_best(job.run_dir, tmp, epoch)
+                job.best_miou = record["val_miou"]
+                job.tracker.best(tmp, epoch, record["val_miou"])
+            job.tracker.log_epoch(record, [overlay_panel(*t) for t in samples], curves)
+            run.write_status(job.run_dir, "running", epoch=epoch, epochs=s.epochs, model=s.model)
+            report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        metrics = {"epoch": epoch, "val_miou": record["val_miou"], **epoch_scalars(record)}
+        ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=run.checkpoint_name(epoch))
 
 
 def each(batches, on_each):
@@ -263,30 +328,9 @@ def restore(folder: str, model, optimizer, scheduler, scaler) -> int:
     """Load weights and optimizer/schedule/scaler state from a checkpoint folder; returns its epoch."""
     from roadseg_dist.models import checkpoint as ckpt_format
 
-    model.load_state_dict(torch.load(os.path.join(folder, "model.pt"), map_location="cpu", weights_only=True))
+    model.load_state_dict(ckpt_format.read_weights(folder))
     state = ckpt_format.load_train_state(folder)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     return int(state["epoch"])
-
-
-def keep_best(run_dir: str, local_checkpoint: str, epoch: int) -> None:
-    """Copy a new best checkpoint into the run dir, then drop the previous best copy.
-
-    meta.json is uploaded last, so a folder without it is an unfinished copy that readers skip.
-    """
-    target = storage.join(run_dir, run.best_name(epoch))
-    names = sorted(os.listdir(local_checkpoint), key=lambda n: n == "meta.json")
-    for name in names:
-        storage.upload(os.path.join(local_checkpoint, name), storage.join(target, name))
-    for url in run.checkpoint_dirs(run_dir):
-        folder = url.rsplit("/", 1)[-1]
-        if folder.startswith(run.BEST_PREFIX) and folder != run.best_name(epoch):
-            storage.remove(url, recursive=True)
-
-
-def redacted_config(s) -> dict:
-    """The settings for meta.json: no credentials even if someone put them in a URL."""
-    return {k: (storage.redact(v) if isinstance(v, str) else v) for k, v in s.to_config().items()}
-

@@ -8,6 +8,8 @@ from roadseg_dist.resources import AUTO, parse_cpus
 from roadseg_dist.settings import SettingsError, field, parse_size
 from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
+LOSSES = ("ce", "ohem", "dice_ce")  # the names train/losses.build_criterion knows
+
 
 @dataclasses.dataclass
 class TrainSettings:
@@ -28,6 +30,12 @@ class TrainSettings:
     warmup_epochs: float = field(0.0, help="Linear warm-up length in epochs (fractions allowed).")
     poly_power: float = field(0.9, help="Exponent of the poly learning-rate decay.")
     class_weights: bool = field(False, help="Weight the loss by the class weights of the train split's stats.")
+    loss: str = field("ce", choices=LOSSES,
+                      help="Loss: ce (cross-entropy), ohem (CE over the hard pixels only, for thin classes), "
+                           "dice_ce (CE + Dice).")
+    ohem_thresh: float = field(0.7, help="ohem: pixels whose true-class probability is below this are hard.")
+    ohem_min_kept: int = field(100000, help="ohem: at least this many hardest pixels per image are kept.")
+    dice_weight: float = field(1.0, help="dice_ce: weight of the Dice term next to the CE mean.")
     crop: tuple = field((512, 1024), parse=parse_size, help="Training crop HxW after random scaling.")
     scale_range: tuple = field((0.5, 2.0), parse=lambda v: _pair(v, float, "scale_range"), metavar="MIN,MAX",
                                help="Random scale range MIN,MAX applied before cropping.")
@@ -36,6 +44,8 @@ class TrainSettings:
     num_workers: int = field(2, help="Training workers (DDP processes; one GPU each with --gpu).")
     gpu: bool = field(False, flag="--gpu/--cpu", help="Train on one GPU per worker, or on CPUs.")
     amp: str = field("bf16", choices=("bf16", "fp16", "off"), help="Mixed precision on GPU (ignored on CPU).")
+    channels_last: bool = field(False, help="Train in NHWC memory format (faster convolutions on GPUs with AMP).")
+    compile: bool = field(False, help="torch.compile the model (slow first steps, faster later ones).")
     cpus_per_worker: float | str = field(
         AUTO, parse=parse_cpus, metavar="CPUS|auto",
         help="CPUs reserved per training worker; auto: the workers share what is left after "
@@ -54,6 +64,10 @@ class TrainSettings:
     num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores).")
     stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
                                  help="Fail with a diagnosis when no batch or epoch arrives for this long (0: never).")
+    mlflow: str | None = field(None, help="Also log params, metrics and artifacts to this MLflow tracking URI "
+                                          "(file:/path or http://server); TensorBoard files are always written.")
+    mlflow_experiment: str = field("roadseg", help="MLflow experiment name (with --mlflow).")
+    overlays: int = field(3, help="Val images shown with truth and prediction overlays in TensorBoard each epoch.")
     record_keys: bool = field(False, help="Debug: workers write the sample keys they see per epoch to the run dir.")
 
     def validate(self) -> None:
@@ -70,6 +84,11 @@ class TrainSettings:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise SettingsError(f"scale_range must be 0 < MIN <= MAX, got {lo},{hi}")
+        if not 0 < self.ohem_thresh <= 1 or self.ohem_min_kept < 0:
+            raise SettingsError(f"ohem_thresh must be in (0, 1] and ohem_min_kept >= 0, got "
+                                f"{self.ohem_thresh}, {self.ohem_min_kept}")
+        if self.overlays < 0:
+            raise SettingsError(f"overlays must be >= 0, got {self.overlays}")
         if (not self.name.strip() or self.name in (".", "..") or any(c in self.name for c in "/\\\0")
                 or len(self.name.encode()) > 255):
             raise SettingsError(f"name {self.name!r} must be one plain folder name (not . or .., "

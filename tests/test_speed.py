@@ -1,0 +1,75 @@
+"""--channels-last and --compile change speed, not results: checked on CPU against the plain model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from roadseg_dist.models.predict import as_input, optimize
+from roadseg_dist.models.zoo import build_model
+from roadseg_dist.train import loop
+
+
+def tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("unet", base_channels=4)
+
+
+def batch(n: int = 2, h: int = 40, w: int = 56):
+    g = torch.Generator().manual_seed(3)
+    return {"image": torch.randint(0, 256, (n, h, w, 3), generator=g, dtype=torch.uint8),
+            "label": torch.randint(0, 19, (n, h, w), generator=g, dtype=torch.uint8)}
+
+
+@pytest.mark.parametrize("channels_last,compiled", [(True, False), (False, True)])
+def test_optimized_model_gives_the_plain_outputs(channels_last, compiled):
+    x = torch.randn(2, 3, 40, 56)  # not a multiple of 16: the any-size wrapper pads and crops
+    plain = tiny().eval()
+    fast = optimize(tiny().eval(), channels_last=channels_last, compile=compiled)
+    with torch.no_grad():
+        ref = plain(x)
+        out = fast(as_input(x, channels_last))
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    if channels_last:
+        assert next(fast.parameters()).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_training_step_matches_plain_and_checkpoints_the_plain_state(tmp_path):
+    from roadseg_dist.models.checkpoint import load_model, save_checkpoint
+
+    results = {}
+    for channels_last in (False, True):
+        model = optimize(tiny(), channels_last=channels_last)
+        opt = loop.build_optimizer(model, "adamw", 1e-3, 1e-4, 0.9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        stats = loop.train_one_epoch(model, [batch()] * 2, opt, sched, scaler, torch.device("cpu"),
+                                     channels_last=channels_last)
+        results[channels_last] = (stats["loss_sum"] / stats["norm"], model)
+    assert results[True][0].item() == pytest.approx(results[False][0].item(), rel=1e-4)
+    for a, b in zip(results[False][1].state_dict().values(), results[True][1].state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    save_checkpoint(str(tmp_path / "ck"), results[True][1], epoch=1)
+    reloaded, _ = load_model(str(tmp_path / "ck"))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), results[True][1].eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_eval_predictions_with_channels_last_match_plain():
+    from roadseg_dist.evaluate import predict_masks
+    from roadseg_dist.labels import MEAN, STD
+
+    meta = {"normalization": {"mean": list(MEAN), "std": list(STD)}}
+    images = [np.asarray(img) for img in batch(3)["image"]]
+    plain = predict_masks(tiny().eval(), images, meta)
+    fast = predict_masks(optimize(tiny().eval(), channels_last=True), images, meta, channels_last=True)
+    assert all((a == b).mean() > 0.999 for a, b in zip(plain, fast))
+
+
+def test_compare_timing_runs_with_the_speed_options():
+    from roadseg_dist.compare import measure_fps
+
+    model = optimize(tiny(), channels_last=True)
+    assert measure_fps(model, (32, 48), seconds=0.05, min_iters=2, channels_last=True) > 0
