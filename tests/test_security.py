@@ -58,6 +58,20 @@ def test_an_always_throttling_endpoint_gives_up_within_the_bound(s3_server, s3_b
     assert "kept answering SlowDown" in str(err.value) and proxy.endpoint in str(err.value)
 
 
+def test_a_body_cut_mid_stream_is_read_on(s3_server, s3_bucket, monkeypatch):
+    """Every 3rd request's reply is cut halfway: whole reads and streamed reads still get every byte."""
+    data = os.urandom(300_000)
+    url = f"{s3_bucket}/shards/train-000000.tar"
+    storage.write_bytes(url, data)
+    with FaultyProxy(s3_server.endpoint, every=3, faults=("cut-during",)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        for _ in range(3):
+            assert storage.read_bytes(url) == data
+            with storage.open_input(url) as f:
+                assert b"".join(iter(lambda: f.read(65536), b"")) == data
+    assert proxy.faults["cut-during"] >= 3, proxy.faults
+
+
 @pytest.mark.slow
 def test_a_refused_endpoint_is_a_clear_error_within_30s(monkeypatch):
     from conftest import free_port
