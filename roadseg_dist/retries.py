@@ -8,7 +8,8 @@ t_i <= min(2**(i-1), 20) s, so the back-off of one request totals at most ``back
 (15 s at 5 tries), plus at most CONNECT_TIMEOUT_S per try to connect and READ_TIMEOUT_S per try to
 read. s3fs's own retry loop is turned off (it retried by message text on top of botocore's). The
 only retry above botocore: a read whose body breaks after a good response (botocore cannot see
-it) is requested again, at most STREAM_RETRIES more times (``storage.retry``).
+it) is requested again from where it broke, at most STREAM_RETRIES more times (``storage.retry``,
+``storage.open_input``).
 
 When the tries are spent, ``classify`` turns what S3 said into a StorageError that names the
 endpoint and bucket: unreachable, credentials refused, bucket missing, still busy.
