@@ -27,7 +27,7 @@ from roadseg_dist import labels, settings as settings_mod, storage
 from roadseg_dist.infer import frames as frames_mod
 from roadseg_dist.infer import render, report as report_mod
 from roadseg_dist.infer.inputs import STATE_DIR, Source, discover
-from roadseg_dist.infer.mp4 import write_jpeg_mp4
+from roadseg_dist.infer.video_out import write_overlay_video
 from roadseg_dist.infer.settings import InferSettings
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,10 @@ def write_outputs(batch: dict[str, np.ndarray], output: str, kinds: tuple[str, .
             "first_fp": batch["first_fp"], "next_fp": batch["next_fp"]}
 
 
-def assemble_video(output: str, sid: str, indices: list[int], fps: float, width: int, height: int) -> int:
-    """OUT/<id>/overlay/*.jpg -> OUT/<id>/overlay.mp4 in index order, the JPEG bytes muxed as they are
-    (no decode, no re-encode); streamed with bounded read-ahead, uploaded when complete."""
+def assemble_video(output: str, sid: str, indices: list[int], fps: float, width: int, height: int,
+                   codec: str = "h264") -> int:
+    """OUT/<id>/overlay/*.jpg -> OUT/<id>/overlay.mp4 in index order (H.264, or the JPEGs muxed as they
+    are); streamed with bounded read-ahead, uploaded when complete."""
     def jpegs() -> Iterator[bytes]:
         with ThreadPoolExecutor(WRITE_THREADS) as pool:
             for chunk in range(0, len(indices), 32):  # at most 32 frames in memory
@@ -194,8 +195,7 @@ def assemble_video(output: str, sid: str, indices: list[int], fps: float, width:
                 yield from pool.map(storage.read_bytes, urls)
 
     with storage.atomic_output(storage.join(output, sid, "overlay.mp4"), suffix=".mp4") as tmp:
-        with open(tmp, "wb") as f:
-            return write_jpeg_mp4(f, jpegs(), fps, width, height)
+        return write_overlay_video(tmp, jpegs(), fps, width, height, codec)
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ class Driver:
         if "video" in self.s.outputs:
             task = ray.remote(num_cpus=0.5, max_retries=2)(assemble_video)
             self.videos_pending[sid] = task.remote(self.output, sid, indices, plan["fps"] / plan["stride"],
-                                                   plan["width"], plan["height"])
+                                                   plan["width"], plan["height"], self.s.video_codec)
         else:
             self.mark_done(sid)
 

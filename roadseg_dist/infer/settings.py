@@ -5,6 +5,7 @@ import dataclasses
 
 import click
 
+from roadseg_dist.infer.video_out import VIDEO_CODECS
 from roadseg_dist.settings import field, parse_list, parse_size
 
 OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
@@ -23,6 +24,8 @@ class InferSettings:
     batch_size: int = field(8, help="frames per model call")
     outputs: tuple = field(DEFAULT_OUTPUTS, parse=parse_list,
                            help=f"what to write, from {','.join(OUTPUT_KINDS)}")
+    video_codec: str = field("h264", help="overlay.mp4 codec: h264 (browsers play it) or mjpeg (the overlay "
+                                           "JPEGs muxed as they are, no encode)")
     segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
     gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
     concurrency: int = field(1, help="number of model actors")
@@ -38,6 +41,8 @@ class InferSettings:
         if unknown or not self.outputs:
             raise click.BadParameter(
                 f"--outputs {','.join(self.outputs)!r}: choose from {','.join(OUTPUT_KINDS)}")
+        if self.video_codec not in VIDEO_CODECS:
+            raise click.BadParameter(f"--video-codec {self.video_codec!r}: choose from {', '.join(VIDEO_CODECS)}")
         for name in ("every", "batch_size", "segment_frames", "concurrency"):
             if getattr(self, name) < 1:
                 raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
