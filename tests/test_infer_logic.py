@@ -11,7 +11,6 @@ from PIL import Image
 
 from roadseg_dist import labels, settings
 from roadseg_dist.infer import frames, inputs, render
-from roadseg_dist.infer.pipeline import check_indices, decode_range_rows
 from roadseg_dist.infer.settings import InferSettings
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
@@ -97,119 +96,6 @@ def test_settings_validation():
         settings.build(InferSettings, checkpoint="c", input="i", output="o", outputs="mask,bogus")
     with pytest.raises(Exception, match="segment-frames"):
         settings.build(InferSettings, checkpoint="c", input="i", output="o", segment_frames=0)
-
-
-# --- frame ranges -------------------------------------------------------------------------------
-
-def test_plan_ranges_cover_and_end_open():
-    assert frames.plan_ranges(10, 4) == [(0, 4), (4, 8), (8, None)]
-    assert frames.plan_ranges(8, 4) == [(0, 4), (4, None)]
-    assert frames.plan_ranges(0, 4) == [(0, None)]        # unknown count: one range to EOF
-    assert frames.plan_ranges(3, 100) == [(0, None)]
-
-
-def collect(path, plan, stride=1, seek=True, packets=None):
-    got = []
-    for start, end in plan:
-        got += list(frames.decode_range(path, start, end, stride, seek=seek, packets=packets))
-    return got
-
-
-@pytest.mark.parametrize("seek", [True, False])
-def test_ranges_decode_each_frame_once_synthetic(tmp_path, seek):
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 23)
-    ref = sequential(path)
-    got = collect(path, frames.plan_ranges(23, 5), seek=seek)
-    assert [i for i, _ in got] == list(range(len(ref))) and len(ref) == 23
-    assert all(np.array_equal(f, ref[i]) for i, f in got)
-    strided = collect(path, frames.plan_ranges(23, 5), stride=3, seek=seek)
-    assert [i for i, _ in strided] == list(range(0, 23, 3))
-    assert all(np.array_equal(f, ref[i]) for i, f in strided)
-
-
-def test_metadata_that_lies_tree_avi():
-    """tree.avi's header claims 444 frames; a sequential decode yields 68. Ranges follow the decode."""
-    info = frames.probe(TREE)
-    n = frames.sequential_count(TREE)
-    assert info.header_frames == 444 and n == 68 and info.frame_count == n   # packets counted right
-    # Plan from the lying header anyway: 9 ranges, 7 past the real end. A seek to frame 200 reports
-    # success and returns frame 65 again, so seeks are trusted only below the packet count.
-    plan = frames.plan_ranges(info.header_frames, 50)
-    got = collect(TREE, plan, packets=info.frame_count)
-    assert [i for i, _ in got] == list(range(n))
-    ref = sequential(TREE)
-    assert all(np.array_equal(f, ref[i]) for i, f in got)
-
-
-def test_fingerprint_chain_exposes_an_inexact_seek():
-    """Without the packet guard, tree.avi's seek to frame 200 reports success and returns frame 65:
-    the fingerprints of neighbouring ranges disagree there, and decoding from the start agrees."""
-    plan = frames.plan_ranges(444, 50)
-    marks, got = [], []
-    for start, end in plan:
-        m = {}
-        got += [i for i, _ in frames.decode_range(TREE, start, end, marks=m)]
-        marks.append((m["first"], m["next"]))
-    assert got.count(65) == 1 and 200 in got                 # the inexact seek really happens
-    bad = frames.first_inexact_range(marks)
-    assert bad == 4 and plan[bad][0] == 200
-    for r in range(bad, len(plan)):                          # the redo: no seeking from there on
-        m = {}
-        assert list(frames.decode_range(TREE, *plan[r], seek=False, marks=m)) == []
-        marks[r] = (m["first"], m["next"])
-    assert frames.first_inexact_range(marks) is None
-    assert frames.first_inexact_range([("", "a"), ("a", "b"), ("b", "")]) is None
-
-
-def test_metadata_that_undercounts(tmp_path):
-    """A header claiming fewer frames than the stream holds: the open last range reads to EOF."""
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 17)
-    got = collect(path, frames.plan_ranges(6, 4))       # planned as if 6 frames
-    assert [i for i, _ in got] == list(range(17))
-
-
-def test_real_video_ranges_match_sequential_decode():
-    ref = sequential(MEGAMIND_BUGY)
-    got = collect(MEGAMIND_BUGY, frames.plan_ranges(frames.probe(MEGAMIND_BUGY).frame_count, 100), stride=7)
-    assert [i for i, _ in got] == list(range(0, len(ref), 7))
-    assert all(np.array_equal(f, ref[i]) for i, f in got)
-
-
-@pytest.mark.parametrize("content, why", [(b"", "empty file"), (b"this is not a video" * 100, "cannot be opened")])
-def test_broken_files_raise_a_reason(tmp_path, content, why):
-    path = tmp_path / "bad.mp4"
-    path.write_bytes(content)
-    with pytest.raises(frames.DecodeError, match=why):
-        frames.probe(str(path))
-
-
-def test_truncated_mp4_is_reported(tmp_path):
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 20)
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])      # the index (moov) sits at the end: lost
-    with pytest.raises(frames.DecodeError):
-        frames.probe(path)
-
-
-def test_decode_rows_end_with_count_or_error(tmp_path):
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 9)
-    row = {"video": "v", "kind": "video", "url": path, "images": [], "start": 4, "end": -1, "stride": 2, "fps": 10.0, "packets": 0, "seek": True}
-    rows = list(decode_range_rows(row))
-    assert [r["index"] for r in rows] == [4, 6, 8, -1] and rows[-1]["count"] == 3 and rows[-1]["error"] == ""
-    assert len(rows[0]["frame"]) == rows[0]["height"] * rows[0]["width"] * 3
-    (tmp_path / "bad.mp4").write_bytes(b"junk")
-    rows = list(decode_range_rows({**row, "url": str(tmp_path / "bad.mp4")}))
-    assert len(rows) == 1 and rows[0]["index"] == -1 and "cannot be opened" in rows[0]["error"]
-
-
-def test_check_indices():
-    assert check_indices([0, 2, 4], 2) == ""
-    assert "missing [2]" in check_indices([0, 4], 2)
-    assert "repeated [2]" in check_indices([0, 2, 2], 2)
 
 
 # --- rendering -----------------------------------------------------------------------------------

@@ -28,8 +28,10 @@ class InferSettings:
                                            "JPEGs muxed as they are, no encode)")
     segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
     gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
-    concurrency: int = field(1, help="number of model actors")
-    actor_cpus: float = field(1.0, help="CPUs reserved per model actor (on CPU also its torch threads)")
+    concurrency: int | None = field(None, help="number of model actors; default: one per GPU, or sized to "
+                                              "the CPUs (see infer/graph.size_actors)")
+    actor_cpus: float | None = field(None, help="CPUs reserved per model actor (on CPU also its torch threads); "
+                                                "default: 1 with --gpu, else ~3/4 of the CPUs over the actors")
     overwrite: bool = field(False, help="redo everything instead of resuming")
     alpha: float = field(0.5, help="weight of the class colours in the overlay")
     jpeg_quality: int = field(85, help="JPEG quality of overlays and originals")
@@ -44,9 +46,9 @@ class InferSettings:
         if self.video_codec not in VIDEO_CODECS:
             raise click.BadParameter(f"--video-codec {self.video_codec!r}: choose from {', '.join(VIDEO_CODECS)}")
         for name in ("every", "batch_size", "segment_frames", "concurrency"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise click.BadParameter(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.actor_cpus <= 0:
+        if self.actor_cpus is not None and self.actor_cpus <= 0:
             raise click.BadParameter(f"--actor-cpus must be positive, got {self.actor_cpus}")
         if self.fps is not None and self.fps <= 0:
             raise click.BadParameter(f"--fps must be positive, got {self.fps}")
