@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 from typing import Iterator
 
@@ -157,13 +158,26 @@ def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None 
     ``expected`` (frames the index promises before the next range; -1 for the last range) and
     ``broken`` (why decoding stopped early at damaged or missing data; '' if it did not).
     """
+    import av
+
     marks = {} if marks is None else marks
     marks.update(first=0, count=0, expected=-1, broken="")
     with open_file(url, rng.block) as f, open_video(f, threads) as (container, stream):
+        packets = container.demux(stream)
         if rng.dts is not None:
             container.seek(rng.seek_ts, stream=stream, backward=True)
+            try:
+                first = next(packets, None)
+            except av.error.FFmpegError:
+                first = None
+            if first is None or first.dts != rng.dts:
+                # Not our keyframe (an index that lies): decode nothing but promise a frame, so the
+                # ledger sees a range that falls short and the source is decoded again from its start.
+                marks["expected"] = max(1, (rng.end or rng.start + 1) - rng.start)
+                return
+            packets = itertools.chain([first], packets)
         window = _Window(rng)
-        for frame in _frames(container, stream, window, marks):
+        for frame in _frames(packets, stream, window, marks):
             if not window.shows(frame.pts):
                 continue
             index = window.first + marks["count"]
@@ -201,10 +215,7 @@ class _Window:
     def admit(self, packet) -> bool:
         """Whether to decode ``packet``; False once the range has every packet it needs."""
         rng = self.rng
-        if self.start_pts is None:  # the first packet after the seek must be our keyframe
-            if packet.dts != rng.dts:
-                raise DecodeError(f"seek to the keyframe at packet {rng.start} landed elsewhere "
-                                  f"(DTS {packet.dts} instead of {rng.dts})")
+        if self.start_pts is None:  # our keyframe (checked by decode_range)
             self.start_pts = packet.pts
             return True
         if rng.end_dts is None or packet.dts is None or packet.dts < rng.end_dts:
@@ -221,12 +232,12 @@ class _Window:
         return False
 
 
-def _frames(container, stream, window: _Window, marks: dict):
+def _frames(packets, stream, window: _Window, marks: dict):
     """Decoded frames of the range in presentation order; ends where the data is damaged."""
     import av
 
     try:
-        for packet in container.demux(stream):
+        for packet in packets:
             if packet.size == 0 or packet.dts is None and packet.pts is None:
                 continue
             if not window.admit(packet):
