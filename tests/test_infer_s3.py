@@ -45,10 +45,10 @@ class CountingProxy(FaultyProxy):
 def test_long_bframe_mov_on_s3_read_once_exact_frames_h264_overlay(s3_server, s3_bucket, tmp_path):
     ckpt = tiny_checkpoint(str(tmp_path / "ckpt"))
     inp, out = s3_bucket + "/archive", str(tmp_path / "out")
-    local = {"drive.mov": {"gop": 15, "noise": 60}, "vfr.mp4": {"vfr": True},
+    local = {"drive.mov": {"gop": 15, "noise": 60, "w": 320, "h": 192}, "vfr.mp4": {"vfr": True},
              "cut.mp4": {"faststart": True, "noise": 40}}
     for name, kwargs in local.items():
-        make_video(str(tmp_path / name), 600 if name == "drive.mov" else 60, w=160, h=96, **kwargs)
+        make_video(str(tmp_path / name), 1000 if name == "drive.mov" else 60, **{"w": 160, "h": 96, **kwargs})
     data = open(tmp_path / "cut.mp4", "rb").read()
     open(tmp_path / "cut.mp4", "wb").write(data[: int(len(data) * 0.6)])
     for name in local:
@@ -59,7 +59,7 @@ def test_long_bframe_mov_on_s3_read_once_exact_frames_h264_overlay(s3_server, s3
     with CountingProxy(s3_server.endpoint) as proxy:
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "PYTHONPATH": os.pathsep.join(sys.path)}
         proc = subprocess.run([sys.executable, "-m", "roadseg_dist.cli", "infer", ckpt, inp, out, "--size", SIZE,
-                               "--segment-frames", "48", "--outputs", "original,video,stats", "--num-cpus", "2"],
+                               "--segment-frames", "90", "--outputs", "original,video,stats", "--num-cpus", "2"],
                               env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(open(f"{out}/report.json").read())
@@ -84,7 +84,7 @@ def test_long_bframe_mov_on_s3_read_once_exact_frames_h264_overlay(s3_server, s3
 
     state = chromium_video_state(f"{out}/drive/overlay.mp4", tmp_path)
     assert state["error"] is None and state["ready"] >= 2, state
-    assert state["width"] == 160 and state["height"] == 96 and abs(state["duration"] - 600 / 25) < 0.2, state
+    assert state["width"] == 320 and state["height"] == 192 and abs(state["duration"] - 1000 / 25) < 0.2, state
 
 
 def chromium_video_state(video: str, tmp_path) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 import os
 from typing import Iterator
@@ -26,7 +27,7 @@ import numpy as np
 
 DEFAULT_IMAGE_FPS = 10.0
 PROBE_BLOCK = 64 * 1024        # the probe reads a header, the index and one keyframe
-MIN_BLOCK, MAX_BLOCK = 32 * 1024, 8 * 1024 * 1024
+MIN_BLOCK, MAX_BLOCK = 32 * 1024, 8 * 1024 * 1024  # the largest read-ahead of a range (see _block)
 
 
 class DecodeError(Exception):
@@ -40,7 +41,8 @@ class VideoInfo:
     width: int
     height: int
     size: int            # bytes of the file
-    keyframes: tuple     # (packet number, DTS, byte position) of each keyframe; () without an index
+    keyframes: tuple     # (packet number, DTS, byte position, reach) of each keyframe; () without an index;
+    #                      reach: the end of the bytes of the keyframe and the few packets after it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +54,11 @@ class FrameRange:
     end_dts: int | None = None
     seek_ts: int | None = None  # where a backward seek lands on our keyframe (see ``plan_ranges``)
     block: int = MIN_BLOCK  # read-ahead block for this range's bytes
+    reach: int | None = None  # no read-ahead past this byte (None: the end of the file)
 
 
 @contextlib.contextmanager
-def open_file(url: str, block: int = PROBE_BLOCK) -> Iterator:
+def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None) -> Iterator:
     """A seekable binary file object: local, or an S3 object read in ``block``-sized ranged GETs."""
     from roadseg_dist import storage
 
@@ -69,13 +72,75 @@ def open_file(url: str, block: int = PROBE_BLOCK) -> Iterator:
             yield f
         return
     fs, path = storage.filesystem(url)
-    f = storage.retry(fs.open, path, "rb", block_size=int(block), cache_type="readahead")
-    try:
-        if f.size == 0:
-            raise DecodeError("empty file (0 bytes)")
-        yield f
-    finally:
-        f.close()
+    f = RangedReader(fs, path, int(storage.retry(fs.size, path)), max_block=block, reach=reach)
+    if f.size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    yield f
+
+
+class RangedReader(io.RawIOBase):
+    """A read-only, seekable view of an object in ranged GETs, with adaptive read-ahead.
+
+    FFmpeg reads a container's header and index in small hops (start, end, back to the data), then
+    streams. A GET after a jump asks for just what was asked; while reads stay sequential it adds a
+    read-ahead that starts at 16 KiB and doubles up to ``max_block``, never speculating past
+    ``reach``. So the hops cost little, streaming costs few requests, and a range reads little
+    past its end.
+    """
+
+    MIN_AHEAD = 16 * 1024
+
+    def __init__(self, fs, path: str, size: int, max_block: int = MAX_BLOCK, reach: int | None = None):
+        super().__init__()
+        self.reach = size if reach is None else reach
+        self.fs, self.path, self.size, self.max_block = fs, path, size, max(max_block, self.MIN_AHEAD)
+        self.pos, self.buf, self.buf_at, self.ahead = 0, b"", 0, 0
+        self.fetched = 0  # bytes read from storage (for tests and benchmarks)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self.pos
+        n = min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        lo = self.pos - self.buf_at
+        if self.buf and 0 <= lo <= len(self.buf):  # what the buffer holds, then the rest read ahead
+            data = self.buf[lo:lo + n]
+            if len(data) < n:
+                self.ahead = min(max(self.MIN_AHEAD, self.ahead * 2), self.max_block)
+                data += self._fetch(self.buf_at + len(self.buf), n - len(data))
+        else:
+            self.ahead = 0  # a jump: read what is asked, nothing more
+            data = self._fetch(self.pos, n)
+        self.pos += len(data)
+        return data
+
+    def _fetch(self, start: int, n: int) -> bytes:
+        from roadseg_dist import storage
+
+        end = min(self.size, max(start + n, min(start + n + self.ahead, self.reach)))
+        self.buf = storage.retry(self.fs.cat_file, self.path, start=start, end=end)
+        self.buf_at, self.fetched = start, self.fetched + len(self.buf)
+        return self.buf[:n]
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
 
 
 @contextlib.contextmanager
@@ -84,7 +149,8 @@ def open_video(f, threads: int = 1) -> Iterator:
     import av
 
     try:
-        container = av.open(f, mode="r", options={"probesize": "65536"})
+        # the stream's parameters come from the header; probing reads no more than its first packet
+        container = av.open(f, mode="r", options={"probesize": "32", "fpsprobesize": "0"}, buffer_size=8192)
     except (av.error.FFmpegError, ValueError) as exc:
         raise DecodeError("not a readable video: the container cannot be opened "
                           f"(corrupt, truncated or not a video file: {exc})") from None
@@ -96,6 +162,12 @@ def open_video(f, threads: int = 1) -> Iterator:
         yield container, stream
     finally:
         container.close()
+
+
+def _reach(entries, i: int, after: int = 1) -> int:
+    """Where the bytes of packet ``i`` and the next ``after`` packets end: a range needs its successor's
+    keyframe and the packet after it (more only for leading pictures, read on demand)."""
+    return max(int(e.pos) + int(e.size) for e in entries[i:i + after + 1])
 
 
 def _fps(stream) -> float:
@@ -110,7 +182,8 @@ def probe(url: str) -> VideoInfo:
 
     with open_file(url) as f, open_video(f) as (container, stream):
         entries = stream.index_entries
-        keyframes = tuple((i, int(e.timestamp), int(e.pos)) for i, e in enumerate(entries) if e.is_keyframe)
+        keyframes = tuple((i, int(e.timestamp), int(e.pos), _reach(entries, i))
+                          for i, e in enumerate(entries) if e.is_keyframe)
         try:
             first = next(container.decode(stream), None)
         except av.error.FFmpegError:
@@ -128,20 +201,21 @@ def plan_ranges(info: VideoInfo, segment_frames: int) -> list[FrameRange]:
     if segment_frames < 1:
         raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
     starts = []  # positions in info.keyframes
-    for k, (packet, _, _) in enumerate(info.keyframes):
+    for k, (packet, *_) in enumerate(info.keyframes):
         if not starts or packet - info.keyframes[starts[-1]][0] >= segment_frames:
             starts.append(k)
     if len(starts) < 2:
         return [FrameRange(0, block=_block(info.size))]
     ranges = []
     for r, k in enumerate(starts):
-        packet, dts, pos = info.keyframes[k]
+        packet, dts, pos, _ = info.keyframes[k]
         nxt = info.keyframes[starts[r + 1]] if r + 1 < len(starts) else None
         # FFmpeg seeks by presentation time (MP4: DTS + composition offset, unknown here); any
         # timestamp from our keyframe's up to the next keyframe's DTS lands on it.
         seek_ts = info.keyframes[k + 1][1] - 1 if k + 1 < len(info.keyframes) else 2 ** 62
         ranges.append(FrameRange(packet, nxt[0] if nxt else None, dts if r else None, nxt[1] if nxt else None,
-                                 seek_ts if r else None, _block((nxt[2] if nxt else info.size) - pos)))
+                                 seek_ts if r else None, _block((nxt[2] if nxt else info.size) - pos),
+                                 nxt[3] if nxt else None))
     return ranges
 
 
@@ -162,7 +236,7 @@ def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None 
 
     marks = {} if marks is None else marks
     marks.update(first=0, count=0, expected=-1, broken="")
-    with open_file(url, rng.block) as f, open_video(f, threads) as (container, stream):
+    with open_file(url, rng.block, rng.reach) as f, open_video(f, threads) as (container, stream):
         packets = container.demux(stream)
         if rng.dts is not None:
             container.seek(rng.seek_ts, stream=stream, backward=True)
