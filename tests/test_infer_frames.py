@@ -196,3 +196,27 @@ def test_over_long_names_fit_a_file_system(tmp_path):
     sid = inputs._unique_ids([(name, "/i/" + name)])["/i/" + name]
     assert len(sid.encode()) <= 200
     (tmp_path / (sid + ".json")).write_text("{}")  # the state file of that id can exist
+
+
+def test_ranged_reader_reads_right_bytes_with_few_small_gets():
+    from roadseg_dist.infer.ranged import RangedReader
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+
+    class Store:  # an object store's ranged GET, counted
+        gets: list = []
+
+        def cat_file(self, path, start, end):
+            self.gets.append((start, end))
+            return data[start:end]
+
+    f = RangedReader(Store(), "k", len(data), max_block=256 * 1024, reach=900_000)
+    assert f.read(36) == data[:36] and Store.gets == [(0, 36)]  # after a jump: only what was asked
+    f.seek(-1000, 2)
+    assert f.read(2000) == data[-1000:] and f.read(10) == b""
+    f.seek(100_000)
+    out = b"".join(f.read(8192) for _ in range(100))  # FFmpeg-sized sequential reads
+    assert out == data[100_000:100_000 + 819_200]
+    streaming = Store.gets[2:]
+    assert len(streaming) < 12 and all(b - a <= 256 * 1024 + 8192 for a, b in streaming)
+    assert max(b for _, b in streaming) <= 919_200  # no read-ahead past reach, only what was asked

@@ -86,9 +86,8 @@ def decode_range_rows(item: dict[str, Any], threads: int = 1) -> Iterator[dict[s
         if item["kind"] == "images":
             images = item["images"]
             for index, frame in frames_mod.decode_images(images, start, rng["end"], stride, offset=start):
-                marks.update(first=start, count=index - start + 1)
                 yield rows.frame_row(sid, start, index, index / float(item["fps"] or 1.0), frame)
-            marks.update(first=start, count=min(len(images), (rng["end"] or 1 << 62) - start))
+            marks.update(first=start, count=len(images))  # an image range carries only its own images
         else:
             frange = frames_mod.FrameRange(**rng)
             for index, time, frame in frames_mod.decode_range(item["url"], frange, stride, marks, threads):

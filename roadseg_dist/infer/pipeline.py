@@ -177,6 +177,13 @@ def finish_range(job: Job, sid: str, start: int, result: ledger_mod.RangeResult)
 
 def finish_source(job: Job, sid: str) -> None:
     """All ranges in: check they join up, then assemble overlay.mp4 (or mark the source done)."""
+    try:
+        _finish_source(job, sid)
+    except Exception as exc:  # noqa: BLE001 - storage trouble with one source is that source's failure
+        job.fail(sid, "could not be finished: " + graph.reason(exc))
+
+
+def _finish_source(job: Job, sid: str) -> None:
     import ray
 
     p = job.plans[sid]
@@ -231,9 +238,13 @@ def collect_videos(job: Job, block: bool) -> None:
     for sid in [k for k, v in job.videos.items() if v in ready]:
         try:
             ray.get(job.videos.pop(sid))
-            mark_done(job, sid)
         except Exception as exc:  # noqa: BLE001
             job.fail(sid, "overlay.mp4 could not be written: " + graph.reason(exc))
+            continue
+        try:
+            mark_done(job, sid)
+        except Exception as exc:  # noqa: BLE001
+            job.fail(sid, "its done marker could not be written: " + graph.reason(exc))
 
 
 def execute(job: Job, sids: list[str], sizing: graph.Sizing, show) -> None:
