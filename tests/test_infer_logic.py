@@ -167,3 +167,18 @@ def test_plain_progress_lines_every_interval_and_at_milestones(monkeypatch):
     assert len(lines) == 5  # four above and the final one
     assert lines[1].startswith("infer: frames 50/100  videos 1/2  failed 0")
     assert "frames/s" in lines[2] and "eta" in lines[2] and "failed 1" in lines[-1]
+
+
+def test_actor_sizing_uses_the_machine():
+    from roadseg_dist.infer.graph import TASK_CPUS, size_actors
+
+    s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
+    two = size_actors(2, 0, s)  # this 2-core machine: one actor, 1.5 CPUs, 2 torch threads
+    assert (two.actors, two.actor_cpus, two.threads) == (1, 1.5, 2) and 2 - two.actor_cpus >= 2 * TASK_CPUS
+    big = size_actors(64, 0, s)
+    assert big.actors == 6 and big.threads <= 8 and big.actors * big.actor_cpus <= 48
+    gpu = size_actors(16, 4, settings.build(InferSettings, checkpoint="c", input="i", output="o", gpu=True))
+    assert (gpu.actors, gpu.actor_cpus, gpu.gpu) == (4, 1.0, True)
+    own = size_actors(2, 0, settings.build(InferSettings, checkpoint="c", input="i", output="o",
+                                           concurrency=1, actor_cpus=1.0))
+    assert (own.actors, own.actor_cpus, own.threads) == (1, 1.0, 1)
