@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from roadseg_dist import labels, settings, storage
+from roadseg_dist import settings, storage
 from roadseg_dist.infer import frames, pipeline, render, video_out
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings

@@ -265,9 +265,14 @@ def execute(job: Job, sids: list[str], sizing: graph.Sizing, show) -> None:
                 show(job)
         for sid, start in book.unfinished():
             job.fail(sid, f"frame range from packet {start} ended without a result")
-        sids, job.redo = job.redo, []
-        for sid in sids:
-            as_one_range(job, sid, counted.get(sid, 0))
+        sids, job.redo = [], job.redo
+        for sid in job.redo:
+            try:
+                as_one_range(job, sid, counted.get(sid, 0))
+                sids.append(sid)
+            except Exception as exc:  # noqa: BLE001 - this source's failure
+                job.fail(sid, "could not be restarted as one range: " + graph.reason(exc))
+        job.redo = []
 
 
 def write_stats(job: Job, done_ids: list[str]) -> None:
