@@ -223,16 +223,19 @@ def main() -> int:
               f"batch {args.batch_size}, {device}, {os.cpu_count()} cpus")
 
         fps_model = model_only(model, decoded, size, mean, std, args.batch_size, device)
+        print(f"  model-only {fps_model:.2f} frames/s", flush=True)
         mask_small = predict_masks(model, preprocess(decoded[:1], size, mean, std), device)[0]
         del decoded
         os.makedirs(os.path.join(root, "seq"))
         fps_seq = sequential(model, videos, os.path.join(root, "seq"), size, mean, std, device)
+        print(f"  sequential {fps_seq:.2f} frames/s", flush=True)
 
         from roadseg_dist.cluster import init_ray
 
         init_ray()  # started before timing: the jobs, not Ray's start-up, are measured
         os.makedirs(os.path.join(root, "peer"))
         fps_peer = read_videos_peer(videos, ckpt, os.path.join(root, "peer"), size, args.batch_size, args.gpu)
+        print(f"  read_videos peer {fps_peer:.2f} frames/s", flush=True)
 
         def job(out: str) -> float:
             s = settings.build(InferSettings, checkpoint=ckpt, input=os.path.join(root, "in"),
