@@ -6,8 +6,8 @@ reads the container's header and index, not the file, and each frame range reads
 
 The container index (``stream.index_entries``: one entry per packet in decode order, its DTS, byte
 position and keyframe flag) gives the plan: ranges start on keyframes about ``segment_frames``
-packets apart. A range seeks to its keyframe by timestamp (exact: the index holds that very DTS)
-and decodes forward in presentation order until its successor's keyframe. Its first frame's index
+packets apart. A range seeks to its keyframe by timestamp (checked: the index holds that very DTS)
+and decodes its packets up to its successor's keyframe (with open GOPs, through it). Its first frame's index
 is its keyframe's packet number plus the *leading pictures* (open GOP: packets decoded after the
 keyframe but shown before it), which belong to the previous range; that range decodes through the
 next keyframe to show them. Each range also counts the frames it should have produced; a shortfall
@@ -44,6 +44,7 @@ class VideoInfo:
     size: int            # bytes of the file
     keyframes: tuple     # (packet number, DTS, byte position, reach) of each keyframe; () without an index;
     #                      reach: the end of the bytes of the keyframe and the few packets after it
+    open_gop: bool = True  # keyframes with leading pictures: a range must decode its successor's keyframe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class FrameRange:
     seek_ts: int | None = None  # where a backward seek lands on our keyframe (see ``plan_ranges``)
     block: int = MIN_BLOCK  # read-ahead block for this range's bytes
     reach: int | None = None  # no read-ahead past this byte (None: the end of the file)
+    open_gop: bool = True  # decode through the next keyframe (for its leading pictures), else stop before it
 
 
 @contextlib.contextmanager
@@ -127,9 +129,31 @@ def probe(url: str) -> VideoInfo:
         if first is None:
             raise DecodeError("no decodable frame: the video stream is empty or corrupt")
         size = int(getattr(f, "size", 0) or os.fstat(f.fileno()).st_size)
+        keyframes = keyframes if keyframes and keyframes[0][0] == 0 else ()
         return VideoInfo(frame_count=len(entries) or int(stream.frames or 0), fps=_fps(stream),
-                         width=first.width, height=first.height, size=size,
-                         keyframes=keyframes if keyframes and keyframes[0][0] == 0 else ())
+                         width=first.width, height=first.height, size=size, keyframes=keyframes,
+                         open_gop=len(keyframes) > 1 and _has_leading_pictures(container, stream, keyframes))
+
+
+def _has_leading_pictures(container, stream, keyframes) -> bool:
+    """Whether some of 4 keyframes spread over the file have leading pictures (open GOP); a few
+    packets read at each. A wrong guess costs time, not frames: ranges that do not join up are
+    decoded again (see ``ledger.source_problem``)."""
+    import av
+
+    n = len(keyframes) - 1
+    for k in sorted({1 + round(i * (n - 1) / 3) for i in range(4)}):
+        ts = keyframes[k + 1][1] - 1 if k + 1 < len(keyframes) else 2 ** 62
+        try:
+            container.seek(ts, stream=stream, backward=True)
+            packets = container.demux(stream)
+            key = next(packets)
+            if any(p.pts is not None and key.pts is not None and p.pts < key.pts
+                   for p in itertools.islice(packets, 4)):
+                return True
+        except (av.error.FFmpegError, StopIteration):
+            return True
+    return False
 
 
 def plan_ranges(info: VideoInfo, segment_frames: int) -> list[FrameRange]:
@@ -149,9 +173,10 @@ def plan_ranges(info: VideoInfo, segment_frames: int) -> list[FrameRange]:
         # FFmpeg seeks by presentation time (MP4: DTS + composition offset, unknown here); any
         # timestamp from our keyframe's up to the next keyframe's DTS lands on it.
         seek_ts = info.keyframes[k + 1][1] - 1 if k + 1 < len(info.keyframes) else 2 ** 62
+        reach = (nxt[3] if info.open_gop else nxt[2]) if nxt else None
         ranges.append(FrameRange(packet, nxt[0] if nxt else None, dts if r else None, nxt[1] if nxt else None,
                                  seek_ts if r else None, _block((nxt[2] if nxt else info.size) - pos),
-                                 nxt[3] if nxt else None))
+                                 reach, info.open_gop))
     return ranges
 
 
@@ -214,6 +239,13 @@ class _Window:
         self.leading = 0        # leading pictures of our keyframe (the previous range shows them)
         self.next_leading = 0   # leading pictures of the next range's keyframe (we show them)
         self._after_key = True
+        self.packets = 0
+
+    @property
+    def done(self) -> bool:
+        """Closed GOPs: every packet before the next keyframe is in, and nothing after it is needed."""
+        rng = self.rng
+        return not rng.open_gop and rng.end is not None and self.packets >= rng.end - rng.start
 
     @property
     def first(self) -> int:
@@ -225,6 +257,7 @@ class _Window:
     def admit(self, packet) -> bool:
         """Whether to decode ``packet``; False once the range has every packet it needs."""
         rng = self.rng
+        self.packets += 1
         if self.start_pts is None:  # our keyframe (checked by decode_range)
             self.start_pts = packet.pts
             return True
@@ -253,6 +286,8 @@ def _frames(packets, stream, window: _Window, marks: dict):
             if not window.admit(packet):
                 break
             yield from stream.decode(packet)
+            if window.done:
+                break  # before demuxing (reading) the next keyframe
         yield from stream.decode(None)
     except av.error.FFmpegError as exc:  # like a plain decode loop (and OpenCV): stop at the damage
         marks["broken"] = f"decoding stopped at damaged data ({type(exc).__name__})"
