@@ -1,15 +1,17 @@
-"""Benchmark of `roadseg infer` (issue 5), everything measured side by side in one run on the same frames.
+"""Benchmark of `roadseg infer` (issue 11): side by side in one run, on a real OpenCV sample video
+(vtest.avi, 795 frames of 768x576), the same model and size everywhere:
 
-Prints:
-  end-to-end frames/s     the Ray Data job (decode tasks -> model actor -> writer tasks -> overlay.mp4),
-                          warm (Ray's workers already up) and cold (the very first job)
-  model-only frames/s     the same model, batch and size on frames already decoded in memory
-  sequential frames/s     the prototype's loop: read a frame, run the model, write four PNG files
-  ratios                  end-to-end / model-only and end-to-end / sequential
-  CPU-ms per 720p frame   decode + every default output (mask, color, overlay, overlay.mp4, stats),
-                          model excluded: process CPU time of a single-threaded loop over the same frames
+  model-only        the model on frames already decoded in memory (torch threads = all cores)
+  sequential        a plain loop: decode a frame, run the model, write mask PNG, colour PNG, overlay JPEG
+  read_videos peer  what a Ray user writes from Ray's docs: ray.data.read_videos + map_batches (model
+                    actor, torch threads = all cores) + map_batches writing the same three files
+  roadseg infer     the job with its defaults (also overlay.mp4 as H.264 and frames.parquet), warm
+  ratios            roadseg infer / each of the three
+  CPU-ms per 720p frame by stage, one thread: decode, mask PNG + colour, overlay JPEG, H.264 video
+  bytes read / object size for an S3 video (loopback moto server) cut into 10+ frame ranges
 
-    .venv/bin/python benchmarks/bench_infer.py [--frames 192] [--size 128x256] [--base-channels 8] [--gpu]
+    .venv/bin/python benchmarks/bench_infer.py [--copies 1] [--size 192x256] [--model unet]
+        [--base-channels 16] [--gpu]
 """
 from __future__ import annotations
 
@@ -19,148 +21,247 @@ import shutil
 import sys
 import tempfile
 import time
+from fractions import Fraction
 
+import av
 import cv2
 import numpy as np
 import torch
 
-from roadseg_dist import labels, settings
-from roadseg_dist.data import synth
-from roadseg_dist.infer import frames, pipeline, render
-from roadseg_dist.infer.mp4 import write_jpeg_mp4
+from roadseg_dist import settings, storage
+from roadseg_dist.infer import frames, pipeline, render, video_out
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings
 from roadseg_dist.models.checkpoint import load_model, save_checkpoint
 from roadseg_dist.models.zoo import build_model
 
-
-def make_inputs(root: str, n: int, base_channels: int, size: tuple[int, int]) -> tuple[str, str]:
-    video = os.path.join(root, "in", "drive.mp4")
-    synth.write_video(video, np.random.default_rng(0), 720, 1280, n, 30)
-    torch.manual_seed(0)
-    ckpt = os.path.join(root, "ckpt")
-    save_checkpoint(ckpt, build_model("unet", base_channels=base_channels), input_size=size)
-    return video, ckpt
+VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 
-def cpu_outside_model(video: str, out: str, mask_small: np.ndarray) -> dict[str, float]:
-    """CPU ms per frame of decode + default outputs, one thread, the model replaced by a fixed mask."""
+def cut(src: str, dst: str, n: int) -> str:
+    """The first ``n`` frames of ``src`` as a new file, packets copied (the real encoding, no re-encode)."""
+    with av.open(src) as inp, av.open(dst, "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for i, packet in enumerate(inp.demux(inp.streams.video[0])):
+            if i >= n:
+                break
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dst
+
+
+def decode_all(path: str) -> list[np.ndarray]:
+    return [f for _, _, f in frames.decode_range(path, frames.FrameRange(0, block=1 << 20))]
+
+
+def model_only(model, decoded, size, mean, std, batch: int, device: str) -> float:
+    predict_masks(model, preprocess(decoded[:batch], size, mean, std), device)  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(decoded), batch):
+        predict_masks(model, preprocess(decoded[i:i + batch], size, mean, std), device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return len(decoded) / (time.perf_counter() - t0)
+
+
+def write_three(frame: np.ndarray, mask_small: np.ndarray, out: str, name: str) -> None:
+    mask = render.resize_mask(mask_small, frame.shape[0], frame.shape[1])
+    for kind, data in render.render_frame(frame, mask, {"mask", "color", "overlay"}).items():
+        with open(os.path.join(out, f"{name}_{kind}{render.EXTENSIONS[kind]}"), "wb") as f:
+            f.write(data)
+
+
+def sequential(model, videos: list[str], out: str, size, mean, std, device: str) -> float:
+    t0, n = time.perf_counter(), 0
+    for v, video in enumerate(videos):
+        cap = cv2.VideoCapture(video)
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            mask = predict_masks(model, preprocess([frame], size, mean, std), device)[0]
+            write_three(frame, mask, out, f"{v}_{n:06d}")
+            n += 1
+    return n / (time.perf_counter() - t0)
+
+
+class PeerModel:
+    def __init__(self, ckpt: str, size, device: str):
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.model, meta = load_model(ckpt, device=device)
+        self.size, self.device = size, device
+        self.mean, self.std = meta["normalization"]["mean"], meta["normalization"]["std"]
+
+    def __call__(self, batch):
+        bgr = [f[..., ::-1] for f in batch["frame"]]
+        batch["mask"] = predict_masks(self.model, preprocess(bgr, self.size, self.mean, self.std), self.device)
+        return batch
+
+
+def peer_write(batch, out: str):
+    for i in range(len(batch["frame_index"])):
+        write_three(np.ascontiguousarray(batch["frame"][i][..., ::-1]), batch["mask"][i], out,
+                    f"{abs(hash(batch['path'][i])) % 1000}_{int(batch['frame_index'][i]):06d}")
+    return {"n": np.array([len(batch["frame_index"])])}
+
+
+def read_videos_peer(videos, ckpt, out, size, batch: int, gpu: bool) -> float:
+    import ray.data
+
+    t0 = time.perf_counter()
+    ds = ray.data.read_videos(videos, include_paths=True)
+    ds = ds.map_batches(PeerModel, fn_constructor_args=(ckpt, size, "cuda" if gpu else "cpu"), batch_size=batch,
+                        compute=ray.data.ActorPoolStrategy(size=1), num_gpus=1 if gpu else 0)
+    n = sum(int(r["n"]) for r in ds.map_batches(peer_write, fn_args=(out,), batch_size=batch).iter_rows())
+    return n / (time.perf_counter() - t0)
+
+
+def h264_720p(path: str, n: int = 60) -> str:
+    """A 720p H.264 clip with B-frames: vtest's frames scaled up, so the encoder sees real texture."""
+    src = decode_all(VTEST)[:n]
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt, s.options = 1280, 720, "yuv420p", {"bf": "3", "g": "25", "preset": "veryfast"}
+        s.codec_context.time_base = Fraction(1, 25)
+        for i, f in enumerate(src):
+            frame = av.VideoFrame.from_ndarray(cv2.resize(f, (1280, 720)), format="bgr24")
+            frame.pts = i
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    return path
+
+
+def cpu_by_stage(video: str, mask_small: np.ndarray, out: str) -> dict[str, float]:
+    """Process CPU-ms per frame of each stage, one thread, the model replaced by a fixed mask."""
     cv2.setNumThreads(1)
-    kinds = {"mask", "color", "overlay"}
-    t = {"decode": 0.0, "outputs": 0.0, "video": 0.0}
-    n = 0
-    c0 = time.process_time()
-    for index, frame in frames.decode_range(video, 0, None):
+    t = dict.fromkeys(("decode", "mask+colour PNG", "overlay JPEG", "H.264 video"), 0.0)
+    jpegs, n = [], 0
+    it = frames.decode_range(video, frames.FrameRange(0, block=1 << 20))
+    while True:
+        c0 = time.process_time()
+        got = next(it, None)
         c1 = time.process_time()
+        if got is None:
+            break
         t["decode"] += c1 - c0
+        frame = got[2]
         mask = render.resize_mask(mask_small, frame.shape[0], frame.shape[1])
         render.class_fractions(mask)
-        for kind, data in render.render_frame(frame, mask, kinds).items():
-            path = os.path.join(out, render.frame_name(index, kind))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
-        c0 = time.process_time()
-        t["outputs"] += c0 - c1
+        render.render_frame(frame, mask, {"mask", "color"})
+        c2 = time.process_time()
+        jpegs.append(render.render_frame(frame, mask, {"overlay"})["overlay"])
+        c3 = time.process_time()
+        t["mask+colour PNG"] += c2 - c1
+        t["overlay JPEG"] += c3 - c2
         n += 1
-    c1 = time.process_time()
-    jpegs = (open(os.path.join(out, render.frame_name(i, "overlay")), "rb").read() for i in range(n))
-    with open(os.path.join(out, "overlay.mp4"), "wb") as f:
-        write_jpeg_mp4(f, jpegs, 30, 1280, 720)
-    t["video"] = time.process_time() - c1
+    c0 = time.process_time()
+    video_out.write_overlay_video(os.path.join(out, "overlay.mp4"), jpegs, 25, 1280, 720)
+    t["H.264 video"] = time.process_time() - c0
     return {k: 1000 * v / n for k, v in t.items()}
 
 
-def model_only(model, frames_bgr, size, mean, std, batch: int, device: str) -> float:
-    predict_masks(model, preprocess(frames_bgr[:batch], size, mean, std), device)  # warm-up
-    t0 = time.perf_counter()
-    for i in range(0, len(frames_bgr), batch):
-        predict_masks(model, preprocess(frames_bgr[i:i + batch], size, mean, std), device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return len(frames_bgr) / (time.perf_counter() - t0)
+def s3_bytes_ratio(video: str, segment: int) -> tuple[int, int, int]:
+    """(ranges, bytes served, object size) for probe + every range of ``video`` read from loopback S3."""
+    sys.path.insert(0, TESTS)
+    from faulty_s3_proxy import FaultyProxy
 
+    from roadseg_dist.demo import loopback_s3
 
-def sequential(model, video: str, out: str, size, mean, std, device: str) -> float:
-    """The prototype: one frame at a time, four lossless PNGs per frame at OpenCV's default level."""
-    t0 = time.perf_counter()
-    cap = cv2.VideoCapture(video)
-    n = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        mask = predict_masks(model, preprocess([frame], size, mean, std), device)[0]
-        mask = cv2.resize(mask, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
-        color = labels.colorize(mask)[..., ::-1]
-        overlay = cv2.addWeighted(frame, 0.5, color, 0.5, 0)
-        for name, img in (("original", frame), ("mask", mask), ("color", color), ("overlay", overlay)):
-            cv2.imwrite(os.path.join(out, f"{n:06d}_{name}.png"), img)
-        n += 1
-    return n / (time.perf_counter() - t0)
+    served = [0]
+
+    class Counting(FaultyProxy):
+        def _forward(self, request: bytes) -> bytes:
+            reply = super()._forward(request)
+            if request.startswith(b"GET ") and b"drive.mov" in request.split(b"\r\n", 1)[0]:
+                served[0] += len(reply.partition(b"\r\n\r\n")[2])
+            return reply
+
+    with loopback_s3("bench-infer") as bucket:
+        url = bucket + "/drive.mov"
+        storage.upload(video, url)
+        with Counting(os.environ["AWS_ENDPOINT_URL"], every=1 << 30) as proxy:
+            os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+            storage._s3fs.cache_clear()
+            info = frames.probe(url)
+            plan = frames.plan_ranges(info, segment)
+            for rng in plan:
+                for _ in frames.decode_range(url, rng):
+                    pass
+        return len(plan), served[0], info.size
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=192)
-    ap.add_argument("--size", default="128x256", help="model input HxW")
-    ap.add_argument("--base-channels", type=int, default=8)
+    ap.add_argument("--copies", type=int, default=1, help="sources: this many copies of vtest.avi")
+    ap.add_argument("--frames", type=int, default=795, help="the first N frames of vtest.avi (packets copied)")
+    ap.add_argument("--size", default="192x256", help="model input HxW")
+    ap.add_argument("--model", default="unet")
+    ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--actor-cpus", type=float, default=1.0, help="torch threads of the model everywhere")
-    ap.add_argument("--gpu", action="store_true")
-    ap.add_argument("--segment-frames", type=int, default=32)
+    ap.add_argument("--gpu", action="store_true", help="CUDA actors (fp16), decode and encode on CPU tasks")
     args = ap.parse_args()
     size = settings.parse_size(args.size)
     device = "cuda" if args.gpu else "cpu"
     root = tempfile.mkdtemp(prefix="bench-infer-")
     try:
-        video, ckpt = make_inputs(root, args.frames, args.base_channels, size)
+        videos = []
+        os.makedirs(os.path.join(root, "in"))
+        clip = cut(VTEST, os.path.join(root, "vtest.avi"), args.frames)
+        for i in range(args.copies):
+            videos.append(shutil.copy(clip, os.path.join(root, "in", f"vtest{i}.avi")))
+        torch.manual_seed(0)
+        ckpt = os.path.join(root, "ckpt")
+        kwargs = {"base_channels": args.base_channels} if args.model == "unet" else {}
+        save_checkpoint(ckpt, build_model(args.model, **kwargs), input_size=size)
         model, meta = load_model(ckpt, device=device)
         mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
-        if not args.gpu:
-            torch.set_num_threads(max(1, int(args.actor_cpus)))
-        decoded = [f for _, f in frames.decode_range(video, 0, None)]
-        n = len(decoded)
-        print(f"frames: {n} of 1280x720 (synthetic clip), model unet base_channels={args.base_channels} "
-              f"at {size[0]}x{size[1]}, batch {args.batch_size}, device {device}, "
-              f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-
-        mask_small = predict_masks(model, preprocess(decoded[:1], size, mean, std), device)[0]
-        cpu = cpu_outside_model(video, os.path.join(root, "cpu"), mask_small)
-        total = sum(cpu.values())
-        print(f"CPU-ms per 720p frame outside the model: {total:.1f} (decode {cpu['decode']:.1f}, "
-              f"mask+color+overlay+stats files {cpu['outputs']:.1f}, overlay.mp4 {cpu['video']:.1f}); "
-              f"budget 25.0 -> {'within' if total <= 25 else 'OVER'}")
+        torch.set_num_threads(os.cpu_count() or 1)
+        decoded = decode_all(clip) * args.copies
+        print(f"{len(decoded)} frames of 768x576 (vtest.avi, {args.frames} frames, x{args.copies}), {args.model} at {size[0]}x{size[1]}, "
+              f"batch {args.batch_size}, {device}, {os.cpu_count()} cpus")
 
         fps_model = model_only(model, decoded, size, mean, std, args.batch_size, device)
-        print(f"model-only:  {fps_model:8.2f} frames/s")
+        print(f"  model-only {fps_model:.2f} frames/s", flush=True)
+        mask_small = predict_masks(model, preprocess(decoded[:1], size, mean, std), device)[0]
         del decoded
-
-        seq_out = os.path.join(root, "seq")
-        os.makedirs(seq_out)
-        fps_seq = sequential(model, video, seq_out, size, mean, std, device)
-        print(f"sequential:  {fps_seq:8.2f} frames/s")
+        os.makedirs(os.path.join(root, "seq"))
+        fps_seq = sequential(model, videos, os.path.join(root, "seq"), size, mean, std, device)
+        print(f"  sequential {fps_seq:.2f} frames/s", flush=True)
 
         from roadseg_dist.cluster import init_ray
 
-        init_ray(num_cpus=os.cpu_count())  # started before timing: the job, not Ray's start-up, is measured
+        init_ray()  # started before timing: the jobs, not Ray's start-up, are measured
+        os.makedirs(os.path.join(root, "peer"))
+        fps_peer = read_videos_peer(videos, ckpt, os.path.join(root, "peer"), size, args.batch_size, args.gpu)
+        print(f"  read_videos peer {fps_peer:.2f} frames/s", flush=True)
 
-        def job(out: str, segment_frames: int) -> tuple[float, int]:
-            s = settings.build(InferSettings, checkpoint=ckpt, input=os.path.dirname(video),
-                               output=os.path.join(root, out), size=size, batch_size=args.batch_size,
-                               segment_frames=segment_frames, gpu=args.gpu, actor_cpus=args.actor_cpus)
+        def job(out: str) -> float:
+            s = settings.build(InferSettings, checkpoint=ckpt, input=os.path.join(root, "in"),
+                               output=os.path.join(root, out), gpu=args.gpu)
             t0 = time.perf_counter()
             report = pipeline.run(s, show_progress=False)
-            return report["frames_this_run"] / (time.perf_counter() - t0), report["frames_this_run"]
+            return report["frames_this_run"] / (time.perf_counter() - t0)
 
-        # Cold: the first job also pays for worker processes, imports and the actor's model load.
-        # Warm: the same job again once Ray's workers exist, as every job after the first on a cluster.
-        fps_cold, n_done = job("out-cold", args.segment_frames)
-        fps_e2e, _ = job("out-warm", args.segment_frames)
-        print(f"end-to-end:  {fps_e2e:8.2f} frames/s warm, {fps_cold:.2f} frames/s cold (first job: "
-              f"process start-up and imports included); {n_done} frames, every default output written")
-        print(f"ratio end-to-end / model-only: {fps_e2e / fps_model:.2f}")
-        print(f"ratio end-to-end / sequential: {fps_e2e / fps_seq:.2f}")
+        job("out-cold")  # the first job pays for worker start-up and imports
+        fps_e2e = job("out-warm")
+        print(f"{'model-only':>18} {'sequential':>12} {'read_videos peer':>18} {'roadseg infer':>15}   frames/s")
+        print(f"{fps_model:18.2f} {fps_seq:12.2f} {fps_peer:18.2f} {fps_e2e:15.2f}")
+        print(f"roadseg infer / model-only {fps_e2e / fps_model:.2f}   / sequential {fps_e2e / fps_seq:.2f}   "
+              f"/ read_videos peer {fps_e2e / fps_peer:.2f}")
+
+        clip = h264_720p(os.path.join(root, "drive.mov"))  # noqa: F841 - the 720p clip from here on
+        os.makedirs(os.path.join(root, "cpu"))
+        cpu = cpu_by_stage(clip, mask_small, os.path.join(root, "cpu"))
+        total = sum(cpu.values())
+        print("CPU-ms per 720p frame, one thread: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+              + f"; total {total:.1f} (budget 25.0: {'within' if total <= 25 else 'OVER'})")
+
+        long_clip = h264_720p(os.path.join(root, "long.mov"), n=795)
+        ranges, served, size_b = s3_bytes_ratio(long_clip, 72)
+        print(f"S3: {ranges} frame ranges read {served} bytes of a {size_b}-byte object: "
+              f"{served / size_b:.3f}x (probe included)")
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

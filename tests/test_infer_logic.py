@@ -11,7 +11,6 @@ from PIL import Image
 
 from roadseg_dist import labels, settings
 from roadseg_dist.infer import frames, inputs, render
-from roadseg_dist.infer.pipeline import check_indices, decode_range_rows
 from roadseg_dist.infer.settings import InferSettings
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
@@ -99,119 +98,6 @@ def test_settings_validation():
         settings.build(InferSettings, checkpoint="c", input="i", output="o", segment_frames=0)
 
 
-# --- frame ranges -------------------------------------------------------------------------------
-
-def test_plan_ranges_cover_and_end_open():
-    assert frames.plan_ranges(10, 4) == [(0, 4), (4, 8), (8, None)]
-    assert frames.plan_ranges(8, 4) == [(0, 4), (4, None)]
-    assert frames.plan_ranges(0, 4) == [(0, None)]        # unknown count: one range to EOF
-    assert frames.plan_ranges(3, 100) == [(0, None)]
-
-
-def collect(path, plan, stride=1, seek=True, packets=None):
-    got = []
-    for start, end in plan:
-        got += list(frames.decode_range(path, start, end, stride, seek=seek, packets=packets))
-    return got
-
-
-@pytest.mark.parametrize("seek", [True, False])
-def test_ranges_decode_each_frame_once_synthetic(tmp_path, seek):
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 23)
-    ref = sequential(path)
-    got = collect(path, frames.plan_ranges(23, 5), seek=seek)
-    assert [i for i, _ in got] == list(range(len(ref))) and len(ref) == 23
-    assert all(np.array_equal(f, ref[i]) for i, f in got)
-    strided = collect(path, frames.plan_ranges(23, 5), stride=3, seek=seek)
-    assert [i for i, _ in strided] == list(range(0, 23, 3))
-    assert all(np.array_equal(f, ref[i]) for i, f in strided)
-
-
-def test_metadata_that_lies_tree_avi():
-    """tree.avi's header claims 444 frames; a sequential decode yields 68. Ranges follow the decode."""
-    info = frames.probe(TREE)
-    n = frames.sequential_count(TREE)
-    assert info.header_frames == 444 and n == 68 and info.frame_count == n   # packets counted right
-    # Plan from the lying header anyway: 9 ranges, 7 past the real end. A seek to frame 200 reports
-    # success and returns frame 65 again, so seeks are trusted only below the packet count.
-    plan = frames.plan_ranges(info.header_frames, 50)
-    got = collect(TREE, plan, packets=info.frame_count)
-    assert [i for i, _ in got] == list(range(n))
-    ref = sequential(TREE)
-    assert all(np.array_equal(f, ref[i]) for i, f in got)
-
-
-def test_fingerprint_chain_exposes_an_inexact_seek():
-    """Without the packet guard, tree.avi's seek to frame 200 reports success and returns frame 65:
-    the fingerprints of neighbouring ranges disagree there, and decoding from the start agrees."""
-    plan = frames.plan_ranges(444, 50)
-    marks, got = [], []
-    for start, end in plan:
-        m = {}
-        got += [i for i, _ in frames.decode_range(TREE, start, end, marks=m)]
-        marks.append((m["first"], m["next"]))
-    assert got.count(65) == 1 and 200 in got                 # the inexact seek really happens
-    bad = frames.first_inexact_range(marks)
-    assert bad == 4 and plan[bad][0] == 200
-    for r in range(bad, len(plan)):                          # the redo: no seeking from there on
-        m = {}
-        assert list(frames.decode_range(TREE, *plan[r], seek=False, marks=m)) == []
-        marks[r] = (m["first"], m["next"])
-    assert frames.first_inexact_range(marks) is None
-    assert frames.first_inexact_range([("", "a"), ("a", "b"), ("b", "")]) is None
-
-
-def test_metadata_that_undercounts(tmp_path):
-    """A header claiming fewer frames than the stream holds: the open last range reads to EOF."""
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 17)
-    got = collect(path, frames.plan_ranges(6, 4))       # planned as if 6 frames
-    assert [i for i, _ in got] == list(range(17))
-
-
-def test_real_video_ranges_match_sequential_decode():
-    ref = sequential(MEGAMIND_BUGY)
-    got = collect(MEGAMIND_BUGY, frames.plan_ranges(frames.probe(MEGAMIND_BUGY).frame_count, 100), stride=7)
-    assert [i for i, _ in got] == list(range(0, len(ref), 7))
-    assert all(np.array_equal(f, ref[i]) for i, f in got)
-
-
-@pytest.mark.parametrize("content, why", [(b"", "empty file"), (b"this is not a video" * 100, "cannot be opened")])
-def test_broken_files_raise_a_reason(tmp_path, content, why):
-    path = tmp_path / "bad.mp4"
-    path.write_bytes(content)
-    with pytest.raises(frames.DecodeError, match=why):
-        frames.probe(str(path))
-
-
-def test_truncated_mp4_is_reported(tmp_path):
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 20)
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])      # the index (moov) sits at the end: lost
-    with pytest.raises(frames.DecodeError):
-        frames.probe(path)
-
-
-def test_decode_rows_end_with_count_or_error(tmp_path):
-    path = str(tmp_path / "clip.mp4")
-    write_clip(path, 9)
-    row = {"video": "v", "kind": "video", "url": path, "images": [], "start": 4, "end": -1, "stride": 2, "fps": 10.0, "packets": 0, "seek": True}
-    rows = list(decode_range_rows(row))
-    assert [r["index"] for r in rows] == [4, 6, 8, -1] and rows[-1]["count"] == 3 and rows[-1]["error"] == ""
-    assert len(rows[0]["frame"]) == rows[0]["height"] * rows[0]["width"] * 3
-    (tmp_path / "bad.mp4").write_bytes(b"junk")
-    rows = list(decode_range_rows({**row, "url": str(tmp_path / "bad.mp4")}))
-    assert len(rows) == 1 and rows[0]["index"] == -1 and "cannot be opened" in rows[0]["error"]
-
-
-def test_check_indices():
-    assert check_indices([0, 2, 4], 2) == ""
-    assert "missing [2]" in check_indices([0, 4], 2)
-    assert "repeated [2]" in check_indices([0, 2, 2], 2)
-
-
 # --- rendering -----------------------------------------------------------------------------------
 
 def test_render_frame_files_decode_back():
@@ -239,8 +125,11 @@ def test_class_fractions():
     assert f.shape == (19,) and f[0] == 0.5 and f[13] == 0.25 and abs(f.sum() - 0.75) < 1e-6
 
 
-def test_jpeg_mp4_plays_back_in_order(tmp_path):
-    from roadseg_dist.infer.mp4 import write_jpeg_mp4
+@pytest.mark.parametrize("codec, name", [("h264", "h264"), ("mjpeg", "mjpeg")])
+def test_overlay_video_plays_back_in_order(tmp_path, codec, name):
+    import av
+
+    from roadseg_dist.infer.video_out import write_overlay_video
 
     images = []
     for i in range(7):
@@ -248,10 +137,48 @@ def test_jpeg_mp4_plays_back_in_order(tmp_path):
         img[:, :8] = (0, 0, 255)
         images.append(img)
     path = str(tmp_path / "o.mp4")
-    with open(path, "wb") as f:
-        assert write_jpeg_mp4(f, (render.encode_jpeg(im, 95) for im in images), 2.5, 64, 48) == 7
-    cap = cv2.VideoCapture(path)
-    assert cap.isOpened() and abs(cap.get(cv2.CAP_PROP_FPS) - 2.5) < 1e-3
+    assert write_overlay_video(path, (render.encode_jpeg(im, 95) for im in images), 2.5, 64, 48, codec) == 7
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == name and abs(float(stream.average_rate) - 2.5) < 1e-3
+        if codec == "h264":
+            assert stream.codec_context.pix_fmt == "yuv420p"
+    head = open(path, "rb").read(64)
+    assert head.index(b"moov") < 64  # +faststart: the index comes before the data
     got = sequential(path)
     assert len(got) == 7 and got[0].shape == (48, 64, 3)
-    assert all(np.abs(g.astype(int) - im).mean() < 3 for g, im in zip(got, images))  # in order
+    nearest = [int(np.argmin([np.abs(g.astype(int) - im).mean() for im in images])) for g in got]
+    assert nearest == list(range(7))  # every frame, in order
+
+
+def test_plain_progress_lines_every_interval_and_at_milestones(monkeypatch):
+    from roadseg_dist.infer import report
+
+    lines, now = [], [1000.0]
+    monkeypatch.setattr(report.time, "time", lambda: now[0])
+    with report.ProgressBar(videos=2, frames_expected=100, plain=True, every_s=15, echo=lines.append) as bar:
+        bar.set(frames=10, videos_done=0, failed=0)   # first call: a line
+        now[0] += 5
+        bar.set(frames=20, videos_done=0, failed=0)   # 5 s later, nothing new: quiet
+        bar.set(frames=50, videos_done=1, failed=0)   # a video done: a line
+        now[0] += 16
+        bar.set(frames=60, videos_done=1, failed=0)   # 15 s passed: a line
+        bar.set(frames=60, videos_done=1, failed=1)   # a failure: a line
+    assert len(lines) == 5  # four above and the final one
+    assert lines[1].startswith("infer: frames 50/100  videos 1/2  failed 0")
+    assert "frames/s" in lines[2] and "eta" in lines[2] and "failed 1" in lines[-1]
+
+
+def test_actor_sizing_uses_the_machine():
+    from roadseg_dist.infer.graph import TASK_CPUS, size_actors
+
+    s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
+    two = size_actors(2, 0, s)  # this 2-core machine: one actor, 1.5 CPUs, 2 torch threads
+    assert (two.actors, two.actor_cpus, two.threads) == (1, 1.5, 2) and 2 - two.actor_cpus >= 2 * TASK_CPUS
+    big = size_actors(64, 0, s)
+    assert big.actors == 6 and big.threads <= 8 and big.actors * big.actor_cpus <= 48
+    gpu = size_actors(16, 4, settings.build(InferSettings, checkpoint="c", input="i", output="o", gpu=True))
+    assert (gpu.actors, gpu.actor_cpus, gpu.gpu) == (4, 1.0, True)
+    own = size_actors(2, 0, settings.build(InferSettings, checkpoint="c", input="i", output="o",
+                                           concurrency=1, actor_cpus=1.0))
+    assert (own.actors, own.actor_cpus, own.threads) == (1, 1.0, 1)

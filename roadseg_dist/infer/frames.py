@@ -1,30 +1,34 @@
-"""Frame ranges and decoding: the part of exactly-once that lives in the video files.
+"""Frame ranges and decoding with PyAV (FFmpeg) on file objects: each video's bytes read about once.
 
-A video is split into frame ranges by its packet count (demuxed, not decoded; the header's frame
-count is often wrong: tree.avi claims 444 frames and decodes 68). The plan is still only a guess that
-decoding corrects: the last range reads to the end of the stream, a range past the end yields nothing,
-and a range whose seek cannot be shown to land on its first frame decodes from the start and skips.
-Each range also fingerprints its first frame and the frame after its end, so the driver can prove
-the ranges join up (``first_inexact_range``) and redo any that do not. Together the ranges yield
-frames 0..n-1 where n is what one sequential OpenCV decode of the file yields.
+Frame N of a source is the N-th frame of one sequential decode. A video is opened as a file object
+(a local file, or an S3 object read in ranged GETs through s3fs's read-ahead cache), so the probe
+reads the container's header and index, not the file, and each frame range reads only its own bytes.
+
+The container index (``stream.index_entries``: one entry per packet in decode order, its DTS, byte
+position and keyframe flag) gives the plan: ranges start on keyframes about ``segment_frames``
+packets apart. A range seeks to its keyframe by timestamp (checked: the index holds that very DTS)
+and decodes its packets up to its successor's keyframe (with open GOPs, through it). Its first frame's index
+is its keyframe's packet number plus the *leading pictures* (open GOP: packets decoded after the
+keyframe but shown before it), which belong to the previous range; that range decodes through the
+next keyframe to show them. Each range also counts the frames it should have produced; a shortfall
+anywhere but in a broken tail means the seek was not exact, and the source is decoded again from
+its start (see ``ledger``). Containers without a full index are one range, decoded sequentially.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import hashlib
-import math
+import itertools
 import os
 from typing import Iterator
 
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # broken inputs are reported once, not logged per packet
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+from roadseg_dist.infer.ranged import RangedReader
 
-# Metadata beyond this is garbage, not a plan: such a video is one range read to the end.
-MAX_PLAUSIBLE_FRAMES = 50_000_000
 DEFAULT_IMAGE_FPS = 10.0
+PROBE_BLOCK = 64 * 1024        # the probe reads a header, the index and one keyframe
+MIN_BLOCK, MAX_BLOCK = 32 * 1024, 8 * 1024 * 1024  # the largest read-ahead of a range (see _block)
 
 
 class DecodeError(Exception):
@@ -33,163 +37,266 @@ class DecodeError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
-    frame_count: int   # video packets counted by demuxing (no decoding); the header's claim if that fails
-    header_frames: int  # what the container header claims (CAP_PROP_FRAME_COUNT); often wrong
+    frame_count: int     # packets in the index (the frames of a sequential decode, bar a broken tail)
     fps: float
     width: int
     height: int
+    size: int            # bytes of the file
+    keyframes: tuple     # (packet number, DTS, byte position, reach) of each keyframe; () without an index;
+    #                      reach: the end of the bytes of the keyframe and the few packets after it
+    open_gop: bool = True  # keyframes with leading pictures: a range must decode its successor's keyframe
 
 
-def open_video(path: str) -> cv2.VideoCapture:
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
+@dataclasses.dataclass(frozen=True)
+class FrameRange:
+    """Packets [start, end) in decode order (end None: to the end); ``dts``/``end_dts`` of their keyframes."""
+    start: int
+    end: int | None = None
+    dts: int | None = None
+    end_dts: int | None = None
+    seek_ts: int | None = None  # where a backward seek lands on our keyframe (see ``plan_ranges``)
+    block: int = MIN_BLOCK  # read-ahead block for this range's bytes
+    reach: int | None = None  # no read-ahead past this byte (None: the end of the file)
+    open_gop: bool = True  # decode through the next keyframe (for its leading pictures), else stop before it
+
+
+@contextlib.contextmanager
+def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None) -> Iterator:
+    """A seekable binary file object: local, or an S3 object read in ``block``-sized ranged GETs."""
+    from roadseg_dist import storage
+
+    if not storage.is_remote(url):
+        path = storage.local_path(url)
+        if not os.path.exists(path):
+            raise DecodeError("file not found")
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes)")
+        with open(path, "rb") as f:
+            yield f
+        return
+    fs, path = storage.filesystem(url)
+    f = RangedReader(fs, path, int(storage.retry(fs.size, path)), max_block=block, reach=reach)
+    if f.size == 0:
         raise DecodeError("empty file (0 bytes)")
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    if not cap.isOpened():
+    yield f
+
+
+@contextlib.contextmanager
+def open_video(f, threads: int = 1) -> Iterator:
+    """(container, video stream) of an open file; DecodeError when it is not a readable video."""
+    import av
+
+    try:
+        # the stream's parameters come from the header; probing reads no more than its first packet
+        container = av.open(f, mode="r", options={"probesize": "32", "fpsprobesize": "0"}, buffer_size=8192)
+    except (av.error.FFmpegError, ValueError) as exc:
         raise DecodeError("not a readable video: the container cannot be opened "
-                          "(corrupt, truncated or not a video file)")
-    return cap
-
-
-def count_packets(path: str) -> int | None:
-    """Video packets in the file, read in raw mode (demuxing only: ~1000x cheaper than decoding).
-
-    One packet is one frame for the codecs met in practice, so this is a far better plan than the
-    header's frame count; decoding still has the last word (see ``decode_range``).
-    """
-    cap = open_video(path)
+                          f"(corrupt, truncated or not a video file: {exc})") from None
     try:
-        if not cap.set(cv2.CAP_PROP_FORMAT, -1):
-            return None
-        n = 0
-        while cap.grab():
-            n += 1
-        return n
+        if not container.streams.video:
+            raise DecodeError("no video stream in the file")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = max(1, int(threads))
+        yield container, stream
     finally:
-        cap.release()
+        container.close()
 
 
-def probe(path: str) -> VideoInfo:
-    """Metadata of a video, after checking that its first frame decodes."""
-    cap = open_video(path)
-    try:
-        ok, frame = cap.read()
-        if not ok or frame is None:
+def _reach(entries, i: int, after: int = 1) -> int:
+    """Where the bytes of packet ``i`` and the next ``after`` packets end: a range needs its successor's
+    keyframe and the packet after it (more only for leading pictures, read on demand)."""
+    return max(int(e.pos) + int(e.size) for e in entries[i:i + after + 1])
+
+
+def _fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    return fps if 0 < fps <= 1000 else 0.0
+
+
+def probe(url: str) -> VideoInfo:
+    """Metadata and keyframes of a video from its index, after checking that its first frame decodes."""
+    import av
+
+    with open_file(url) as f, open_video(f) as (container, stream):
+        entries = stream.index_entries
+        keyframes = tuple((i, int(e.timestamp), int(e.pos), _reach(entries, i))
+                          for i, e in enumerate(entries) if e.is_keyframe)
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError:
+            first = None
+        if first is None:
             raise DecodeError("no decodable frame: the video stream is empty or corrupt")
-        header = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    finally:
-        cap.release()
-    if header < 0 or header > MAX_PLAUSIBLE_FRAMES:
-        header = 0
-    if not math.isfinite(fps) or fps <= 0 or fps > 1000:
-        fps = 0.0
-    packets = count_packets(path)
-    return VideoInfo(frame_count=packets if packets else header, header_frames=header, fps=fps,
-                     width=frame.shape[1], height=frame.shape[0])
+        size = int(getattr(f, "size", 0) or os.fstat(f.fileno()).st_size)
+        keyframes = keyframes if keyframes and keyframes[0][0] == 0 else ()
+        return VideoInfo(frame_count=len(entries) or int(stream.frames or 0), fps=_fps(stream),
+                         width=first.width, height=first.height, size=size, keyframes=keyframes,
+                         open_gop=len(keyframes) > 1 and _has_leading_pictures(container, stream, keyframes))
 
 
-def plan_ranges(frame_count: int, segment_frames: int) -> list[tuple[int, int | None]]:
-    """[start, end) ranges covering ``frame_count`` frames; the last one is open (end None = EOF)."""
+def _has_leading_pictures(container, stream, keyframes) -> bool:
+    """Whether some of 4 keyframes spread over the file have leading pictures (open GOP); a few
+    packets read at each. A wrong guess costs time, not frames: ranges that do not join up are
+    decoded again (see ``ledger.source_problem``)."""
+    import av
+
+    n = len(keyframes) - 1
+    for k in sorted({1 + round(i * (n - 1) / 3) for i in range(4)}):
+        ts = keyframes[k + 1][1] - 1 if k + 1 < len(keyframes) else 2 ** 62
+        try:
+            container.seek(ts, stream=stream, backward=True)
+            packets = container.demux(stream)
+            key = next(packets)
+            if any(p.pts is not None and key.pts is not None and p.pts < key.pts
+                   for p in itertools.islice(packets, 4)):
+                return True
+        except (av.error.FFmpegError, StopIteration):
+            return True
+    return False
+
+
+def plan_ranges(info: VideoInfo, segment_frames: int) -> list[FrameRange]:
+    """Keyframe-aligned ranges of about ``segment_frames`` packets; one range without an index."""
     if segment_frames < 1:
         raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
-    n_ranges = max(1, math.ceil(frame_count / segment_frames)) if frame_count > 0 else 1
-    starts = [i * segment_frames for i in range(n_ranges)]
-    return [(s, starts[i + 1] if i + 1 < n_ranges else None) for i, s in enumerate(starts)]
+    starts = []  # positions in info.keyframes
+    for k, (packet, *_) in enumerate(info.keyframes):
+        if not starts or packet - info.keyframes[starts[-1]][0] >= segment_frames:
+            starts.append(k)
+    if len(starts) < 2:
+        return [FrameRange(0, block=_block(info.size))]
+    ranges = []
+    for r, k in enumerate(starts):
+        packet, dts, pos, _ = info.keyframes[k]
+        nxt = info.keyframes[starts[r + 1]] if r + 1 < len(starts) else None
+        # FFmpeg seeks by presentation time (MP4: DTS + composition offset, unknown here); any
+        # timestamp from our keyframe's up to the next keyframe's DTS lands on it.
+        seek_ts = info.keyframes[k + 1][1] - 1 if k + 1 < len(info.keyframes) else 2 ** 62
+        reach = (nxt[3] if info.open_gop else nxt[2]) if nxt else None
+        ranges.append(FrameRange(packet, nxt[0] if nxt else None, dts if r else None, nxt[1] if nxt else None,
+                                 seek_ts if r else None, _block((nxt[2] if nxt else info.size) - pos),
+                                 reach, info.open_gop))
+    return ranges
 
 
-def _seek(cap: cv2.VideoCapture, start: int) -> bool:
-    """Position ``cap`` on frame ``start``; False when the backend itself says it landed elsewhere."""
-    if not cap.set(cv2.CAP_PROP_POS_FRAMES, start):
-        return False
-    return int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) == start
+def _block(span: int) -> int:
+    """A read-ahead block of ~1/16 of the bytes a range reads: the overshoot past its end stays small."""
+    return int(min(MAX_BLOCK, max(MIN_BLOCK, span // 16)))
 
 
-def seek_exactly(path: str, cap: cv2.VideoCapture, start: int) -> np.ndarray | None:
-    """Seek ``cap`` to frame ``start`` (> 0) and return that frame, or None if the seek is not exact.
+def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None = None,
+                 threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``.
 
-    The backend's reported position is not proof (tree.avi reports frame 200 and returns frame 65),
-    so a second decoder seeks to ``start - 1`` and steps one frame: both must give the same image.
-    An inexact seek lands both on the same wrong keyframe and they differ; a seek past the end of
-    the stream fails. Either way the caller falls back to decoding from the start.
+    ``marks`` receives ``first`` (index of the range's first frame), ``count`` (frames decoded),
+    ``expected`` (frames the index promises before the next range; -1 for the last range) and
+    ``broken`` (why decoding stopped early at damaged or missing data; '' if it did not).
     """
-    if not _seek(cap, start):
-        return None
-    ok, frame = cap.read()
-    if not ok or frame is None:
-        return None
-    check = open_video(path)
-    try:
-        if not _seek(check, start - 1) or not check.grab():
-            return None
-        ok, again = check.read()
-        return frame if ok and again is not None and np.array_equal(frame, again) else None
-    finally:
-        check.release()
+    import av
 
-
-def fingerprint(frame: np.ndarray | None) -> str:
-    """A short hash of a decoded frame ('' for none: the end of the stream)."""
-    return "" if frame is None else hashlib.blake2b(frame.tobytes(), digest_size=8).hexdigest()
-
-
-def decode_range(path: str, start: int, end: int | None, stride: int = 1, seek: bool = True,
-                 packets: int | None = None, marks: dict | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (source frame index, BGR frame) for the indices in [start, end) divisible by ``stride``.
-
-    ``packets`` (from ``count_packets``): seeks are trusted only to frames the file has packets for;
-    a range starting beyond them decodes from the start (and, normally, finds nothing). ``seek=False``
-    forces that decode-from-the-start path.
-
-    ``marks`` receives ``first`` (fingerprint of frame ``start``) and ``next`` (of frame ``end``, the
-    next range's first): where one range's ``next`` differs from the following range's ``first``,
-    that range's seek was inexact (see ``first_inexact_range``).
-    """
-    seek = seek and (packets is None or start < packets)
     marks = {} if marks is None else marks
-    marks.update(first="", next="")
-    cap = open_video(path)
-    try:
-        index = start
-        first = seek_exactly(path, cap, start) if seek and start > 0 else None
-        if first is not None:  # frame `start`, already decoded by the check
-            marks["first"] = fingerprint(first)
-            if start % stride == 0:
-                yield start, first
-            index += 1
-        elif start > 0:
-            cap.release()
-            cap = open_video(path)
-            for _ in range(start):  # grab() decodes without the colour conversion
-                if not cap.grab():
-                    return  # the range starts past the end of the stream
-        while end is None or index < end:
-            if index % stride == 0 or index == start:
-                ok, frame = cap.read()
-            else:
-                ok, frame = cap.grab(), None
-            if not ok:
-                return  # end of the stream: `next` stays ''
-            if index == start:
-                marks["first"] = fingerprint(frame)
+    marks.update(first=0, count=0, expected=-1, broken="")
+    with open_file(url, rng.block, rng.reach) as f, open_video(f, threads) as (container, stream):
+        packets = container.demux(stream)
+        if rng.dts is not None:
+            container.seek(rng.seek_ts, stream=stream, backward=True)
+            try:
+                first = next(packets, None)
+            except av.error.FFmpegError:
+                first = None
+            if first is None or first.dts != rng.dts:
+                # Not our keyframe (an index that lies): decode nothing but promise a frame, so the
+                # ledger sees a range that falls short and the source is decoded again from its start.
+                marks["expected"] = max(1, (rng.end or rng.start + 1) - rng.start)
+                return
+            packets = itertools.chain([first], packets)
+        window = _Window(rng)
+        for frame in _frames(packets, stream, window, marks):
+            if not window.shows(frame.pts):
+                continue
+            index = window.first + marks["count"]
+            marks["first"] = window.first
+            marks["count"] += 1
             if index % stride == 0:
-                yield index, frame
-            index += 1
-        ok, frame = cap.read()
-        marks["next"] = fingerprint(frame if ok else None)
-    finally:
-        cap.release()
+                yield index, float(frame.time or 0.0), frame.to_ndarray(format="bgr24")
+        marks["first"] = window.first
+        if rng.end is not None:
+            marks["expected"] = (rng.end + window.next_leading) - window.first
 
 
-def first_inexact_range(marks: list[tuple[str, str]]) -> int | None:
-    """Ranges in order as (first, next) fingerprints -> the first range whose start was missed, or None.
+class _Window:
+    """The presentation-time window of a range, learnt from the packets around its two keyframes.
 
-    Range 0 never seeks and each range decodes sequentially from its start, so by induction a range
-    is exact when its first frame is the frame its predecessor decoded right after its own end.
+    Leading pictures follow their keyframe directly in decode order, and the decoder shows the
+    keyframe only after them, so ``first`` is final before the range's first frame comes out.
     """
-    for r in range(1, len(marks)):
-        if marks[r - 1][1] != marks[r][0]:
-            return r
-    return None
+
+    def __init__(self, rng: FrameRange):
+        self.rng = rng
+        self.start_pts = float("-inf") if rng.dts is None else None
+        self.end_pts: int | None = None
+        self.leading = 0        # leading pictures of our keyframe (the previous range shows them)
+        self.next_leading = 0   # leading pictures of the next range's keyframe (we show them)
+        self._after_key = True
+        self.packets = 0
+
+    @property
+    def done(self) -> bool:
+        """Closed GOPs: every packet before the next keyframe is in, and nothing after it is needed."""
+        rng = self.rng
+        return not rng.open_gop and rng.end is not None and self.packets >= rng.end - rng.start
+
+    @property
+    def first(self) -> int:
+        return self.rng.start + self.leading
+
+    def shows(self, pts) -> bool:
+        return pts is not None and pts >= self.start_pts and (self.end_pts is None or pts < self.end_pts)
+
+    def admit(self, packet) -> bool:
+        """Whether to decode ``packet``; False once the range has every packet it needs."""
+        rng = self.rng
+        self.packets += 1
+        if self.start_pts is None:  # our keyframe (checked by decode_range)
+            self.start_pts = packet.pts
+            return True
+        if rng.end_dts is None or packet.dts is None or packet.dts < rng.end_dts:
+            leading = rng.dts is not None and packet.pts is not None and packet.pts < self.start_pts
+            self._after_key = self._after_key and leading
+            self.leading += self._after_key
+            return True
+        if packet.dts == rng.end_dts:
+            self.end_pts = packet.pts
+            return True
+        if self.end_pts is not None and packet.pts is not None and packet.pts < self.end_pts:
+            self.next_leading += 1
+            return True
+        return False
+
+
+def _frames(packets, stream, window: _Window, marks: dict):
+    """Decoded frames of the range in presentation order; ends where the data is damaged."""
+    import av
+
+    try:
+        for packet in packets:
+            if packet.size == 0 or packet.dts is None and packet.pts is None:
+                continue
+            if not window.admit(packet):
+                break
+            yield from stream.decode(packet)
+            if window.done:
+                break  # before demuxing (reading) the next keyframe
+        yield from stream.decode(None)
+    except av.error.FFmpegError as exc:  # like a plain decode loop (and OpenCV): stop at the damage
+        marks["broken"] = f"decoding stopped at damaged data ({type(exc).__name__})"
+
+
+def sequential_frames(url: str) -> Iterator[np.ndarray]:
+    """Every frame of one plain sequential decode (the reference for 'frame N'), until damaged data."""
+    for _, _, frame in decode_range(url, FrameRange(0, block=MAX_BLOCK)):
+        yield frame
 
 
 def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None, stride: int = 1,
@@ -198,6 +305,8 @@ def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None
 
     ``urls[0]`` is frame ``offset``, so a range can carry only its own file names.
     """
+    import cv2
+
     from roadseg_dist import storage
 
     stop = len(urls) + offset if end is None else min(end, len(urls) + offset)
@@ -212,13 +321,9 @@ def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None
         yield index, frame
 
 
-def sequential_count(path: str) -> int:
-    """Frames a plain sequential OpenCV decode yields: the reference for exactly-once."""
-    cap = open_video(path)
-    n = 0
-    try:
-        while cap.grab():
-            n += 1
-    finally:
-        cap.release()
-    return n
+def image_ranges(count: int, segment_frames: int) -> list[tuple[int, int | None]]:
+    """[start, end) ranges over an image folder's ``count`` frames; the last one is open."""
+    if segment_frames < 1:
+        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
+    starts = list(range(0, max(count, 1), segment_frames))
+    return [(s, starts[i + 1] if i + 1 < len(starts) else None) for i, s in enumerate(starts)]

@@ -70,21 +70,55 @@ def _read_list(url: str) -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
-def _unique_ids(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """(relative path, key) -> id; two inputs mapping to one id (``a.mp4``, ``a.avi``) keep their extension,
-    and a hash of the path settles anything left."""
+RESERVED = ("report.json", "frames.parquet", "index.html", STATE_DIR)  # OUTPUT's own files
+MAX_COMPONENT = 160  # bytes of one id component: file systems allow 255, suffixes need room
+
+
+def _url_hash(url: str) -> str:
+    return hashlib.sha1(storage.normalize(url).encode()).hexdigest()[:10]
+
+
+def _fit(sid: str, url: str) -> str:
+    """Over-long components are cut and a reserved top-level name is renamed, both marked by the URL's hash."""
+    parts = sid.split("/")
+    changed = parts[0].lower() in RESERVED
+    for i, p in enumerate(parts):
+        if len(p.encode()) > MAX_COMPONENT:
+            parts[i] = p.encode()[:MAX_COMPONENT].decode("ascii", "ignore")
+            changed = True
+    return "/".join(parts) + "_" + _url_hash(url) if changed else sid
+
+
+def _clashes(ids: dict[str, str]) -> set[str]:
+    """Keys whose id equals another's, or is a folder holding another's outputs (``a`` and ``a/b``)."""
     by_id: dict[str, list[str]] = {}
-    for rel, _ in pairs:
-        by_id.setdefault(safe_id(rel), []).append(rel)
-    out = {}
-    for rel, key in pairs:
-        sid = safe_id(rel)
-        if len(by_id[sid]) > 1:
-            sid = sid + "_" + _UNSAFE.sub("_", posixpath.splitext(rel)[1].lstrip("."))
-            if sum(1 for r in by_id[safe_id(rel)] if posixpath.splitext(r)[1] == posixpath.splitext(rel)[1]) > 1:
-                sid += "_" + hashlib.sha1(rel.encode()).hexdigest()[:8]
-        out[key] = sid
-    return out
+    for key, sid in ids.items():
+        by_id.setdefault(sid.lower(), []).append(key)
+    out = {k for keys in by_id.values() if len(keys) > 1 for k in keys}
+    folders = {"/".join(sid.lower().split("/")[:i]) for sid in ids.values() for i in range(1, sid.count("/") + 1)}
+    return out | {k for k, sid in ids.items() if sid.lower() in folders}
+
+
+def _unique_ids(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """(relative path, URL) -> id, unique by construction: two sources never share an output folder.
+
+    Stems that clash keep their extension (``a.mp4``, ``a.avi`` -> ``a_mp4``, ``a_avi``); whatever still
+    clashes (``a_mp4.mkv``; ``s3://b1/in/ok.mp4`` and ``s3://b2/in/ok.mp4``) gets a hash of its full
+    URL. Decided from the whole list, so the same inputs always get the same ids.
+    """
+    ids = {url: _fit(safe_id(rel), url) for rel, url in pairs}
+    rel_of = {url: rel for rel, url in pairs}
+    clashing = _clashes(ids)
+    exts = {url: posixpath.splitext(rel_of[url])[1].lstrip(".").lower() for url in clashing}
+    for url in sorted(clashing):  # the extension tells them apart only where it differs
+        same = [u for u in clashing if ids[u].lower() == ids[url].lower() and exts[u] == exts[url]]
+        if exts[url] and len(same) == 1:
+            ids[url] = ids[url] + "_" + _UNSAFE.sub("_", exts[url])
+    for url in sorted(_clashes(ids)):
+        ids[url] = ids[url] + "_" + _url_hash(url)
+    if _clashes(ids):  # two URLs with one hash prefix: never seen, but never silently merged either
+        raise ValueError(f"cannot give unique output ids to {sorted(_clashes(ids))[:4]}: rename these inputs")
+    return ids
 
 
 def discover(input_url: str) -> list[Source]:

@@ -36,17 +36,23 @@ def write(output: str, report: dict[str, Any]) -> None:
 
 
 class ProgressBar:
-    """One rich progress line on the driver: videos done, frames done, frames/s."""
+    """The driver's progress, behind one call (``set``): a rich bar on a terminal; otherwise (a log, a
+    job's output) a plain line every ``every_s`` seconds and at milestones (a video done or failed)."""
 
-    def __init__(self, videos: int, frames_expected: int, enabled: bool = True):
+    def __init__(self, videos: int, frames_expected: int, enabled: bool = True, every_s: float = 15.0,
+                 plain: bool | None = None, echo=print):
+        import sys
+
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.enabled, self.videos = enabled, videos
-        self.t0, self.frames = time.time(), 0
+        self.enabled, self.videos, self.total = enabled, videos, max(frames_expected, 1)
+        self.plain = (not sys.stdout.isatty()) if plain is None else plain
+        self.every_s, self.echo = every_s, echo
+        self.t0, self.frames, self.last_line, self.milestone = time.time(), 0, 0.0, (0, 0)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("frames  {task.fields[rate]:.1f}/s"), TimeElapsedColumn(),
-                                 disable=not enabled)
-        self.task = self.progress.add_task(self._desc(0, 0), total=max(frames_expected, 1), rate=0.0)
+                                 disable=not enabled or self.plain)
+        self.task = self.progress.add_task(self._desc(0, 0), total=self.total, rate=0.0)
 
     def _desc(self, done: int, failed: int) -> str:
         tail = f", {failed} failed" if failed else ""
@@ -58,14 +64,28 @@ class ProgressBar:
 
     def __exit__(self, *exc):
         self.progress.stop()
+        if self.enabled and self.plain:
+            self.echo(self.line(*self.milestone))
 
-    def advance(self, n: int = 1) -> None:
-        self.frames += n
-        task = self.progress.tasks[0]
-        if task.total is not None and self.frames > task.total:  # metadata under-counted frames
-            self.progress.update(self.task, total=self.frames)
-        self.progress.update(self.task, advance=n)
+    def line(self, videos_done: int, failed: int) -> str:
+        elapsed = max(time.time() - self.t0, 1e-6)
+        rate = self.frames / elapsed
+        left = max(self.total - self.frames, 0)
+        eta = f"{left / rate:.0f}s" if rate > 0 and left else "-"
+        return (f"infer: frames {self.frames}/{self.total}  videos {videos_done}/{self.videos}  "
+                f"failed {failed}  {rate:.1f} frames/s  elapsed {elapsed:.0f}s  eta {eta}")
 
-    def update(self, videos_done: int, failed: int) -> None:
+    def set(self, frames: int, videos_done: int, failed: int) -> None:
+        self.frames = frames
+        if self.total < frames:  # metadata under-counted frames
+            self.total = frames
+        if self.plain:
+            now = time.time()
+            if self.enabled and (now - self.last_line >= self.every_s or (videos_done, failed) != self.milestone):
+                self.echo(self.line(videos_done, failed))
+                self.last_line = now
+            self.milestone = (videos_done, failed)
+            return
         rate = self.frames / max(time.time() - self.t0, 1e-6)
-        self.progress.update(self.task, description=self._desc(videos_done, failed), rate=rate)
+        self.progress.update(self.task, total=self.total, completed=frames,
+                             description=self._desc(videos_done, failed), rate=rate)

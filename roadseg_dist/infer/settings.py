@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from roadseg_dist.infer.video_out import VIDEO_CODECS
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
 
 OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
@@ -11,9 +12,9 @@ DEFAULT_OUTPUTS = ("mask", "color", "overlay", "video", "stats")
 
 @dataclasses.dataclass
 class InferSettings:
-    checkpoint: str = field(argument=True, help="checkpoint or training run directory (best checkpoint)")
-    input: str = field(argument=True, help="a video, a folder/prefix of videos or images, or a list file")
-    output: str = field(argument=True, help="where the outputs go (local path, file:// or s3://)")
+    checkpoint: str = field(argument=True, path=True, help="checkpoint or training run directory (best checkpoint)")
+    input: str = field(argument=True, path=True, help="a video, a folder/prefix of videos or images, or a list file")
+    output: str = field(argument=True, path=True, help="where the outputs go (local path, file:// or s3://)")
     size: tuple | None = field(None, parse=parse_size,
                                help="model input size HxW; default: the checkpoint's input_size")
     every: int = field(1, help="segment every N-th source frame")
@@ -21,10 +22,14 @@ class InferSettings:
     batch_size: int = field(8, help="frames per model call")
     outputs: tuple = field(DEFAULT_OUTPUTS, parse=parse_list,
                            help=f"what to write, from {','.join(OUTPUT_KINDS)}")
+    video_codec: str = field("h264", help="overlay.mp4 codec: h264 (browsers play it) or mjpeg (the overlay "
+                                           "JPEGs muxed as they are, no encode)")
     segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
     gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
-    concurrency: int = field(1, help="number of model actors")
-    actor_cpus: float = field(1.0, help="CPUs reserved per model actor (on CPU also its torch threads)")
+    concurrency: int | None = field(None, help="number of model actors; default: one per GPU, or sized to "
+                                              "the CPUs (see infer/graph.size_actors)")
+    actor_cpus: float | None = field(None, help="CPUs reserved per model actor (on CPU also its torch threads); "
+                                                "default: 1 with --gpu, else ~3/4 of the CPUs over the actors")
     overwrite: bool = field(False, help="redo everything instead of resuming")
     alpha: float = field(0.5, help="weight of the class colours in the overlay")
     jpeg_quality: int = field(85, help="JPEG quality of overlays and originals")
@@ -37,10 +42,12 @@ class InferSettings:
         if unknown or not self.outputs:
             raise SettingsError(
                 f"--outputs {','.join(self.outputs)!r}: choose from {','.join(OUTPUT_KINDS)}")
+        if self.video_codec not in VIDEO_CODECS:
+            raise SettingsError(f"--video-codec {self.video_codec!r}: choose from {', '.join(VIDEO_CODECS)}")
         for name in ("every", "batch_size", "segment_frames", "concurrency"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.actor_cpus <= 0:
+        if self.actor_cpus is not None and self.actor_cpus <= 0:
             raise SettingsError(f"--actor-cpus must be positive, got {self.actor_cpus}")
         if self.fps is not None and self.fps <= 0:
             raise SettingsError(f"--fps must be positive, got {self.fps}")
