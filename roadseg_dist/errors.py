@@ -1,4 +1,4 @@
-"""The errors a user reads. The core raises them; only ``cli.py`` turns them into click errors.
+"""The errors a user reads. The core raises them; only ``cli/`` turns them into click errors.
 
     SettingsError    settings.py          a setting's value is wrong             usage error, exit 2
     DatasetError     data/bdd100k.py      the input dataset is not usable        exit 1

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
-from typing import Iterator
+from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT_S = 4
@@ -130,3 +133,41 @@ def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: st
         return exc
     err.__cause__ = None
     return err
+
+
+class ResumingReader:
+    """A read-only S3 file whose reads survive a body cut mid-stream: the object is opened again at
+    the same offset, at most STREAM_RETRIES times per read (botocore cannot see such a cut).
+
+    ``open_file()`` opens the object; ``to_error(exc)`` turns any other failure into the error to raise."""
+
+    def __init__(self, open_file: Callable, to_error: Callable[[BaseException], BaseException], url_shown: str):
+        self._open, self._to_error, self._url_shown = open_file, to_error, url_shown
+        self._f = open_file()
+
+    def read(self, n: int = -1) -> bytes:
+        for attempt in range(STREAM_RETRIES + 1):
+            pos = self._f.tell()
+            try:
+                return self._f.read(n)
+            except Exception as exc:  # noqa: BLE001 - classified by type below
+                if attempt == STREAM_RETRIES or not stream_broke(exc):
+                    err = self._to_error(exc)
+                    raise err if err is not exc else exc from None
+                log.debug("S3 body cut while reading %s at %d, reading on", self._url_shown, pos)
+                self._f.close()
+                self._f = self._open()
+                self._f.seek(pos)
+        raise AssertionError("unreachable")
+
+    def __getattr__(self, name):  # tell, seek, size, readable, ...: the underlying file's
+        return getattr(self._f, name)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "ResumingReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -17,8 +17,8 @@ from typing import Callable, Iterator, TypeVar
 import fsspec
 
 from roadseg_dist.retries import (  # noqa: F401 - re-exported: callers know them as storage.*
-    CONNECT_TIMEOUT_S, READ_TIMEOUT_S, STREAM_RETRIES, BucketMissing, StorageError, backoff_bound_s, classify,
-    max_attempts, s3fs_filesystem, stream_broke)
+    CONNECT_TIMEOUT_S, READ_TIMEOUT_S, STREAM_RETRIES, BucketMissing, ResumingReader, StorageError, backoff_bound_s,
+    classify, max_attempts, s3fs_filesystem, stream_broke)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -180,46 +180,11 @@ def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, i
     return dict(sorted(out.items()))
 
 
-class _ResumingReader:
-    """A read-only S3 file whose reads survive a body cut mid-stream: the object is opened again at
-    the same offset, at most STREAM_RETRIES times per read (botocore cannot see such a cut)."""
-
-    def __init__(self, fs, path: str, url: str):
-        self._fs, self._path, self._url = fs, path, url
-        self._f = retry(fs.open, path, "rb", url=url)
-
-    def read(self, n: int = -1) -> bytes:
-        for attempt in range(STREAM_RETRIES + 1):
-            pos = self._f.tell()
-            try:
-                return self._f.read(n)
-            except Exception as exc:  # noqa: BLE001 - classified by type below
-                if attempt == STREAM_RETRIES or not stream_broke(exc):
-                    err = storage_error(exc, self._url)
-                    raise err if err is not exc else exc from None
-                log.debug("S3 body cut while reading %s at %d, reading on", redact(self._url), pos)
-                self._f.close()
-                self._f = retry(self._fs.open, self._path, "rb", url=self._url)
-                self._f.seek(pos)
-        raise AssertionError("unreachable")
-
-    def __getattr__(self, name):  # tell, seek, size, readable, ...: the underlying file's
-        return getattr(self._f, name)
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> "_ResumingReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 def open_input(url: str, mode: str = "rb"):
     fs, path = filesystem(url)
     if is_remote(url) and mode == "rb":
-        return _ResumingReader(fs, path, url)
+        return ResumingReader(lambda: retry(fs.open, path, "rb", url=url), lambda exc: storage_error(exc, url),
+                              redact(url))
     return retry(fs.open, path, mode, url=url)
 
 

@@ -151,24 +151,6 @@ def test_overlay_video_plays_back_in_order(tmp_path, codec, name):
     assert nearest == list(range(7))  # every frame, in order
 
 
-def test_plain_progress_lines_every_interval_and_at_milestones(monkeypatch):
-    from roadseg_dist.infer import report
-
-    lines, now = [], [1000.0]
-    monkeypatch.setattr(report.time, "time", lambda: now[0])
-    with report.ProgressBar(videos=2, frames_expected=100, plain=True, every_s=15, echo=lines.append) as bar:
-        bar.set(frames=10, videos_done=0, failed=0)   # first call: a line
-        now[0] += 5
-        bar.set(frames=20, videos_done=0, failed=0)   # 5 s later, nothing new: quiet
-        bar.set(frames=50, videos_done=1, failed=0)   # a video done: a line
-        now[0] += 16
-        bar.set(frames=60, videos_done=1, failed=0)   # 15 s passed: a line
-        bar.set(frames=60, videos_done=1, failed=1)   # a failure: a line
-    assert len(lines) == 5  # four above and the final one
-    assert lines[1].startswith("infer: frames 50/100  videos 1/2  failed 0")
-    assert "frames/s" in lines[2] and "eta" in lines[2] and "failed 1" in lines[-1]
-
-
 def test_actor_sizing_uses_the_machine():
     from roadseg_dist.infer.graph import TASK_CPUS, size_actors
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from roadseg_dist import labels, settings as settings_mod, storage
+from roadseg_dist import labels, progress, resources, storage, watchdog
 from roadseg_dist.infer import graph, ledger as ledger_mod, report as report_mod
 from roadseg_dist.infer.inputs import Source, discover
 from roadseg_dist.infer.settings import InferSettings
@@ -315,18 +316,27 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     done_markers = job.state.listing("done")
     already = [src.id for src in sources if job.state.done_url(src.id) in done_markers and src.id in job.plans]
     pending = [src for src in sources if src.id not in set(already)]
+    local_cpus = float(int(s.num_cpus or os.cpu_count() or 2))  # what init_ray gives a local Ray
+    resources.check_before_start(resource_request(s, graph.size_actors(local_cpus, 0, s)), s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
     plan(job, pending)
     sizing = sizing_for(s)
     expected = sum(max(p.get("frame_count", 0), 1) // p["stride"] for sid, p in job.plans.items()
                    if sid not in job.failures and sid not in already)
-    with report_mod.ProgressBar(len(pending), expected, enabled=show_progress) as bar:
+    quiet = {} if show_progress else {"echo": lambda line: None, "terminal": False}
+    dog = watchdog.Watchdog("infer", s.stall_timeout, pending=lambda: (
+        f"segmented frames from {sizing.actors} model actor(s) x {sizing.actor_cpus:g} CPU: "
+        f"{job.frames_now}/{expected} frames done"))
+    with progress.Progress("infer", expected, "frames", **quiet) as bar:
         def show(j: Job) -> None:
-            bar.set(frames=j.frames_now, videos_done=len(j.done_now), failed=len(j.failures))
+            dog.beat(f"{j.frames_now} frames segmented")
+            bar.update(j.frames_now, total=max(expected, j.frames_now), failures=len(j.failures),
+                       note=f"videos {len(j.done_now)}/{len(pending)}")
 
         for sid in [sid for sid, left in job.left.items() if not left and sid not in already]:
             finish_source(job, sid)  # every range finished before a crash; only the video was missing
-        execute(job, [sid for sid in job.left if job.left[sid] and sid not in job.failures], sizing, show)
+        with watchdog.watch(dog):
+            execute(job, [sid for sid in job.left if job.left[sid] and sid not in job.failures], sizing, show)
         collect_videos(job, block=True)
         show(job)
     done_ids = already + job.done_now
@@ -338,12 +348,17 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     return report
 
 
+def resource_request(s: InferSettings, sizing: graph.Sizing) -> resources.Request:
+    return resources.Request(job="infer", workers=sizing.actors, cpus_per_worker=sizing.actor_cpus,
+                             gpus_per_worker=1 if s.gpu else 0, task_cpus=graph.TASK_CPUS,
+                             worker_name="model actor", task_name="decode/write task",
+                             workers_flag="--concurrency", cpus_flag="--actor-cpus")
+
+
 def sizing_for(s: InferSettings) -> graph.Sizing:
-    import ray
-
-    res = ray.cluster_resources()
-    return graph.size_actors(float(res.get("CPU", 1)), int(res.get("GPU", 0)), s)
-
-
-def settings_from(**kwargs) -> InferSettings:
-    return settings_mod.build(InferSettings, **kwargs)
+    """The actor pool sized to the connected Ray (``graph.size_actors``); a request that cannot fit
+    raises ``ResourceError`` naming the numbers and the flags, before any work starts."""
+    offer = resources.offer_from_ray(resources.is_local(s.address), s.num_cpus)
+    sizing = graph.size_actors(offer.cpus or 1.0, int(offer.gpus or 0), s)
+    resources.plan(resource_request(s, sizing), offer)
+    return sizing

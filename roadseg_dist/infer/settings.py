@@ -5,6 +5,7 @@ import dataclasses
 
 from roadseg_dist.infer.video_out import VIDEO_CODECS
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
+from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
 OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
 DEFAULT_OUTPUTS = ("mask", "color", "overlay", "video", "stats")
@@ -36,6 +37,8 @@ class InferSettings:
     address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
     num_cpus: float | None = field(None, help="CPUs of the local Ray (default: all)")
     view: bool = field(True, help="write the results page OUTPUT/index.html at the end (roadseg view)")
+    stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
+                                 help="fail with a diagnosis when no frame is segmented for this long (0: never)")
 
     def validate(self) -> None:
         unknown = [o for o in self.outputs if o not in OUTPUT_KINDS]

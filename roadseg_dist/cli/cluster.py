@@ -1,0 +1,29 @@
+"""Cluster jobs: ``roadseg submit``."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from roadseg_dist import settings
+from roadseg_dist.cli import main
+from roadseg_dist.submit import SubmitSettings
+
+# --- cluster -------------------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@settings.cli_options(SubmitSettings)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def submit(args, config, **values):
+    """Run JOB (train, infer, shard, eval, compare, check) on a Ray cluster: roadseg submit JOB -- ARGS...
+
+    Ships roadseg_dist/, jobs/, configs/, pyproject.toml (and README.md) as the job's working
+    directory, printing what goes with sizes; sends the S3 endpoint and region of this environment
+    but no keys (the nodes use their own; see --pass-credentials); follows the logs; exits with the
+    job's status (0 = SUCCEEDED).
+    """
+    from roadseg_dist import submit as submit_mod
+
+    s = settings.build(SubmitSettings, config, **values)
+    sys.exit(submit_mod.submit(s, args))

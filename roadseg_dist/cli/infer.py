@@ -1,0 +1,113 @@
+"""Inference and its results: ``roadseg infer``, ``view``, ``frames``."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from roadseg_dist import settings
+from roadseg_dist.cli import main
+from roadseg_dist.infer.settings import InferSettings
+from roadseg_dist.results.settings import FramesSettings, ViewSettings
+
+# --- infer ---------------------------------------------------------------------------------------
+
+
+EXIT_SOME_INPUTS_FAILED = 3
+
+
+@main.command()
+@settings.cli_options(InferSettings)
+def infer(config, **values):
+    """Segment every frame of every video (or image folder) under INPUT with Ray Data; write under OUTPUT.
+
+    Per source id (its path relative to INPUT): OUTPUT/ID/{mask,color,overlay,original}/NNNNNN.*
+    and OUTPUT/ID/overlay.mp4; for the run: OUTPUT/frames.parquet and OUTPUT/report.json. A re-run
+    resumes: only missing work is done. Exits 3 when some inputs failed (listed in report.json).
+    """
+    from roadseg_dist import storage
+    from roadseg_dist.infer import pipeline
+
+    s = settings.build(InferSettings, config, **values)
+    report = pipeline.run(s)
+    click.echo(f"{report['videos_done']}/{report['sources']} source(s) done "
+               f"({report['videos_skipped']} already complete), {report['frames_this_run']} frame(s) "
+               f"this run at {report['frames_per_second']:.2f} frames/s; report: "
+               f"{storage.join(storage.redact(storage.normalize(s.output)), 'report.json')}")
+    for f in report["failures"]:
+        click.echo(f"FAILED {f['id']} ({f['input']}): {f['reason']}", err=True)
+    if s.view:
+        write_results_page(s.output)
+    if report["failures"]:
+        sys.exit(EXIT_SOME_INPUTS_FAILED)
+
+
+def write_results_page(output: str) -> None:
+    """The end of an infer run: its results page. The frames are already safe, so a page that cannot
+    be written is a warning, not a failed run."""
+    from roadseg_dist import storage
+    from roadseg_dist.results.page import write_site
+
+    try:
+        click.echo(f"results page: {storage.redact(write_site(output))}")
+    except Exception as exc:  # noqa: BLE001 - the run's outputs stand without the page
+        click.echo(f"WARNING: no results page ({storage.redact(str(exc))}); "
+                   f"retry with: roadseg view {storage.redact(output)}", err=True)
+
+
+# --- results: view / frames ----------------------------------------------------------------------
+
+
+@main.command()
+@settings.cli_options(ViewSettings)
+def view(config, **values):
+    """Write OUTPUT/index.html: a static page of an inference run (no server, no CDN; relative links,
+    so it works from disk or an S3 prefix served as static files), with one page per source:
+    its overlay video, class-fraction timeline, thumbnails where the class mix changes most, legend."""
+    from roadseg_dist import storage
+    from roadseg_dist.results.page import write_site
+    from roadseg_dist.results.run import ResultsError
+
+    s = settings.build(ViewSettings, config, **values)
+    try:
+        index = write_site(s.output, s.thumbnails)
+    except ResultsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"results page: {storage.redact(index)}")
+
+
+@main.command()
+@settings.cli_options(FramesSettings)
+def frames(config, **values):
+    """Search OUTPUT/frames.parquet (local or S3) with a SQL filter over the class fractions (0..1).
+
+    Columns: video, frame, timestamp and one per class, spaces written as _ (traffic_light,
+    traffic_sign). Prints the matching frames; --sheet draws their overlays in a grid. A mistake in
+    --where or --order-by exits with code 2 and lists the columns. For example:
+
+    \b
+      roadseg frames OUT --where "person > 0.02 and road > 0.3" --order-by "person desc" \\
+          --limit 50 --sheet people.jpg
+    """
+    import json as json_mod
+
+    from roadseg_dist import storage
+    from roadseg_dist.results import query, sheet
+
+    s = settings.build(FramesSettings, config, **values)
+    try:
+        rows = query.search(s.output, s.where, s.order_by, s.limit)
+    except query.QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    if s.json_output:
+        click.echo(json_mod.dumps(rows, indent=1))
+    else:
+        click.echo(query.format_table(rows, query.shown_columns(s.where, s.order_by)))
+        click.echo(f"{len(rows)} frame(s)" + (" (--limit reached)" if len(rows) == s.limit else ""), err=True)
+    if s.sheet and not rows:
+        click.echo("no frame matched: no contact sheet written", err=True)
+    elif s.sheet:
+        sheet.write_sheet(s.sheet, sheet.contact_sheet(s.output, rows, s.sheet_columns))
+        click.echo(f"contact sheet: {storage.redact(s.sheet)}", err=True)

@@ -1,0 +1,117 @@
+"""Training and scoring: ``roadseg train``, ``runs``, ``eval``, ``compare``, ``demo``."""
+from __future__ import annotations
+
+import click
+
+from roadseg_dist import settings
+from roadseg_dist.cli import main
+from roadseg_dist.compare import CompareSettings
+from roadseg_dist.demo import DemoSettings
+from roadseg_dist.evaluate import EvalSettings
+from roadseg_dist.train.settings import TrainSettings
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@settings.cli_options(TrainSettings)
+def train(config, **values):
+    """Train a zoo model with Ray Train (DDP), streaming the shards of --data; the run goes to STORAGE/NAME.
+
+    Prints one line per epoch and, at the end, the best val mIoU and where its checkpoint is.
+    """
+    from roadseg_dist.train import driver
+
+    s = settings.build(TrainSettings, config, **values)
+    driver.train(s)
+
+
+@main.command()
+@click.argument("storage_url", metavar="STORAGE")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per run) instead of a table.")
+def runs(storage_url: str, as_json: bool) -> None:
+    """List the training runs under STORAGE (local, file:// or s3://): status, epochs, model, best mIoU.
+
+    The status comes from each run's status.json: running (rank 0 is training, or the job died
+    without a word), finished, or failed (the driver saw fit() fail); unknown for older runs.
+    """
+    import json as json_mod
+
+    from roadseg_dist import storage
+    from roadseg_dist.train import run as run_mod
+
+    try:
+        rows = run_mod.list_runs(storage_url)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot list runs under {storage.redact(storage_url)}: "
+                                   f"{storage.redact(str(exc))}") from None
+    if as_json:
+        click.echo(json_mod.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no runs under {storage.redact(storage_url)}")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs under {storage.redact(storage_url)}")
+    for col, justify in (("run", "left"), ("status", "left"), ("epochs", "right"), ("model", "left"),
+                         ("best val mIoU", "right"), ("best epoch", "right"), ("updated", "left")):
+        table.add_column(col, justify=justify)
+    colours = {"running": "yellow", "finished": "green", "failed": "red"}
+    for r in rows:
+        planned = f"/{r['planned_epochs']}" if r["planned_epochs"] else ""
+        miou = f"{100 * r['best_val_miou']:.1f} %" if r["best_val_miou"] is not None else "-"
+        status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
+        table.add_row(r["name"], status, f"{r['epochs']}{planned}", r["model"] or "-", miou,
+                      str(r["best_epoch"] or "-"), r["updated"] or "-")
+    Console().print(table)
+
+# --- eval / compare / demo -----------------------------------------------------------------------
+
+
+@main.command("eval")
+@settings.cli_options(EvalSettings)
+def eval_(config, **values):
+    """Score CHECKPOINT (or a run's best checkpoint) on a sharded split, in parallel on Ray.
+
+    mIoU, per-class IoU/accuracy, pixel accuracy and fwIoU with the official BDD100K evaluator's
+    definitions, written to OUT/eval.json, eval.md and iou.png; --save-preds also writes the
+    predicted train-id masks so the official toolkit can score them.
+    """
+    from roadseg_dist import eval_report, evaluate
+
+    s = settings.build(EvalSettings, config, **values)
+    result = evaluate.run_eval(s)
+    eval_report.print_summary(result)
+    click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
+
+
+@main.command()
+@click.argument("model_args", metavar="CKPT_OR_RUN...", nargs=-1)
+@settings.cli_options(CompareSettings)
+def compare(model_args, config, **values):
+    """Compare checkpoints or runs side by side: mIoU, per-class IoU, parameters, frames/s.
+
+    Every model is scored on the same split and timed at the same input size on this machine;
+    the table goes to the terminal and to OUT/compare.md, compare.json and compare.png.
+    """
+    from roadseg_dist import compare as compare_mod
+
+    if model_args:
+        values["models"] = model_args
+    s = settings.build(CompareSettings, config, **values)
+    result = compare_mod.run_compare(s)
+    compare_mod.print_table(result)
+    click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
+
+
+@main.command()
+@settings.cli_options(DemoSettings)
+def demo(config, **values):
+    """The whole story on this machine: synthetic data -> shards -> 2-worker Ray training ->
+    evaluation -> segmentation of driving clips; ends with the mIoU and where the outputs are."""
+    from roadseg_dist import demo as demo_mod
+
+    s = settings.build(DemoSettings, config, **values)
+    demo_mod.run_demo(s)
