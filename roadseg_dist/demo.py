@@ -244,6 +244,11 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
         copy_tree(paths["run"], local_run)
         train = {k: (v.replace(paths["run"], local_run) if isinstance(v, str) else v) for k, v in train.items()}
         console.print(f"copied the run from {paths['run']} to {local_run}")
+    return stage_summary(paths, train, ev, report, page)
+
+
+def stage_summary(paths: dict[str, str], train: dict, ev: dict, report: dict, page: str) -> dict:
+    """What the stages left and where: the demo's summary.json."""
     videos = storage.list_files(paths["segmented"], suffixes=(".mp4",))
     clips = sorted({v.rsplit("/", 1)[0] for v in videos})
     return {
