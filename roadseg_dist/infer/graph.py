@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from roadseg_dist import labels, storage
+from roadseg_dist import labels, resources, storage
 from roadseg_dist.infer import frames as frames_mod
 from roadseg_dist.infer import render, rows
 from roadseg_dist.infer.inputs import Source
@@ -53,6 +53,22 @@ def size_actors(cluster_cpus: float, gpus: int, s) -> Sizing:
     actors = s.concurrency or max(1, math.ceil(share / 8))
     cpus = s.actor_cpus or max(1.0, round(share / actors * 4) / 4)
     return Sizing(actors, cpus, max(1, math.ceil(cpus)), False)
+
+
+def resource_request(s, sizing: Sizing) -> resources.Request:
+    return resources.Request(job="infer", workers=sizing.actors, cpus_per_worker=sizing.actor_cpus,
+                             gpus_per_worker=1 if s.gpu else 0, task_cpus=TASK_CPUS,
+                             worker_name="model actor", task_name="decode/write task",
+                             workers_flag="--concurrency", cpus_flag="--actor-cpus")
+
+
+def sizing_for(s) -> Sizing:
+    """The actor pool sized to the connected Ray (``graph.size_actors``); a request that cannot fit
+    raises ``ResourceError`` naming the numbers and the flags, before any work starts."""
+    offer = resources.offer_from_ray(resources.is_local(s.address), s.num_cpus)
+    sizing = size_actors(offer.cpus or 1.0, int(offer.gpus or 0), s)
+    resources.plan(resource_request(s, sizing), offer)
+    return sizing
 
 
 def probe_source(source: Source, s) -> dict[str, Any]:

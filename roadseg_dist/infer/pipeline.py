@@ -317,10 +317,10 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     already = [src.id for src in sources if job.state.done_url(src.id) in done_markers and src.id in job.plans]
     pending = [src for src in sources if src.id not in set(already)]
     local_cpus = float(int(s.num_cpus or os.cpu_count() or 2))  # what init_ray gives a local Ray
-    resources.check_before_start(resource_request(s, graph.size_actors(local_cpus, 0, s)), s.address, s.num_cpus)
+    resources.check_before_start(graph.resource_request(s, graph.size_actors(local_cpus, 0, s)), s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
     plan(job, pending)
-    sizing = sizing_for(s)
+    sizing = graph.sizing_for(s)
     expected = sum(max(p.get("frame_count", 0), 1) // p["stride"] for sid, p in job.plans.items()
                    if sid not in job.failures and sid not in already)
     quiet = {} if show_progress else {"echo": lambda line: None, "terminal": False}
@@ -346,19 +346,3 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
                               seconds=time.time() - t0, frames_total=sum(frame_total(job, i) for i in done_ids))
     report_mod.write(job.state.output, report)
     return report
-
-
-def resource_request(s: InferSettings, sizing: graph.Sizing) -> resources.Request:
-    return resources.Request(job="infer", workers=sizing.actors, cpus_per_worker=sizing.actor_cpus,
-                             gpus_per_worker=1 if s.gpu else 0, task_cpus=graph.TASK_CPUS,
-                             worker_name="model actor", task_name="decode/write task",
-                             workers_flag="--concurrency", cpus_flag="--actor-cpus")
-
-
-def sizing_for(s: InferSettings) -> graph.Sizing:
-    """The actor pool sized to the connected Ray (``graph.size_actors``); a request that cannot fit
-    raises ``ResourceError`` naming the numbers and the flags, before any work starts."""
-    offer = resources.offer_from_ray(resources.is_local(s.address), s.num_cpus)
-    sizing = graph.size_actors(offer.cpus or 1.0, int(offer.gpus or 0), s)
-    resources.plan(resource_request(s, sizing), offer)
-    return sizing
