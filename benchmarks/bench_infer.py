@@ -118,9 +118,9 @@ def read_videos_peer(videos, ckpt, out, size, batch: int, gpu: bool) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def h264_720p(path: str, n: int = 60) -> str:
+def h264_720p(path: str, n: int = 60, src: str = VTEST) -> str:
     """A 720p H.264 clip with B-frames: vtest's frames scaled up, so the encoder sees real texture."""
-    src = decode_all(VTEST)[:n]
+    src = decode_all(src)[:n]
     with av.open(path, "w") as c:
         s = c.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt, s.options = 1280, 720, "yuv420p", {"bf": "3", "g": "25", "preset": "veryfast"}
@@ -201,6 +201,9 @@ def main() -> int:
     ap.add_argument("--base-channels", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--gpu", action="store_true", help="CUDA actors (fp16), decode and encode on CPU tasks")
+    ap.add_argument("--video", default=VTEST, help="the source video (default: OpenCV's vtest.avi)")
+    ap.add_argument("--no-s3", action="store_true", help="skip the S3 bytes-read figure (needs moto)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the read_videos peer (needs decord)")
     args = ap.parse_args()
     size = settings.parse_size(args.size)
     device = "cuda" if args.gpu else "cpu"
@@ -208,7 +211,7 @@ def main() -> int:
     try:
         videos = []
         os.makedirs(os.path.join(root, "in"))
-        clip = cut(VTEST, os.path.join(root, "vtest.avi"), args.frames)
+        clip = cut(args.video, os.path.join(root, "vtest.avi"), args.frames)
         for i in range(args.copies):
             videos.append(shutil.copy(clip, os.path.join(root, "in", f"vtest{i}.avi")))
         torch.manual_seed(0)
@@ -234,7 +237,8 @@ def main() -> int:
 
         init_ray()  # started before timing: the jobs, not Ray's start-up, are measured
         os.makedirs(os.path.join(root, "peer"))
-        fps_peer = read_videos_peer(videos, ckpt, os.path.join(root, "peer"), size, args.batch_size, args.gpu)
+        fps_peer = float("nan") if args.no_peer else read_videos_peer(
+            videos, ckpt, os.path.join(root, "peer"), size, args.batch_size, args.gpu)
         print(f"  read_videos peer {fps_peer:.2f} frames/s", flush=True)
 
         def job(out: str) -> float:
@@ -251,14 +255,16 @@ def main() -> int:
         print(f"roadseg infer / model-only {fps_e2e / fps_model:.2f}   / sequential {fps_e2e / fps_seq:.2f}   "
               f"/ read_videos peer {fps_e2e / fps_peer:.2f}")
 
-        clip = h264_720p(os.path.join(root, "drive.mov"))  # noqa: F841 - the 720p clip from here on
+        clip = h264_720p(os.path.join(root, "drive.mov"), src=args.video)  # noqa: F841 - the 720p clip from here on
         os.makedirs(os.path.join(root, "cpu"))
         cpu = cpu_by_stage(clip, mask_small, os.path.join(root, "cpu"))
         total = sum(cpu.values())
         print("CPU-ms per 720p frame, one thread: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
               + f"; total {total:.1f} (budget 25.0: {'within' if total <= 25 else 'OVER'})")
 
-        long_clip = h264_720p(os.path.join(root, "long.mov"), n=795)
+        if args.no_s3:
+            return 0
+        long_clip = h264_720p(os.path.join(root, "long.mov"), n=795, src=args.video)
         ranges, served, size_b = s3_bytes_ratio(long_clip, 72)
         print(f"S3: {ranges} frame ranges read {served} bytes of a {size_b}-byte object: "
               f"{served / size_b:.3f}x (probe included)")

@@ -73,3 +73,17 @@ def test_compare_timing_runs_with_the_speed_options():
 
     model = optimize(tiny(), channels_last=True)
     assert measure_fps(model, (32, 48), seconds=0.05, min_iters=2, channels_last=True) > 0
+
+
+def test_infer_actor_with_channels_last_writes_the_plain_masks(tmp_path):
+    from roadseg_dist.infer.segment import Segmenter
+    from roadseg_dist.models.checkpoint import save_checkpoint
+
+    save_checkpoint(str(tmp_path / "ckpt"), tiny(), input_size=[48, 64])
+    frames = np.random.default_rng(0).integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
+    rows = {"index": np.array([0, 1, 2]), "frame": [f.tobytes() for f in frames],
+            "height": np.array([60] * 3), "width": np.array([80] * 3)}
+    plain = Segmenter(str(tmp_path / "ckpt"), None)(dict(rows))["mask"]
+    fast = Segmenter(str(tmp_path / "ckpt"), None, channels_last=True)(dict(rows))["mask"]
+    assert plain.shape == (3, 48, 64)
+    assert (plain == fast).mean() > 0.999

@@ -160,7 +160,7 @@ def dataset(items: list[dict[str, Any]], s, checkpoint: str, sizing: Sizing, out
 
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # one decode task per range
     ds = ds.flat_map(decode_range_rows, fn_kwargs={"threads": 1}, num_cpus=TASK_CPUS)
-    ds = ds.map_batches(Segmenter, fn_constructor_args=(checkpoint, s.size, s.gpu, sizing.threads),
+    ds = ds.map_batches(Segmenter, fn_constructor_args=(checkpoint, s.size, s.gpu, sizing.threads, s.channels_last, s.compile),
                         batch_size=s.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=sizing.actors),
                         num_cpus=sizing.actor_cpus, num_gpus=1 if s.gpu else 0)

@@ -10,28 +10,21 @@ import cv2
 import numpy as np
 import torch
 
+from roadseg_dist.models.predict import INFERENCE_AMP, normalize, optimize, predict
+
 
 def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
-    """BGR uint8 frames of any size -> a normalised float batch (N, 3, H, W) in RGB."""
+    """BGR uint8 frames of any size -> the model's normalised float batch (N, 3, H, W) in RGB."""
     h, w = size
     batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if f.shape[0] > h else cv2.INTER_LINEAR)
                       for f in frames_bgr])
-    x = torch.from_numpy(batch[..., ::-1].copy()).permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return normalize(np.ascontiguousarray(batch[..., ::-1]), mean, std)
 
 
-@torch.inference_mode()
-def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu") -> np.ndarray:
-    """Normalised batch -> uint8 train-id masks (N, H, W)."""
-    x = x.to(device, non_blocking=True)
-    if device.startswith("cuda"):
-        with torch.autocast("cuda", dtype=torch.float16):
-            logits = model(x)
-    else:
-        logits = model(x)
-    return logits.argmax(1).to(torch.uint8).cpu().numpy()
+def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu",
+                  channels_last: bool = False) -> np.ndarray:
+    """Normalised batch -> uint8 train-id masks (N, H, W); fp16 autocast on CUDA."""
+    return predict(model, x.to(device, non_blocking=True), amp=INFERENCE_AMP, channels_last=channels_last)
 
 
 def frame_from_row(data: bytes, height: int, width: int) -> np.ndarray:
@@ -45,14 +38,16 @@ class Segmenter:
     with an empty mask so the driver learns how many frames the range had.
     """
 
-    def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1):
+    def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1,
+                 channels_last: bool = False, compile: bool = False):
         from roadseg_dist.models.checkpoint import input_normalization, load_model
 
         self.device = "cuda" if gpu else "cpu"
         if not gpu:
             torch.set_num_threads(max(1, int(threads)))
-        self.model, meta = load_model(checkpoint, device=self.device)
-        self.model.eval()
+        model, meta = load_model(checkpoint, device=self.device)
+        self.model = optimize(model.eval(), channels_last=channels_last, compile=compile)
+        self.channels_last = channels_last
         self.size = tuple(size or meta.get("input_size") or (512, 1024))
         self.mean, self.std = input_normalization(meta)
 
@@ -62,6 +57,7 @@ class Segmenter:
         rows = [i for i in range(n) if batch["index"][i] >= 0]
         if rows:
             frames = [frame_from_row(batch["frame"][i], batch["height"][i], batch["width"][i]) for i in rows]
-            masks[rows] = predict_masks(self.model, preprocess(frames, self.size, self.mean, self.std), self.device)
+            masks[rows] = predict_masks(self.model, preprocess(frames, self.size, self.mean, self.std), self.device,
+                                       self.channels_last)
         batch["mask"] = masks
         return batch

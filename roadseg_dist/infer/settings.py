@@ -27,6 +27,8 @@ class InferSettings:
                                            "JPEGs muxed as they are, no encode)")
     segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
     gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
+    channels_last: bool = field(False, help="run the model in NHWC memory format (faster on GPUs)")
+    compile: bool = field(False, help="torch.compile the model in each actor (slow first batches)")
     concurrency: int | None = field(None, help="number of model actors; default: one per GPU, or sized to "
                                               "the CPUs (see infer/graph.size_actors)")
     actor_cpus: float | None = field(None, help="CPUs reserved per model actor (on CPU also its torch threads); "

@@ -10,12 +10,9 @@ so after a power loss a marker never outlives the files it vouches for.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
 from typing import Any
 
 from roadseg_dist import storage
@@ -48,7 +45,7 @@ class State:
         return json.loads(storage.read_text(url))
 
     def write_json(self, url: str, value: dict[str, Any]) -> None:
-        write_durably(url, json.dumps(value).encode())
+        storage.write_durable(url, json.dumps(value).encode())
 
     def forget(self, sid: str) -> None:
         """Remove a source's outputs and state: it is done again from scratch."""
@@ -58,38 +55,12 @@ class State:
         storage.remove(self.done_url(sid))
 
 
-def write_durably(url: str, data: bytes) -> None:
-    """Write atomically; locally also fsync the file and its folder, so the rename cannot outlive the data."""
-    if storage.is_remote(url):
-        storage.write_bytes(url, data)  # an S3 PUT is atomic and durable when it returns
-        return
-    path = storage.local_path(url)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_table(url: str, table) -> None:
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    write_durably(url, buf.getvalue())
+    storage.write_durable(url, buf.getvalue())
 
 
 def read_table(url: str):
