@@ -164,3 +164,15 @@ def test_actor_sizing_uses_the_machine():
     own = size_actors(2, 0, settings.build(InferSettings, checkpoint="c", input="i", output="o",
                                            concurrency=1, actor_cpus=1.0))
     assert (own.actors, own.actor_cpus, own.threads) == (1, 1.0, 1)
+
+
+def test_actor_sizing_fits_the_largest_node():
+    from roadseg_dist.infer.graph import size_actors
+
+    s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
+    mixed = size_actors(6, 0, s, node_cpus=[4, 2])  # a 4-CPU head and a 2-CPU worker: one actor, on the head
+    assert (mixed.actors, mixed.actor_cpus) == (1, 4.0)
+    nodes = size_actors(32, 0, s, node_cpus=[8, 8, 8, 8])  # one actor on each of 3 nodes, tasks on the 4th
+    assert (nodes.actors, nodes.actor_cpus) == (3, 8.0)
+    one = size_actors(20, 0, s, node_cpus=[20])
+    assert (one.actors, one.actor_cpus) == (2, 7.5)

@@ -40,18 +40,22 @@ class Sizing:
     gpu: bool
 
 
-def size_actors(cluster_cpus: float, gpus: int, s) -> Sizing:
+def size_actors(cluster_cpus: float, gpus: int, s, node_cpus: list[float] | None = None) -> Sizing:
     """Defaults sized to the machine. GPU: one actor per GPU (1 CPU each; decode and encode run in
     CPU tasks). CPU only: the model gets ~3/4 of the CPUs as actors of at most 8 torch threads each
-    (threads = CPUs reserved), the rest goes to decode and write tasks (2 cores: one actor, 1.5
-    CPUs, 2 threads). ``--concurrency`` / ``--actor-cpus`` override."""
+    (threads = CPUs reserved), each fitting on one of the nodes (``node_cpus``), and the rest goes to
+    decode and write tasks (2 cores: one actor, 1.5 CPUs, 2 threads). ``--concurrency`` /
+    ``--actor-cpus`` override."""
     if s.gpu:
         actors = s.concurrency or max(1, gpus)
         cpus = s.actor_cpus or 1.0
         return Sizing(actors, cpus, max(1, math.ceil(cpus)), True)
     share = max(1.0, cluster_cpus * 0.75)
-    actors = s.concurrency or max(1, math.ceil(share / 8))
-    cpus = s.actor_cpus or max(1.0, round(share / actors * 4) / 4)
+    nodes = node_cpus or [cluster_cpus]
+    per_actor = min(share, 8.0, max(nodes))
+    fits = sum(math.floor(n / per_actor + 1e-9) for n in nodes)  # actors the nodes can hold
+    actors = s.concurrency or max(1, min(fits, math.ceil(share / per_actor - 1e-9)))
+    cpus = s.actor_cpus or max(1.0, math.floor(min(per_actor, share / actors) * 4) / 4)
     return Sizing(actors, cpus, max(1, math.ceil(cpus)), False)
 
 
@@ -62,11 +66,18 @@ def resource_request(s, sizing: Sizing) -> resources.Request:
                              workers_flag="--concurrency", cpus_flag="--actor-cpus")
 
 
+def node_cpus() -> list[float]:
+    """The CPUs of each live node of the connected Ray."""
+    import ray
+
+    return [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")] or [1.0]
+
+
 def sizing_for(s) -> Sizing:
     """The actor pool sized to the connected Ray (``graph.size_actors``); a request that cannot fit
     raises ``ResourceError`` naming the numbers and the flags, before any work starts."""
     offer = resources.offer_from_ray(resources.is_local(s.address), s.num_cpus)
-    sizing = size_actors(offer.cpus or 1.0, int(offer.gpus or 0), s)
+    sizing = size_actors(offer.cpus or 1.0, int(offer.gpus or 0), s, node_cpus())
     resources.plan(resource_request(s, sizing), offer)
     return sizing
 
