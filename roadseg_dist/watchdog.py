@@ -54,7 +54,7 @@ class Watchdog:
                 f"{self.job} stalled: no progress for {self.idle_s():.0f} s (--stall-timeout "
                 f"{self.timeout_s:g}); last progress: {self.last_what}."
                 + (f"\nwaiting for: {waiting}" if waiting else "")
-                + f"\n{_safe(ray_diagnosis)}")
+                + f"\n{_bounded(ray_diagnosis)}")
         return self.diagnosis
 
 
@@ -63,6 +63,19 @@ def _safe(fn: Callable[[], str]) -> str:
         return fn()
     except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the stall itself
         return f"(could not ask: {exc})"
+
+
+def _bounded(fn: Callable[[], str], timeout_s: float = 10.0) -> str:
+    """``_safe(fn)``, but a Ray that does not answer cannot hold the stall error back."""
+    answer = [f"(Ray did not answer within {timeout_s:g} s)"]
+
+    def ask() -> None:
+        answer[0] = _safe(fn)
+
+    helper = threading.Thread(target=ask, name="roadseg-watchdog-diagnosis", daemon=True)
+    helper.start()
+    helper.join(timeout_s)
+    return answer[0]
 
 
 @contextlib.contextmanager
