@@ -126,3 +126,19 @@ def test_eval_piped_prints_progress_lines_and_writes_where_pointed(home):
     assert any(line.startswith("eval val: 4/4 images (100%)") for line in text), text
     assert {"eval.json", "eval.md", "iou.png"} <= set(os.listdir(work / "eval-first"))
     assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o644 for f in files_under(work / "eval-first"))
+
+
+def test_infer_piped_prints_progress_lines_and_writes_where_pointed(home):
+    """`infer` printed its progress once, at the end, when piped; relative CKPT/INPUT/OUTPUT from another cwd."""
+    work = home / "work"
+    if not (work / "runs" / "first" / "metrics.jsonl").exists():
+        pytest.skip("needs the run of the default-resources test")
+    code, lines, err, seconds = roadseg(["infer", "runs/first", "../bdd/images/10k/val", "segmented", "--no-view"],
+                                        cwd=work)
+    assert code == 0, err[-3000:]
+    progress = [(t, line) for t, line in lines if line.startswith("infer: ")]
+    assert progress and progress[0][0] < seconds - 1.0, lines  # a line as the work starts, not only at the end
+    assert any("frames (100%)" in line for _, line in progress), lines
+    out = work / "segmented"
+    assert (out / "report.json").is_file() and any((out / d / "mask").is_dir() for d in os.listdir(out))
+    assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o644 for f in files_under(out))
