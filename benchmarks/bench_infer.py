@@ -183,7 +183,7 @@ def s3_bytes_ratio(video: str, segment: int) -> tuple[int, int, int]:
         storage.upload(video, url)
         with Counting(os.environ["AWS_ENDPOINT_URL"], every=1 << 30) as proxy:
             os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
-            storage._s3fs.cache_clear()
+            storage.s3fs_filesystem.cache_clear()  # a client for the proxy's endpoint
             info = frames.probe(url)
             plan = frames.plan_ranges(info, segment)
             for rng in plan:
