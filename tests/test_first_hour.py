@@ -64,12 +64,18 @@ def home(tmp_path_factory):
     return home
 
 
-def test_train_at_default_resources_from_another_cwd_puts_every_file_where_pointed(home):
+@pytest.fixture(scope="module")
+def first_run(home):
+    """`roadseg train` as a newcomer types it: relative paths from work/, no resource flag."""
+    return roadseg(["train", "--data", "../shards", "--storage", "runs", "--name", "first",
+                    "--num-workers", "2", "--epochs", "2", *TINY], cwd=home / "work")
+
+
+def test_train_at_default_resources_from_another_cwd_puts_every_file_where_pointed(home, first_run):
     """No resource flag: `--num-workers 2` fits 2 cores (auto CPUs leave room for the decode tasks);
     relative --data/--storage resolve from the user's cwd; files 0644; progress shows up as it goes."""
     work = home / "work"
-    code, lines, err, seconds = roadseg(["train", "--data", "../shards", "--storage", "runs", "--name", "first",
-                                         "--num-workers", "2", "--epochs", "2", *TINY], cwd=work)
+    code, lines, err, seconds = first_run
     text = "\n".join(line for _, line in lines)
     assert code == 0, f"{text}\n{err[-3000:]}"
     assert "2 training worker(s) x 0.5 CPU (auto)" in text
@@ -114,11 +120,10 @@ def test_a_data_source_that_never_yields_fails_with_the_stall_diagnosis(home):
     assert seconds - started < 20 + 90, (started, seconds)  # start-up of the workers + the timeout
 
 
-def test_eval_piped_prints_progress_lines_and_writes_where_pointed(home):
+def test_eval_piped_prints_progress_lines_and_writes_where_pointed(home, first_run):
     """`eval` printed one blank line when piped; now plain progress lines, reports under a relative --out."""
     work = home / "work"
-    if not (work / "runs" / "first" / "metrics.jsonl").exists():
-        pytest.skip("needs the run of the default-resources test")
+    assert first_run[0] == 0, first_run[2][-3000:]
     code, lines, err, _ = roadseg(["eval", "runs/first", "--data", "../shards", "--out", "eval-first"], cwd=work)
     assert code == 0, err[-3000:]
     text = [line for _, line in lines]
@@ -128,11 +133,10 @@ def test_eval_piped_prints_progress_lines_and_writes_where_pointed(home):
     assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o644 for f in files_under(work / "eval-first"))
 
 
-def test_infer_piped_prints_progress_lines_and_writes_where_pointed(home):
+def test_infer_piped_prints_progress_lines_and_writes_where_pointed(home, first_run):
     """`infer` printed its progress once, at the end, when piped; relative CKPT/INPUT/OUTPUT from another cwd."""
     work = home / "work"
-    if not (work / "runs" / "first" / "metrics.jsonl").exists():
-        pytest.skip("needs the run of the default-resources test")
+    assert first_run[0] == 0, first_run[2][-3000:]
     code, lines, err, seconds = roadseg(["infer", "runs/first", "../bdd/images/10k/val", "segmented", "--no-view"],
                                         cwd=work)
     assert code == 0, err[-3000:]
