@@ -10,7 +10,7 @@
   CPU-ms per 720p frame by stage, one thread: decode, mask PNG + colour, overlay JPEG, H.264 video
   bytes read / object size for an S3 video (loopback moto server) cut into 10+ frame ranges
 
-    .venv/bin/python benchmarks/bench_infer.py [--copies 1] [--size 192x256] [--model unet]
+    .venv/bin/python benchmarks/bench_infer.py [--copies 2] [--size 192x256] [--model unet]
         [--base-channels 16] [--gpu]
 """
 from __future__ import annotations
@@ -194,7 +194,7 @@ def s3_bytes_ratio(video: str, segment: int) -> tuple[int, int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--copies", type=int, default=1, help="sources: this many copies of vtest.avi")
+    ap.add_argument("--copies", type=int, default=2, help="sources: this many copies of vtest.avi (the issue measured 2)")
     ap.add_argument("--frames", type=int, default=795, help="the first N frames of vtest.avi (packets copied)")
     ap.add_argument("--size", default="192x256", help="model input HxW")
     ap.add_argument("--model", default="unet")

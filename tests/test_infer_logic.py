@@ -155,24 +155,29 @@ def test_actor_sizing_uses_the_machine():
     from roadseg_dist.infer.graph import TASK_CPUS, size_actors
 
     s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
-    two = size_actors(2, 0, s)  # this 2-core machine: one actor, 1.5 CPUs, 2 torch threads
-    assert (two.actors, two.actor_cpus, two.threads) == (1, 1.5, 2) and 2 - two.actor_cpus >= 2 * TASK_CPUS
-    big = size_actors(64, 0, s)
-    assert big.actors == 6 and big.threads <= 8 and big.actors * big.actor_cpus <= 48
+    two = size_actors(2, 0, s)  # this 2-core machine: two single-thread actors, room for a decode and a writer
+    assert (two.actors, two.actor_cpus, two.threads, two.writers) == (2, 0.75, 1, 1)
+    assert 2 - two.actors * two.actor_cpus >= 2 * TASK_CPUS
+    one_core = size_actors(1, 0, s)
+    assert (one_core.actors, one_core.actor_cpus, one_core.threads) == (1, 0.75, 1)
+    big = size_actors(64, 0, s)  # at most 8 actors per node: more threads each instead
+    assert (big.actors, big.actor_cpus, big.threads, big.writers) == (8, 6.0, 6, 8)
     gpu = size_actors(16, 4, settings.build(InferSettings, checkpoint="c", input="i", output="o", gpu=True))
-    assert (gpu.actors, gpu.actor_cpus, gpu.gpu) == (4, 1.0, True)
+    assert (gpu.actors, gpu.actor_cpus, gpu.gpu, gpu.writers) == (4, 1.0, True, 6)
     own = size_actors(2, 0, settings.build(InferSettings, checkpoint="c", input="i", output="o",
                                            concurrency=1, actor_cpus=1.0))
     assert (own.actors, own.actor_cpus, own.threads) == (1, 1.0, 1)
 
 
-def test_actor_sizing_fits_the_largest_node():
+def test_actor_sizing_fits_the_nodes():
     from roadseg_dist.infer.graph import size_actors
 
     s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
-    mixed = size_actors(6, 0, s, node_cpus=[4, 2])  # a 4-CPU head and a 2-CPU worker: one actor, on the head
-    assert (mixed.actors, mixed.actor_cpus) == (1, 4.0)
-    nodes = size_actors(32, 0, s, node_cpus=[8, 8, 8, 8])  # one actor on each of 3 nodes, tasks on the 4th
-    assert (nodes.actors, nodes.actor_cpus) == (3, 8.0)
+    mixed = size_actors(6, 0, s, node_cpus=[4, 2])  # a 4-CPU head and a 2-CPU worker
+    assert (mixed.actors, mixed.actor_cpus, mixed.threads) == (5, 0.75, 1)
+    nodes = size_actors(32, 0, s, node_cpus=[8, 8, 8, 8])
+    assert (nodes.actors, nodes.actor_cpus) == (24, 1.0)
     one = size_actors(20, 0, s, node_cpus=[20])
-    assert (one.actors, one.actor_cpus) == (2, 7.5)
+    assert (one.actors, one.actor_cpus, one.threads) == (8, 1.75, 2)
+    wide = settings.build(InferSettings, checkpoint="c", input="i", output="o", actor_cpus=4.0)
+    assert size_actors(6, 0, wide, node_cpus=[4, 2]).actors == 1  # only the head holds a 4-CPU actor

@@ -75,7 +75,10 @@ def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None) -> I
             yield f
         return
     fs, path = storage.filesystem(url)
-    f = RangedReader(fs, path, int(storage.retry(fs.size, path)), max_block=block, reach=reach)
+    info = storage.retry(fs.info, path)
+    size = int(info.get("size") or 0)
+    key = (path, size, str(info.get("ETag") or info.get("etag") or info.get("mtime") or ""))
+    f = RangedReader(fs, path, size, max_block=block, reach=reach, key=key)
     if f.size == 0:
         raise DecodeError("empty file (0 bytes)")
     yield f
@@ -102,6 +105,12 @@ def open_video(f, threads: int = 1) -> Iterator:
         container.close()
 
 
+def _opened(f) -> None:
+    """What FFmpeg read to open the container is cached for the next range of the video (S3 only)."""
+    if isinstance(f, RangedReader):
+        f.opened()
+
+
 def _reach(entries, i: int, after: int = 1) -> int:
     """Where the bytes of packet ``i`` and the next ``after`` packets end: a range needs its successor's
     keyframe and the packet after it (more only for leading pictures, read on demand)."""
@@ -119,6 +128,7 @@ def probe(url: str) -> VideoInfo:
     import av
 
     with open_file(url) as f, open_video(f) as (container, stream):
+        _opened(f)
         entries = stream.index_entries
         keyframes = tuple((i, int(e.timestamp), int(e.pos), _reach(entries, i))
                           for i, e in enumerate(entries) if e.is_keyframe)
@@ -198,6 +208,7 @@ def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None 
     marks = {} if marks is None else marks
     marks.update(first=0, count=0, expected=-1, broken="")
     with open_file(url, rng.block, rng.reach) as f, open_video(f, threads) as (container, stream):
+        _opened(f)
         packets = container.demux(stream)
         if rng.dts is not None:
             container.seek(rng.seek_ts, stream=stream, backward=True)

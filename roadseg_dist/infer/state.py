@@ -3,6 +3,7 @@
     run.json            the signature of the run: everything that decides the bytes of the outputs
     plans/<id>.json     a source's plan (its frame ranges) and identity (ETag or size + mtime)
     parts/<id>/<start>.parquet   a finished frame range: its stats rows, written after all its files
+    pieces/<id>/<first>-<last>-<count>.mp4   H.264 pieces of overlay.mp4, removed once it is joined
     done/<id>.json      a finished source, written after its overlay.mp4
 
 Markers are written last and, on local disks, flushed (fsync) before they are renamed into place,
@@ -30,6 +31,9 @@ class State:
     def part_url(self, sid: str, start: int) -> str:
         return storage.join(self.root, "parts", sid, f"{start:09d}.parquet")
 
+    def pieces_url(self, sid: str) -> str:
+        return storage.join(self.root, "pieces", sid)
+
     def done_url(self, sid: str) -> str:
         return storage.join(self.root, "done", sid + ".json")
 
@@ -51,6 +55,7 @@ class State:
         """Remove a source's outputs and state: it is done again from scratch."""
         storage.remove(storage.join(self.output, sid), recursive=True)
         storage.remove(storage.join(self.root, "parts", sid), recursive=True)
+        storage.remove(self.pieces_url(sid), recursive=True)
         storage.remove(self.plan_url(sid))
         storage.remove(self.done_url(sid))
 
