@@ -105,6 +105,7 @@ class Piece:
 def encode_piece(frames_bgr: Sequence[np.ndarray]) -> bytes:
     """Consecutive BGR frames -> an H.264 MP4 in memory (the first frame an IDR frame)."""
     import av
+    import cv2
 
     h, w = frames_bgr[0].shape[:2]
     buf = io.BytesIO()
@@ -112,8 +113,9 @@ def encode_piece(frames_bgr: Sequence[np.ndarray]) -> bytes:
         stream = container.add_stream("libx264", rate=PIECE_RATE, options=dict(H264_OPTIONS))
         stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
         for n, bgr in enumerate(frames_bgr):
-            frame = av.VideoFrame.from_ndarray(bgr[:stream.height, :stream.width], format="bgr24")
-            frame = frame.reformat(format="yuv420p")
+            # OpenCV's BGR -> I420 (BT.601, video range, as swscale's default) is ~4x cheaper than swscale's
+            i420 = cv2.cvtColor(np.ascontiguousarray(bgr[:stream.height, :stream.width]), cv2.COLOR_BGR2YUV_I420)
+            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
             frame.pts = n
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
