@@ -1,8 +1,10 @@
 """Benchmark of `roadseg infer` (issue 11): side by side in one run, on a real OpenCV sample video
 (vtest.avi, 795 frames of 768x576), the same model and size everywhere:
 
-  model-only        the model on frames already decoded in memory (torch threads = all cores)
-  sequential        a plain loop: decode a frame, run the model, write mask PNG, colour PNG, overlay JPEG
+  model-only        the model as infer's actors run it (BatchNorm folded) on frames already decoded
+                    in memory (torch threads = all cores)
+  sequential        a plain loop: decode a frame, run the model (as loaded), write mask PNG, colour PNG,
+                    overlay JPEG
   read_videos peer  what a Ray user writes from Ray's docs: ray.data.read_videos + map_batches (model
                     actor, torch threads = all cores) + map_batches writing the same three files
   roadseg infer     the job with its defaults (also overlay.mp4 as H.264 and frames.parquet), warm
@@ -33,6 +35,7 @@ from roadseg_dist.infer import frames, pipeline, render, video_out
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings
 from roadseg_dist.models.checkpoint import load_model, save_checkpoint
+from roadseg_dist.models.predict import fold_batchnorm
 from roadseg_dist.models.zoo import build_model
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -234,7 +237,8 @@ def main() -> int:
         print(f"{len(decoded)} frames of 768x576 (vtest.avi, {args.frames} frames, x{args.copies}), {args.model} at {size[0]}x{size[1]}, "
               f"batch {args.batch_size}, {device}, {os.cpu_count()} cpus")
 
-        fps_model = model_only(model, decoded, size, mean, std, args.batch_size, device)
+        folded = fold_batchnorm(load_model(ckpt, device=device)[0].eval())
+        fps_model = model_only(folded, decoded, size, mean, std, args.batch_size, device)
         print(f"  model-only {fps_model:.2f} frames/s", flush=True)
         mask_small = predict_masks(model, preprocess(decoded[:1], size, mean, std), device)[0]
         del decoded

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from roadseg_dist.models.predict import as_input, optimize
+from roadseg_dist.models.predict import as_input, fold_batchnorm, optimize
 from roadseg_dist.models.zoo import build_model
 from roadseg_dist.train import loop
 
@@ -33,6 +33,26 @@ def test_optimized_model_gives_the_plain_outputs(channels_last, compiled):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     if channels_last:
         assert next(fast.parameters()).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("arch", ["unet", "unet-resnet18"])
+def test_folded_batchnorm_gives_the_plain_outputs(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, **({"base_channels": 4} if arch == "unet" else {}))
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for _ in range(3):
+            model(torch.randn(2, 3, 64, 64) * 3 + 1)
+    model.eval()
+    x = torch.randn(2, 3, 40, 56)
+    with torch.no_grad():
+        ref = model(x)
+        folded = fold_batchnorm(model)
+        out = folded(x)
+    bns = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert arch != "unet" or not bns  # every U-Net BatchNorm follows a convolution in a Sequential
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError):
+        fold_batchnorm(folded.train())
 
 
 def test_channels_last_training_step_matches_plain_and_checkpoints_the_plain_state(tmp_path):

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import torch
 
-from roadseg_dist.models.predict import INFERENCE_AMP, normalize, optimize, predict
+from roadseg_dist.models.predict import INFERENCE_AMP, fold_batchnorm, normalize, optimize, predict
 
 
 def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
@@ -46,7 +46,7 @@ class Segmenter:
         if not gpu:
             torch.set_num_threads(max(1, int(threads)))
         model, meta = load_model(checkpoint, device=self.device)
-        self.model = optimize(model.eval(), channels_last=channels_last, compile=compile)
+        self.model = optimize(fold_batchnorm(model.eval()), channels_last=channels_last, compile=compile)
         self.channels_last = channels_last
         self.size = tuple(size or meta.get("input_size") or (512, 1024))
         self.mean, self.std = input_normalization(meta)

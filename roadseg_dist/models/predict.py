@@ -3,6 +3,7 @@
     x = normalize(images, mean, std, device)      uint8 RGB (N, H, W, 3) -> float (N, 3, H, W)
     masks = predict(model, x, out_size, amp)      -> uint8 train ids (N, H', W') on the host
     model = optimize(model, channels_last, compile)   the GPU speed options (same outputs)
+    model = fold_batchnorm(model.eval())          inference: BatchNorm folded into its convolution
 
 Training (``data/ingest.to_model_input``), evaluation (``evaluate``), comparison (``compare``) and
 inference all go through these, so a model sees the same input wherever it runs. The mean and std
@@ -58,6 +59,25 @@ def predict(model: torch.nn.Module, x: torch.Tensor, out_size: tuple[int, int] |
         if out_size is not None and tuple(logits.shape[-2:]) != tuple(out_size):
             logits = F.interpolate(logits.float(), size=tuple(out_size), mode="bilinear", align_corners=False)
         return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode model with each BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential``
+    folded into that convolution's weights (in place; U-Net and smp decoder blocks are such
+    sequences). The outputs are the same up to float rounding, minus a pass over every activation:
+    ~4% of a small U-Net's CPU time. Inference only: a folded model must not be trained or saved."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if (isinstance(conv, torch.nn.Conv2d) and type(bn) is torch.nn.BatchNorm2d
+                    and bn.track_running_stats and bn.num_features == conv.out_channels):
+                seq._modules[a], seq._modules[b] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
+    return model
 
 
 def optimize(model: torch.nn.Module, *, channels_last: bool = False, compile: bool = False) -> torch.nn.Module:
