@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import av
 import numpy as np
@@ -107,3 +108,24 @@ def test_opening_reads_are_fetched_once_per_process_and_never_stale():
     open_and_read(("k", len(data), "etag2"), 300_000)  # the object was replaced: read again
     assert (0, 5000) in store.gets[first + 1:]
     assert cache.bytes <= 1 << 20
+
+
+def test_a_size_change_mid_video_gives_a_playable_video(tmp_path):
+    out = str(tmp_path)
+    small, large = frames(1, 96, 128)[0], frames(1, 128, 160, seed=1)[0]  # the size changes mid-run
+    batch = {k: np.array([v, v], dtype=object) for k, v in rows.DEFAULTS.items()}
+    for i, f in enumerate((small, large)):
+        for k, v in rows.frame_row("clip", 0, i, i / 10, f).items():
+            batch[k][i] = v
+    batch = {k: (np.array(list(v)) if k != "frame" else v) for k, v in batch.items()}
+    batch["mask"] = np.zeros((2, 24, 32), np.uint8)
+    result = graph.write_outputs(batch, out, ("overlay",), 0.5, 90, pieces=True)  # does not raise
+    assert list(result["index"]) == [0, 1]
+    assert graph.assemble_video(out, "clip", [0, 1], 10.0, 128, 96) == 2
+    assert [f.shape for f in decoded(os.path.join(out, "clip", "overlay.mp4"))] == [(96, 128, 3)] * 2
+    # and a piece that cannot be written (here: no room for its folder) leaves the video to the JPEGs
+    shutil.rmtree(os.path.join(out, ".roadseg"))
+    open(os.path.join(out, ".roadseg"), "w").close()
+    graph.write_outputs(batch, out, ("overlay",), 0.5, 90, pieces=True)
+    os.remove(os.path.join(out, ".roadseg"))
+    assert graph.assemble_video(out, "clip", [0, 1], 10.0, 128, 96) == 2

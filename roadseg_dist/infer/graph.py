@@ -11,6 +11,7 @@ Each function is plain Python over plain values (tested without Ray); ``dataset`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -22,6 +23,8 @@ from roadseg_dist.infer import frames as frames_mod
 from roadseg_dist.infer import render, rows, video_out
 from roadseg_dist.infer.inputs import Source
 from roadseg_dist.infer.video_out import write_overlay_video
+
+log = logging.getLogger(__name__)
 
 FRAME_KINDS = ("mask", "color", "overlay", "original")
 WRITE_THREADS = 4  # S3 PUTs are latency-bound; a few in flight per writer task keep them busy
@@ -166,9 +169,14 @@ def write_outputs(batch: dict[str, np.ndarray], output: str, kinds: tuple[str, .
             storage.write_bytes(storage.join(base, render.frame_name(int(batch["index"][i]), kind)), data)
 
     def piece(run: list[int]) -> None:
+        sid = str(batch["video"][run[0]])
         name = video_out.Piece(int(batch["index"][run[0]]), int(batch["index"][run[-1]]), len(run)).name
-        data = video_out.encode_piece([overlays[i] for i in run])
-        storage.write_bytes(storage.join(State(output).pieces_url(str(batch["video"][run[0]])), name), data)
+        try:
+            data = video_out.encode_piece([overlays[i] for i in run])
+            storage.write_bytes(storage.join(State(output).pieces_url(sid), name), data)
+        except Exception as exc:  # noqa: BLE001 - a missing piece only means overlay.mp4 is encoded from the JPEGs
+            log.warning("%s: overlay video piece %s not written (%s); the video will be encoded from the "
+                        "overlay JPEGs", sid, name, reason(exc))
 
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
         list(pool.map(one, np.flatnonzero(is_frame)))

@@ -103,7 +103,8 @@ class Piece:
 
 
 def encode_piece(frames_bgr: Sequence[np.ndarray]) -> bytes:
-    """Consecutive BGR frames -> an H.264 MP4 in memory (the first frame an IDR frame)."""
+    """Consecutive BGR frames -> an H.264 MP4 in memory (the first frame an IDR frame) at the first
+    frame's size (even); ``join_pieces`` refuses pieces of other sizes, so the JPEG path takes over."""
     import av
     import cv2
 
@@ -113,6 +114,8 @@ def encode_piece(frames_bgr: Sequence[np.ndarray]) -> bytes:
         stream = container.add_stream("libx264", rate=PIECE_RATE, options=dict(H264_OPTIONS))
         stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
         for n, bgr in enumerate(frames_bgr):
+            if bgr.shape[:2] != (h, w):  # a size change mid-video: scaled, as the JPEG path does
+                bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
             # OpenCV's BGR -> I420 (BT.601, video range, as swscale's default) is ~4x cheaper than swscale's
             i420 = cv2.cvtColor(np.ascontiguousarray(bgr[:stream.height, :stream.width]), cv2.COLOR_BGR2YUV_I420)
             frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
