@@ -22,6 +22,7 @@ from roadseg_dist import labels, resources, storage
 from roadseg_dist.infer import frames as frames_mod
 from roadseg_dist.infer import render, rows, video_out
 from roadseg_dist.infer.inputs import Source
+from roadseg_dist.infer.state import State
 from roadseg_dist.infer.video_out import write_overlay_video
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,6 @@ def write_outputs(batch: dict[str, np.ndarray], output: str, kinds: tuple[str, .
     With ``pieces``, each run of consecutive frames also becomes an H.264 piece of overlay.mp4."""
     import cv2
 
-    from roadseg_dist.infer.state import State
-
     cv2.setNumThreads(1)  # parallelism comes from the actors and the write threads, not inside OpenCV
     wanted, is_frame = set(kinds), rows.is_frame(batch)
     fractions = np.zeros((len(is_frame), labels.NUM_CLASSES), dtype=np.float32)
@@ -192,8 +191,6 @@ def assemble_video(output: str, sid: str, indices: list[int], fps: float, width:
     """OUT/<id>/overlay.mp4 in index order, uploaded when complete: H.264 joined from the pieces the
     writers encoded, or (pieces missing, MJPEG) from the overlay JPEGs, streamed with bounded
     read-ahead. The pieces are removed once the video is in place."""
-    from roadseg_dist.infer.state import State
-
     pieces_url = State(output).pieces_url(sid)
     chosen = None
     if codec == "h264" and storage.exists(pieces_url):

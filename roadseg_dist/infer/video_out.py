@@ -4,12 +4,13 @@
 *piece* (a short H.264 MP4 of consecutive frames, starting on an IDR frame), and when a source is
 complete its pieces are joined by copying packets (``join_pieces``: no decode, no encode), so no
 encode of the whole video waits after the last frame. Pieces of ~32 frames cost ~20% more bytes than
-one long encode (their IDR frames) and save the JPEG decode. Where the pieces do not cover the
-frames (a range redone with other batch boundaries, a crash between files) ``write_overlay_video``
-encodes from the overlay JPEGs as before:
-each JPEG is decoded by FFmpeg's MJPEG decoder straight to YUV (no BGR
-round trip), converted to ``yuv420p`` and encoded by libx264 (``ultrafast``, CRF 23, one thread: the
-parallelism is one assembly task per video), with the index at the front (``+faststart``) so a
+one long encode (their IDR frames) and save the JPEG decode.
+
+Where the pieces do not cover the frames (a range redone with other batch boundaries, a crash
+between files, a piece that could not be written), ``write_overlay_video`` encodes the overlay
+JPEGs instead: each is decoded by FFmpeg's MJPEG decoder straight to YUV (no BGR round trip),
+converted to ``yuv420p`` and encoded. Both paths use libx264 ``ultrafast``, CRF 23, one thread
+(the parallelism is across writers and videos), with the index at the front (``+faststart``) so a
 browser starts playing before the whole file arrives. ``mjpeg``: the JPEG bytes are muxed as they
 are, no decode and no encode (players such as ffmpeg, VLC and OpenCV play it; browsers do not).
 Frames arrive in index order; the stream runs at ``fps`` (source fps / stride).
@@ -31,11 +32,17 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps if fps and fps > 0 else 10.0).limit_denominator(1001)
 
 
+def _h264_stream(container, rate, width: int, height: int):
+    """The libx264 stream both H.264 paths encode into (yuv420p needs even dimensions)."""
+    stream = container.add_stream("libx264", rate=rate, options=dict(H264_OPTIONS))
+    stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+    return stream
+
+
 def _h264(container, jpegs: Iterable[bytes], rate: Fraction, width: int, height: int) -> int:
     import av
 
-    stream = container.add_stream("libx264", rate=rate, options=dict(H264_OPTIONS))
-    stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+    stream = _h264_stream(container, rate, width, height)
     jpeg = av.CodecContext.create("mjpeg", "r")
     jpeg.thread_count = 1
     n = 0
@@ -111,8 +118,7 @@ def encode_piece(frames_bgr: Sequence[np.ndarray]) -> bytes:
     h, w = frames_bgr[0].shape[:2]
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=PIECE_RATE, options=dict(H264_OPTIONS))
-        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        stream = _h264_stream(container, PIECE_RATE, w, h)
         for n, bgr in enumerate(frames_bgr):
             if bgr.shape[:2] != (h, w):  # a size change mid-video: scaled, as the JPEG path does
                 bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
