@@ -1,14 +1,17 @@
 """Benchmark of `roadseg infer` (issue 11): side by side in one run, on a real OpenCV sample video
 (vtest.avi, 795 frames of 768x576), the same model and size everywhere:
 
-  model-only        the model as infer's actors run it (BatchNorm folded) on frames already decoded
-                    in memory (torch threads = all cores)
+  model-only        the model as infer's actors run it (BatchNorm folded, at the precision --amp auto
+                    picks: bf16 on CPUs with native bf16, fp16 on GPUs) on frames already decoded in
+                    memory (torch threads = all cores)
   sequential        a plain loop: decode a frame, run the model (as loaded), write mask PNG, colour PNG,
                     overlay JPEG
   read_videos peer  what a Ray user writes from Ray's docs: ray.data.read_videos + map_batches (model
                     actor, torch threads = all cores) + map_batches writing the same three files
   roadseg infer     the job with its defaults (also overlay.mp4 as H.264 and frames.parquet), warm
   ratios            roadseg infer / each of the three
+  fp32 line         the same at float32 everywhere: model-only and roadseg infer with --amp off (on a
+                    CPU without native bf16 the two lines measure the same thing)
   CPU-ms per 720p frame by stage, one thread: decode, mask PNG + colour, overlay JPEG, H.264 video
   bytes read / object size for an S3 video (loopback moto server) cut into 10+ frame ranges
 
@@ -35,7 +38,7 @@ from roadseg_dist.infer import frames, pipeline, render, video_out
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings
 from roadseg_dist.models.checkpoint import load_model, save_checkpoint
-from roadseg_dist.models.predict import fold_batchnorm
+from roadseg_dist.models.predict import fold_batchnorm, inference_amp
 from roadseg_dist.models.zoo import build_model
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -59,14 +62,19 @@ def decode_all(path: str) -> list[np.ndarray]:
     return [f for _, _, f in frames.decode_range(path, frames.FrameRange(0, block=1 << 20))]
 
 
-def model_only(model, decoded, size, mean, std, batch: int, device: str) -> float:
-    predict_masks(model, preprocess(decoded[:batch], size, mean, std), device)  # warm-up
+def model_only(model, decoded, size, mean, std, batch: int, device: str, amp: str) -> float:
+    predict_masks(model, preprocess(decoded[:batch], size, mean, std), device, amp=amp)  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(decoded), batch):
-        predict_masks(model, preprocess(decoded[i:i + batch], size, mean, std), device)
+        predict_masks(model, preprocess(decoded[i:i + batch], size, mean, std), device, amp=amp)
     if device == "cuda":
         torch.cuda.synchronize()
     return len(decoded) / (time.perf_counter() - t0)
+
+
+def loop_amp(device: str) -> str:
+    """What the loop and the peer run at: float32 on a CPU, fp16 autocast on a GPU (as a user would)."""
+    return "fp16" if device == "cuda" else "off"
 
 
 def write_three(frame: np.ndarray, mask_small: np.ndarray, out: str, name: str) -> None:
@@ -84,7 +92,7 @@ def sequential(model, videos: list[str], out: str, size, mean, std, device: str)
             ok, frame = cap.read()
             if not ok:
                 break
-            mask = predict_masks(model, preprocess([frame], size, mean, std), device)[0]
+            mask = predict_masks(model, preprocess([frame], size, mean, std), device, amp=loop_amp(device))[0]
             write_three(frame, mask, out, f"{v}_{n:06d}")
             n += 1
     return n / (time.perf_counter() - t0)
@@ -99,7 +107,8 @@ class PeerModel:
 
     def __call__(self, batch):
         bgr = [f[..., ::-1] for f in batch["frame"]]
-        batch["mask"] = predict_masks(self.model, preprocess(bgr, self.size, self.mean, self.std), self.device)
+        batch["mask"] = predict_masks(self.model, preprocess(bgr, self.size, self.mean, self.std), self.device,
+                                      amp=loop_amp(self.device))
         return batch
 
 
@@ -238,8 +247,12 @@ def main() -> int:
               f"batch {args.batch_size}, {device}, {os.cpu_count()} cpus")
 
         folded = fold_batchnorm(load_model(ckpt, device=device)[0].eval())
-        fps_model = model_only(folded, decoded, size, mean, std, args.batch_size, device)
-        print(f"  model-only {fps_model:.2f} frames/s", flush=True)
+        amp = inference_amp(device, "auto")
+        fps_model = model_only(folded, decoded, size, mean, std, args.batch_size, device, amp)
+        print(f"  model-only {fps_model:.2f} frames/s (--amp auto: {amp})", flush=True)
+        fps_model32 = fps_model if amp == "off" else model_only(folded, decoded, size, mean, std, args.batch_size,
+                                                                  device, "off")
+        print(f"  model-only fp32 {fps_model32:.2f} frames/s", flush=True)
         mask_small = predict_masks(model, preprocess(decoded[:1], size, mean, std), device)[0]
         del decoded
         os.makedirs(os.path.join(root, "seq"))
@@ -254,19 +267,22 @@ def main() -> int:
             videos, ckpt, os.path.join(root, "peer"), size, args.batch_size, args.gpu)
         print(f"  read_videos peer {fps_peer:.2f} frames/s", flush=True)
 
-        def job(out: str) -> float:
+        def job(out: str, **flags) -> float:
             s = settings.build(InferSettings, checkpoint=ckpt, input=os.path.join(root, "in"),
-                               output=os.path.join(root, out), gpu=args.gpu)
+                               output=os.path.join(root, out), gpu=args.gpu, **flags)
             t0 = time.perf_counter()
             report = pipeline.run(s, show_progress=False)
             return report["frames_this_run"] / (time.perf_counter() - t0)
 
         job("out-cold")  # the first job pays for worker start-up and imports
         fps_e2e = job("out-warm")
-        print(f"{'model-only':>18} {'sequential':>12} {'read_videos peer':>18} {'roadseg infer':>15}   frames/s")
-        print(f"{fps_model:18.2f} {fps_seq:12.2f} {fps_peer:18.2f} {fps_e2e:15.2f}")
-        print(f"roadseg infer / model-only {fps_e2e / fps_model:.2f}   / sequential {fps_e2e / fps_seq:.2f}   "
-              f"/ read_videos peer {fps_e2e / fps_peer:.2f}")
+        fps_e2e32 = fps_e2e if amp == "off" else job("out-fp32", amp="off")
+        print(f"{'precision':>10} {'model-only':>12} {'sequential':>12} {'read_videos peer':>18} {'roadseg infer':>15}"
+              f"   frames/s; the loop and the peer: {loop_amp(device)}")
+        for name, m, e in ((f"auto={amp}", fps_model, fps_e2e), ("fp32", fps_model32, fps_e2e32)):
+            print(f"{name:>10} {m:12.2f} {fps_seq:12.2f} {fps_peer:18.2f} {e:15.2f}")
+            print(f"{'':>10} roadseg infer / model-only {e / m:.2f}   / sequential {e / fps_seq:.2f}   "
+                  f"/ read_videos peer {e / fps_peer:.2f}")
 
         clip = h264_720p(os.path.join(root, "drive.mov"), src=args.video)  # noqa: F841 - the 720p clip from here on
         os.makedirs(os.path.join(root, "cpu"))

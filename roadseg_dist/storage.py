@@ -243,47 +243,54 @@ def _replace_local(path: str, fill: Callable[[str], None]) -> None:
 
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole object atomically (S3 PUT is atomic; locally a temp file is renamed)."""
-    fs, path = filesystem(url)
     if is_remote(url):
+        fs, path = filesystem(url)
         retry(fs.pipe_file, path, data, url=url)
         return
-
-    def fill(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-    _replace_local(path, fill)
+    _write_local(local_path(url), data, durable=False)
 
 
 def write_durable(url: str, data: bytes) -> None:
     """Write a completion marker so that it cannot outlive what it vouches for after a power loss.
 
     Locally: the data is fsync'ed before the rename and the folder after it, so the marker is on
-    disk only after everything written (and fsync'ed or rename-ordered) before it. Mode 0666 less
-    the umask. On S3 a PUT is durable when it returns: a plain write.
+    disk only after everything written (and fsync'ed or rename-ordered) before it. On S3 a PUT is
+    durable when it returns: a plain write.
     """
     if is_remote(url):
         write_bytes(url, data)
         return
-    path = local_path(url)
+    _write_local(local_path(url), data, durable=True)
+
+
+def _write_local(path: str, data: bytes, durable: bool) -> None:
+    """A temp file next to ``path`` (mode 0666 less the umask, as ``open()`` makes), then a rename:
+    the file appears only when complete. Few system calls: inference writes three files a frame."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if durable:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def write_text(url: str, text: str) -> None:

@@ -3,9 +3,11 @@ PyAV/libx264 (B-frames in .mov, open GOP, variable frame rate, a broken tail), t
 and output ids that are unique by construction."""
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -119,17 +121,37 @@ def test_broken_files_raise_a_reason(tmp_path, content, why):
         frames.probe(str(path))
 
 
-def test_decode_rows_end_with_the_range_record(tmp_path):
+def test_decode_batches_end_with_the_range_record(tmp_path, monkeypatch):
     path = str(tmp_path / "clip.mp4")
     make_video(path, 9, bframes=0)
     item = {"video": "v", "kind": "video", "url": path, "images": [], "stride": 2, "fps": 25.0,
             "range": {"start": 0, "end": None, "dts": None, "end_dts": None, "seek_ts": None, "block": 65536}}
-    out = list(graph.decode_range_rows(item))
-    assert [r["index"] for r in out] == [0, 2, 4, 6, 8, rows.END] and out[-1]["count"] == 9
-    assert len(out[0]["frame"]) == out[0]["height"] * out[0]["width"] * 3 and set(out[0]) == set(rows.DEFAULTS)
+    monkeypatch.setattr(graph, "DECODE_CHUNK_BYTES", 1)  # a batch per frame: the chunking is exercised
+    out = list(graph.decode_range_batches(item))
+    assert [list(b["index"]) for b in out] == [[0], [2], [4], [6], [8], [rows.END]] and out[-1]["count"][0] == 9
+    frame = out[0][rows.FRAME]
+    assert frame.dtype == np.uint8 and frame.ndim == 4 and frame.shape[-1] == 3
+    assert set(out[0]) == set(rows.DEFAULTS) | {rows.FRAME}
+    assert out[-1][rows.FRAME].shape == frame.shape  # the placeholder keeps the range's blocks one shape
+    monkeypatch.setattr(graph, "DECODE_CHUNK_BYTES", 32 << 20)
+    together = list(graph.decode_items({"item": np.array([json.dumps(item)], dtype=object)}))
+    assert [list(b["index"]) for b in together] == [[0, 2, 4, 6, 8], [rows.END]]
+    assert np.array_equal(together[0][rows.FRAME][1], out[1][rows.FRAME][0])
     (tmp_path / "bad.mp4").write_bytes(b"junk")
-    out = list(graph.decode_range_rows({**item, "url": str(tmp_path / "bad.mp4")}))
-    assert len(out) == 1 and out[0]["index"] == rows.END and "cannot be opened" in out[0]["error"]
+    out = list(graph.decode_range_batches({**item, "url": str(tmp_path / "bad.mp4")}))
+    assert len(out) == 1 and list(out[0]["index"]) == [rows.END] and "cannot be opened" in out[0]["error"][0]
+
+
+def test_image_ranges_split_batches_where_the_size_changes(tmp_path):
+    urls = []
+    for i, (h, w) in enumerate([(32, 48), (32, 48), (40, 40)]):
+        urls.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(urls[-1], np.full((h, w, 3), i, np.uint8))
+    item = {"video": "imgs", "kind": "images", "url": "", "images": urls, "stride": 1, "fps": 5.0,
+            "range": {"start": 0, "end": 3}}
+    out = list(graph.decode_range_batches(item))
+    assert [b[rows.FRAME].shape for b in out] == [(2, 32, 48, 3), (1, 40, 40, 3), (1, 40, 40, 3)]
+    assert list(out[0]["time"]) == [0.0, 0.2] and out[-1]["count"][0] == 3
 
 
 # --- the ledger ------------------------------------------------------------------------------------

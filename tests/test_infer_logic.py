@@ -96,6 +96,9 @@ def test_settings_validation():
         settings.build(InferSettings, checkpoint="c", input="i", output="o", outputs="mask,bogus")
     with pytest.raises(Exception, match="segment-frames"):
         settings.build(InferSettings, checkpoint="c", input="i", output="o", segment_frames=0)
+    with pytest.raises(Exception, match="--amp fp16 needs --gpu"):
+        settings.build(InferSettings, checkpoint="c", input="i", output="o", amp="fp16")
+    assert settings.build(InferSettings, checkpoint="c", input="i", output="o", amp="fp16", gpu=True).amp == "fp16"
 
 
 # --- rendering -----------------------------------------------------------------------------------

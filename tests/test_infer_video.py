@@ -113,11 +113,9 @@ def test_opening_reads_are_fetched_once_per_process_and_never_stale():
 def test_a_size_change_mid_video_gives_a_playable_video(tmp_path):
     out = str(tmp_path)
     small, large = frames(1, 96, 128)[0], frames(1, 128, 160, seed=1)[0]  # the size changes mid-run
-    batch = {k: np.array([v, v], dtype=object) for k, v in rows.DEFAULTS.items()}
-    for i, f in enumerate((small, large)):
-        for k, v in rows.frame_row("clip", 0, i, i / 10, f).items():
-            batch[k][i] = v
-    batch = {k: (np.array(list(v)) if k != "frame" else v) for k, v in batch.items()}
+    one, two = rows.frame_batch("clip", 0, [0], [0.0], [small]), rows.frame_batch("clip", 0, [1], [0.1], [large])
+    batch = {k: np.concatenate([one[k], two[k]]) for k in rows.DEFAULTS}
+    batch[rows.FRAME] = np.array([small, large], dtype=object)  # how Ray Data hands frames of two sizes
     batch["mask"] = np.zeros((2, 24, 32), np.uint8)
     result = graph.write_outputs(batch, out, ("overlay",), 0.5, 90, pieces=True)  # does not raise
     assert list(result["index"]) == [0, 1]

@@ -8,7 +8,7 @@ import torch
 from roadseg_dist.data.ingest import to_model_input
 from roadseg_dist.labels import MEAN, STD
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.models.predict import autocast, normalize, predict
+from roadseg_dist.models.predict import autocast, inference_amp, inference_autocast, normalize, predict
 from roadseg_dist.models.zoo import build_model
 
 
@@ -39,6 +39,26 @@ def test_autocast_is_float32_on_cpu_and_refuses_unknown_modes():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     with pytest.raises(ValueError, match="amp must be one of off, bf16, fp16"):
         autocast("cpu", "fp8")
+
+
+def test_inference_precision_auto_follows_the_hardware_and_bf16_runs_on_cpu(monkeypatch):
+    from roadseg_dist.models import predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "cpu_has_native_bf16", lambda: True)
+    assert inference_amp("cpu") == "bf16" and inference_amp("cuda") == "fp16" and inference_amp("cpu", "off") == "off"
+    monkeypatch.setattr(predict_mod, "cpu_has_native_bf16", lambda: False)
+    assert inference_amp("cpu") == "off"
+    with pytest.raises(ValueError, match="amp must be auto or one of"):
+        inference_amp("cpu", "fp8")
+    with inference_autocast("cpu", "bf16"):  # unlike training's autocast, inference honours bf16 on a CPU
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with inference_autocast("cpu", "fp16"):  # eval and compare pass fp16: float32 on a CPU, as before
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=8).eval()
+    x = normalize(np.random.default_rng(2).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8))
+    fp32, bf16 = predict(model, x), predict(model, x, amp="bf16")
+    assert bf16.dtype == np.uint8 and (fp32 == bf16).mean() > 0.95  # the demo model agrees on 99.8% of pixels
 
 
 def test_confusion_matrices_travel_flat_and_merge():

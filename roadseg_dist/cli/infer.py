@@ -32,7 +32,7 @@ def infer(config, **values):
     report = pipeline.run(s)
     click.echo(f"{report['videos_done']}/{report['sources']} source(s) done "
                f"({report['videos_skipped']} already complete), {report['frames_this_run']} frame(s) "
-               f"this run at {report['frames_per_second']:.2f} frames/s; report: "
+               f"this run at {report['frames_per_second']:.2f} frames/s (model in {report['precision']}); report: "
                f"{storage.join(storage.redact(storage.normalize(s.output)), 'report.json')}")
     for f in report["failures"]:
         click.echo(f"FAILED {f['id']} ({f['input']}): {f['reason']}", err=True)

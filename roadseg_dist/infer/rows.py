@@ -1,10 +1,16 @@
 """The rows that flow through the Ray Data graph, defined once.
 
-A decode task turns one frame range into a *frame row* per decoded frame (the pixels as bytes),
-then one *end row* (``index == END``) carrying what the range found: the index of its first frame,
-how many frames it decoded and how many the container index promised, and any error. The model
-and writer stages pass end rows through untouched (``is_frame``); the driver's ledger needs them to
-know when a range is complete.
+A decode task turns one frame range into *frame rows*, one per decoded frame, then one *end row*
+(``index == END``) carrying what the range found: the index of its first frame, how many frames it
+decoded and how many the container index promised, and any error. The model and writer stages pass
+end rows through untouched (``is_frame``); the driver's ledger needs them to know when a range is
+complete.
+
+Rows travel in column batches (``frame_batch``, ``end_batch``). The pixels are one tensor column,
+``frame``: a batch's frames of one size are one (N, H, W, 3) uint8 array, which Ray Data stores as an
+Arrow tensor without a copy per frame (frames of other sizes in one batch come back as an object
+array of (H, W, 3) arrays). An end row carries a placeholder frame of its range's size, so it does
+not split the range's blocks into mixed shapes.
 """
 from __future__ import annotations
 
@@ -14,23 +20,43 @@ import numpy as np
 
 END = -1
 # column -> value of an end row (frame rows leave the range fields at these values too)
-DEFAULTS: dict[str, Any] = {"video": "", "start": 0, "index": END, "stride": 1, "time": 0.0, "height": 0,
-                            "width": 0, "frame": b"", "first": 0, "count": 0, "expected": -1, "broken": "",
-                            "error": ""}
+DEFAULTS: dict[str, Any] = {"video": "", "start": 0, "index": END, "stride": 1, "time": 0.0, "first": 0, "count": 0,
+                            "expected": -1, "broken": "", "error": ""}
+FRAME = "frame"  # the tensor column of BGR uint8 pixels, (H, W, 3) per row
 # what the writer stage hands back to the driver per row (the pixels stay behind)
 RESULT_COLUMNS = ("video", "start", "index", "time", "fractions", "first", "count", "expected", "broken",
                   "error")
 
 
-def frame_row(video: str, start: int, index: int, time: float, frame: np.ndarray, stride: int = 1) -> dict[str, Any]:
-    return {**DEFAULTS, "video": video, "start": start, "index": index, "stride": stride, "time": time,
-            "height": frame.shape[0], "width": frame.shape[1], "frame": frame.tobytes()}
+def _columns(n: int, values: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``n`` rows of the non-pixel columns: DEFAULTS overridden by ``values`` (a scalar or a sequence)."""
+    out = {}
+    for key, default in DEFAULTS.items():
+        value = values.get(key, default)
+        if isinstance(default, str):
+            out[key] = np.array([value] * n if isinstance(value, str) else list(value), dtype=object)
+        else:
+            out[key] = np.full(n, value) if np.isscalar(value) else np.asarray(value)
+    return out
 
 
-def end_row(video: str, start: int, marks: dict, error: str = "") -> dict[str, Any]:
-    return {**DEFAULTS, "video": video, "start": start, "first": int(marks.get("first", 0)),
-            "count": int(marks.get("count", 0)), "expected": int(marks.get("expected", -1)),
-            "broken": str(marks.get("broken", "")), "error": error}
+def frame_batch(video: str, start: int, indices: list[int], times: list[float], frames: list[np.ndarray],
+                stride: int = 1) -> dict[str, np.ndarray]:
+    """Frame rows of one range (frames of one size) as a column batch."""
+    batch = _columns(len(frames), {"video": video, "start": start, "index": np.asarray(indices, dtype=np.int64),
+                                   "stride": stride, "time": np.asarray(times, dtype=np.float64)})
+    batch[FRAME] = np.stack(frames)
+    return batch
+
+
+def end_batch(video: str, start: int, marks: dict, error: str = "",
+              shape: tuple[int, ...] = (1, 1, 3)) -> dict[str, np.ndarray]:
+    """The range's end row as a one-row batch; ``shape`` is its range's frame size (the placeholder's)."""
+    batch = _columns(1, {"video": video, "start": start, "first": int(marks.get("first", 0)),
+                         "count": int(marks.get("count", 0)), "expected": int(marks.get("expected", -1)),
+                         "broken": str(marks.get("broken", "")), "error": error})
+    batch[FRAME] = np.zeros((1, *shape), dtype=np.uint8)
+    return batch
 
 
 def is_frame(batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -53,6 +79,5 @@ def runs(batch: dict[str, np.ndarray]) -> list[list[int]]:
 
 
 def frame_of(batch: dict[str, np.ndarray], i: int) -> np.ndarray:
-    """The BGR pixels of row ``i`` (a read-only view of the row's bytes)."""
-    return np.frombuffer(batch["frame"][i], dtype=np.uint8).reshape(int(batch["height"][i]),
-                                                                     int(batch["width"][i]), 3)
+    """The BGR pixels of row ``i`` (a view, read-only when it comes from Ray's object store)."""
+    return np.asarray(batch[FRAME][i])

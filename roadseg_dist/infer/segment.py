@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import torch
 
-from roadseg_dist.models.predict import INFERENCE_AMP, fold_batchnorm, normalize, optimize, predict
+from roadseg_dist.infer import rows
+from roadseg_dist.models.predict import fold_batchnorm, inference_amp, normalize, optimize, predict
 
 
 def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
@@ -21,14 +22,10 @@ def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -
     return normalize(np.ascontiguousarray(batch[..., ::-1]), mean, std)
 
 
-def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu",
-                  channels_last: bool = False) -> np.ndarray:
-    """Normalised batch -> uint8 train-id masks (N, H, W); fp16 autocast on CUDA."""
-    return predict(model, x.to(device, non_blocking=True), amp=INFERENCE_AMP, channels_last=channels_last)
-
-
-def frame_from_row(data: bytes, height: int, width: int) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape(int(height), int(width), 3)
+def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", channels_last: bool = False,
+                  amp: str = "off") -> np.ndarray:
+    """Normalised batch -> uint8 train-id masks (N, H, W) at ``inference_amp(device, amp)``."""
+    return predict(model, x.to(device, non_blocking=True), amp=inference_amp(device, amp), channels_last=channels_last)
 
 
 class Segmenter:
@@ -39,7 +36,7 @@ class Segmenter:
     """
 
     def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1,
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: bool = False, compile: bool = False, amp: str = "auto"):
         from roadseg_dist.models.checkpoint import input_normalization, load_model
 
         self.device = "cuda" if gpu else "cpu"
@@ -48,16 +45,16 @@ class Segmenter:
         model, meta = load_model(checkpoint, device=self.device)
         self.model = optimize(fold_batchnorm(model.eval()), channels_last=channels_last, compile=compile)
         self.channels_last = channels_last
+        self.amp = inference_amp(self.device, amp)  # resolved here: it depends on this node's CPU or GPU
         self.size = tuple(size or meta.get("input_size") or (512, 1024))
         self.mean, self.std = input_normalization(meta)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["index"])
-        masks = np.zeros((n, *self.size), dtype=np.uint8)
-        rows = [i for i in range(n) if batch["index"][i] >= 0]
-        if rows:
-            frames = [frame_from_row(batch["frame"][i], batch["height"][i], batch["width"][i]) for i in rows]
-            masks[rows] = predict_masks(self.model, preprocess(frames, self.size, self.mean, self.std), self.device,
-                                       self.channels_last)
+        masks = np.zeros((len(batch["index"]), *self.size), dtype=np.uint8)
+        keep = np.flatnonzero(rows.is_frame(batch))
+        if len(keep):
+            frames = [rows.frame_of(batch, i) for i in keep]
+            masks[keep] = predict_masks(self.model, preprocess(frames, self.size, self.mean, self.std), self.device,
+                                        self.channels_last, self.amp)
         batch["mask"] = masks
         return batch

@@ -27,6 +27,9 @@ class InferSettings:
                                            "JPEGs muxed as they are, no encode)")
     segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
     gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
+    amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"),
+                     help="model precision: auto = fp16 on GPUs, bf16 on CPUs that have it in hardware "
+                          "(AVX512-BF16, AMX; ~2x fp32), else fp32; off = always fp32")
     channels_last: bool = field(False, help="run the model in NHWC memory format (faster on GPUs)")
     compile: bool = field(False, help="torch.compile the model in each actor (slow first batches)")
     concurrency: int | None = field(None, help="number of model actors; default: one per GPU, or sized to "
@@ -54,6 +57,8 @@ class InferSettings:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.actor_cpus is not None and self.actor_cpus <= 0:
             raise SettingsError(f"--actor-cpus must be positive, got {self.actor_cpus}")
+        if self.amp == "fp16" and not self.gpu:
+            raise SettingsError("--amp fp16 needs --gpu; on a CPU use --amp bf16 or --amp off")
         if self.fps is not None and self.fps <= 0:
             raise SettingsError(f"--fps must be positive, got {self.fps}")
         if self.fps is not None and self.every != 1:

@@ -96,6 +96,6 @@ def file_identity(url: str) -> str:
 def signature(s, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide what the files contain; a resumed run must match them."""
     return {"input": storage.redact(storage.normalize(s.input)), "model": checkpoint,
-            "precision": "fp16" if s.gpu else "fp32", "size": list(s.size) if s.size else None,
+            "precision": "fp16" if s.gpu and s.amp == "auto" else s.amp, "size": list(s.size) if s.size else None,
             "every": s.every, "fps": s.fps, "outputs": sorted(s.outputs), "segment_frames": s.segment_frames,
             "alpha": s.alpha, "jpeg_quality": s.jpeg_quality, "video_codec": s.video_codec}
