@@ -1,6 +1,7 @@
 """issue 5, pure logic without Ray: ids, frame ranges, exact decoding of real files, rendering."""
 from __future__ import annotations
 
+import functools
 import io
 import os
 
@@ -99,6 +100,19 @@ def test_settings_validation():
     with pytest.raises(Exception, match="--amp fp16 needs --gpu"):
         settings.build(InferSettings, checkpoint="c", input="i", output="o", amp="fp16")
     assert settings.build(InferSettings, checkpoint="c", input="i", output="o", amp="fp16", gpu=True).amp == "fp16"
+
+
+def test_the_report_names_the_precision_that_ran(monkeypatch):
+    from roadseg_dist.infer import report
+    from roadseg_dist.models import predict
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    build = functools.partial(settings.build, InferSettings, checkpoint="c", input="i", output="o")
+    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: True)
+    assert [report.precision(build(**kw)) for kw in ({}, {"amp": "off"}, {"gpu": True})] == ["bf16", "fp32", "fp16"]
+    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: False)
+    assert report.precision(build()) == "fp32"
+    assert report.precision(build(address="ray://head:10001")).startswith("auto (per node")
 
 
 # --- rendering -----------------------------------------------------------------------------------

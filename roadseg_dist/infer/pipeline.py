@@ -297,16 +297,6 @@ def frame_total(job: Job, sid: str) -> int:
     return int(job.state.read_json(job.state.done_url(sid)).get("frames", 0))
 
 
-def precision(s: InferSettings) -> str:
-    """What ``--amp`` resolves to: exact for a local Ray (this machine runs the actors); on a cluster
-    each actor resolves ``auto`` on its own node."""
-    from roadseg_dist.models.predict import inference_amp
-
-    if s.amp == "auto" and not resources.is_local(s.address):
-        return "auto (per node: fp16 on GPUs, bf16 on CPUs that have it, else fp32)"
-    return {"off": "fp32"}.get(amp := inference_amp("cuda" if s.gpu else "cpu", s.amp), amp)
-
-
 def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     """Segment everything under ``s.input``; returns the report (also written to OUTPUT/report.json)."""
     from roadseg_dist.cluster import init_ray
@@ -354,6 +344,6 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.done_now,
                               failures=list(job.failures.values()), frames=job.frames_now,
                               seconds=time.time() - t0, frames_total=sum(frame_total(job, i) for i in done_ids),
-                              precision=precision(s))
+                              precision=report_mod.precision(s))
     report_mod.write(job.state.output, report)
     return report

@@ -32,5 +32,17 @@ def build(s, *, sources: int, skipped: int, done: list[str], failures: list[dict
     }
 
 
+def precision(s) -> str:
+    """What ``--amp`` resolves to: exact for a local Ray (this machine runs the actors); on a cluster
+    each actor resolves ``auto`` on its own node."""
+    from roadseg_dist import resources
+    from roadseg_dist.models.predict import inference_amp
+
+    if s.amp == "auto" and not resources.is_local(s.address):
+        return "auto (per node: fp16 on GPUs, bf16 on CPUs that have it, else fp32)"
+    amp = inference_amp("cuda" if s.gpu else "cpu", s.amp)
+    return "fp32" if amp == "off" else amp
+
+
 def write(output: str, report: dict[str, Any]) -> None:
     storage.write_text(storage.join(output, "report.json"), json.dumps(report, indent=1) + "\n")
