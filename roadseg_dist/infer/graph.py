@@ -172,7 +172,7 @@ def write_outputs(batch: dict[str, np.ndarray], output: str, kinds: tuple[str, .
     With ``pieces``, each run of consecutive frames also becomes an H.264 piece of overlay.mp4.
 
     Encoding runs in this thread, one frame after another: it is CPU work, and threads contending
-    for the GIL and the cores cost more than they overlap (+50% CPU per frame measured with four).
+    for the GIL and the cores cost more than they overlap (~25% more CPU per frame measured with four).
     Only uploads to object storage, which wait on the network, go to a few threads."""
     import cv2
 
