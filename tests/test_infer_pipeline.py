@@ -222,6 +222,9 @@ def test_ranges_that_do_not_join_up_are_redone_and_image_folder_locally(ray_loca
     assert sorted(os.listdir(out / "cam0" / "mask")) == ["000000.png", "000040.png"] or \
         sorted(os.listdir(out / "cam0" / "mask")) == ["000000.png"]
     assert not (out / "vtest" / "overlay").exists() and not (out / "vtest" / "overlay.mp4").exists()
+    for sid, shape in (("vtest", (576, 768)), ("cam0", (48, 80))):  # two frame sizes through one Ray graph
+        assert cv2.imread(str(out / sid / "original" / "000000.jpg")).shape[:2] == shape
+        assert cv2.imread(str(out / sid / "mask" / "000000.png"), cv2.IMREAD_UNCHANGED).shape == shape
     table = pq.read_table(str(out / "frames.parquet")).to_pandas()
     assert table[table.video == "vtest"].frame.tolist() == list(range(0, 795, 40))
     assert table[table.video == "cam0"].frame.tolist() == [0]
