@@ -112,7 +112,7 @@ def make_output(url: str, seed: int = 0) -> pd.DataFrame:
         img = np.full((36, 64, 3), (frame * 10) % 255, np.uint8)
         storage.write_bytes(storage.join(url, video, f"overlay/{frame:06d}.jpg"), cv2.imencode(".jpg", img)[1].tobytes())
     report = {"sources": 4, "videos_done": 3, "videos_failed": 1, "frames_total": len(df), "frames_this_run": len(df),
-              "seconds": 2.0, "frames_per_second": len(df) / 2.0, "checkpoint": "/nonexistent/ckpt",
+              "seconds": 2.0, "frames_per_second": len(df) / 2.0, "precision": "bf16", "checkpoint": "/nonexistent/ckpt",
               "input": "/in", "output": url, "finished_at": "2026-01-01T00:00:00Z",
               "settings": {"outputs": ["mask", "color", "overlay", "video", "stats"]},
               "failures": [{"id": "bad", "input": "/in/bad.mp4", "reason": "not a readable <video>"}]}
@@ -200,6 +200,7 @@ def test_view_pages_link_only_files_that_exist(tmp_path):
     assert res.exit_code == 0 and res.output.strip() == f"results page: {out}/index.html"
     index = open(os.path.join(out, "index.html")).read()
     assert "3 done, 1 failed, of 4" in index and "not a readable &lt;video&gt;" in index
+    assert "frames/s, model in bf16" in index
     assert "checkpoint meta not readable" in index  # /nonexistent/ckpt: said, not crashed
     assert "http" not in " ".join(links(index))  # nothing from a CDN
     pages = [os.path.join(out, href) for href in links(index)]

@@ -85,7 +85,8 @@ def summary_html(view: RunView) -> str:
                  f'{_fmt(m["epoch"])}, val mIoU {miou}, {_fmt(m["parameters"], ",")} parameters')
     rows = [("sources", f'{r.get("videos_done", 0)} done, {r.get("videos_failed", 0)} failed, of {r["sources"]}'),
             ("frames", f'{r.get("frames_total", 0):,} in all; {r.get("frames_this_run", 0):,} this run in '
-                       f'{r.get("seconds", 0):.1f} s = {r.get("frames_per_second", 0):.2f} frames/s'),
+                       f'{r.get("seconds", 0):.1f} s = {r.get("frames_per_second", 0):.2f} frames/s'
+                       + (f', model in {html.escape(str(r["precision"]))}' if r.get("precision") else "")),
             ("model", model), ("checkpoint", html.escape(str(m.get("checkpoint") or r.get("checkpoint")))),
             ("input", html.escape(str(r.get("input")))), ("finished", html.escape(str(r.get("finished_at"))))]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
