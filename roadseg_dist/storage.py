@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import fsspec
 
@@ -196,25 +196,6 @@ def download(url: str, local: str) -> None:
 
 # --- writing (atomic) ----------------------------------------------------------------------------
 
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (``os.umask`` sets it)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0666 minus the umask (0644 under 022)."""
-    return 0o666 & ~current_umask()
-
-
 def makedirs(url: str) -> None:
     if not is_remote(url):
         os.makedirs(local_path(url), exist_ok=True)  # S3 has no folders
@@ -232,22 +213,13 @@ def local_temp(prefix: str = "roadseg-", suffix: str = "", dir: str | None = Non
             os.unlink(tmp)
 
 
-def _replace_local(path: str, fill: Callable[[str], None]) -> None:
-    """Write a local file through a temp file next to it, then rename: it appears only when complete."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with local_temp(prefix=".tmp-", dir=os.path.dirname(path)) as tmp:
-        fill(tmp)
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; the file must look like any other
-        os.replace(tmp, path)
-
-
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole object atomically (S3 PUT is atomic; locally a temp file is renamed)."""
     if is_remote(url):
         fs, path = filesystem(url)
         retry(fs.pipe_file, path, data, url=url)
         return
-    _write_local(local_path(url), data, durable=False)
+    _replace_local(local_path(url), lambda f: f.write(data))
 
 
 def write_durable(url: str, data: bytes) -> None:
@@ -260,12 +232,14 @@ def write_durable(url: str, data: bytes) -> None:
     if is_remote(url):
         write_bytes(url, data)
         return
-    _write_local(local_path(url), data, durable=True)
+    _replace_local(local_path(url), lambda f: f.write(data), durable=True)
 
 
-def _write_local(path: str, data: bytes, durable: bool) -> None:
-    """A temp file next to ``path`` (mode 0666 less the umask, as ``open()`` makes), then a rename:
-    the file appears only when complete. Few system calls: inference writes three files a frame."""
+def _replace_local(path: str, fill: Callable[[Any], Any], durable: bool = False) -> None:
+    """``fill`` a temp file next to ``path`` (an open binary file; mode 0666 less the umask, as
+    ``open()`` makes), then rename it: the file appears only when complete. Few system calls:
+    inference writes three files a frame. ``durable``: fsync the file before the rename and the
+    folder after it."""
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}-{os.urandom(4).hex()}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -276,7 +250,7 @@ def _write_local(path: str, data: bytes, durable: bool) -> None:
         fd = os.open(tmp, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -303,7 +277,8 @@ def upload(local: str, url: str) -> None:
     if is_remote(url):
         retry(fs.put_file, local, path, url=url)
         return
-    _replace_local(path, lambda tmp: shutil.copyfile(local, tmp))
+    with open(local, "rb") as src:
+        _replace_local(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 @contextlib.contextmanager

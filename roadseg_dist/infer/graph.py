@@ -132,7 +132,7 @@ def decode_range_batches(item: dict[str, Any], threads: int = 1) -> Iterator[dic
     sid, rng, stride = item["video"], item["range"], int(item["stride"])
     start, marks = int(rng["start"]), {}
     chunk: list[tuple[int, float, np.ndarray]] = []
-    shape = (1, 1, 3)
+    shape = rows.NO_FRAME
 
     def flush() -> dict[str, np.ndarray]:
         batch = rows.frame_batch(sid, start, *map(list, zip(*chunk)), stride=stride)

@@ -343,7 +343,6 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     write_stats(job, done_ids)
     report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.done_now,
                               failures=list(job.failures.values()), frames=job.frames_now,
-                              seconds=time.time() - t0, frames_total=sum(frame_total(job, i) for i in done_ids),
-                              precision=report_mod.precision(s))
+                              seconds=time.time() - t0, frames_total=sum(frame_total(job, i) for i in done_ids))
     report_mod.write(job.state.output, report)
     return report

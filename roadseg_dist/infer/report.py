@@ -9,7 +9,7 @@ from roadseg_dist import __version__, settings as settings_mod, storage
 
 
 def build(s, *, sources: int, skipped: int, done: list[str], failures: list[dict[str, str]], frames: int,
-          seconds: float, frames_total: int, precision: str = "") -> dict[str, Any]:
+          seconds: float, frames_total: int) -> dict[str, Any]:
     """What a person or a script wants to know after a run; nothing secret (URLs are redacted)."""
     config = {k: (storage.redact(v) if isinstance(v, str) else v)
               for k, v in settings_mod.to_dict(s).items()}
@@ -17,7 +17,7 @@ def build(s, *, sources: int, skipped: int, done: list[str], failures: list[dict
         "roadseg_version": __version__,
         "input": storage.redact(s.input), "output": storage.redact(s.output),
         "checkpoint": storage.redact(s.checkpoint), "settings": config,
-        "precision": precision or s.amp,      # what --amp resolved to: fp32, bf16 or fp16
+        "precision": precision(s),            # what --amp resolved to: fp32, bf16 or fp16
         "sources": sources,
         "videos_done": len(done) + skipped,   # complete now, this run or an earlier one
         "videos_done_this_run": len(done),

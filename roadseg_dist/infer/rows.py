@@ -23,6 +23,7 @@ END = -1
 DEFAULTS: dict[str, Any] = {"video": "", "start": 0, "index": END, "stride": 1, "time": 0.0, "first": 0, "count": 0,
                             "expected": -1, "broken": "", "error": ""}
 FRAME = "frame"  # the tensor column of BGR uint8 pixels, (H, W, 3) per row
+NO_FRAME = (1, 1, 3)  # an end row's placeholder size when its range decoded no frame
 # what the writer stage hands back to the driver per row (the pixels stay behind)
 RESULT_COLUMNS = ("video", "start", "index", "time", "fractions", "first", "count", "expected", "broken",
                   "error")
@@ -50,7 +51,7 @@ def frame_batch(video: str, start: int, indices: list[int], times: list[float], 
 
 
 def end_batch(video: str, start: int, marks: dict, error: str = "",
-              shape: tuple[int, ...] = (1, 1, 3)) -> dict[str, np.ndarray]:
+              shape: tuple[int, ...] = NO_FRAME) -> dict[str, np.ndarray]:
     """The range's end row as a one-row batch; ``shape`` is its range's frame size (the placeholder's)."""
     batch = _columns(1, {"video": video, "start": start, "first": int(marks.get("first", 0)),
                          "count": int(marks.get("count", 0)), "expected": int(marks.get("expected", -1)),

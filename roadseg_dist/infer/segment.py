@@ -24,8 +24,9 @@ def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -
 
 def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", channels_last: bool = False,
                   amp: str = "off") -> np.ndarray:
-    """Normalised batch -> uint8 train-id masks (N, H, W) at ``inference_amp(device, amp)``."""
-    return predict(model, x.to(device, non_blocking=True), amp=inference_amp(device, amp), channels_last=channels_last)
+    """Normalised batch -> uint8 train-id masks (N, H, W) at ``amp`` (off, bf16, fp16: resolve ``auto``
+    once with ``inference_amp``, as the Segmenter does)."""
+    return predict(model, x.to(device, non_blocking=True), amp=amp, channels_last=channels_last)
 
 
 class Segmenter:
