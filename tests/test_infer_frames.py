@@ -142,6 +142,23 @@ def test_decode_batches_end_with_the_range_record(tmp_path, monkeypatch):
     assert len(out) == 1 and list(out[0]["index"]) == [rows.END] and "cannot be opened" in out[0]["error"][0]
 
 
+def test_decode_batches_carry_the_frames_at_the_models_size(tmp_path):
+    """With the model's size, decode tasks add each frame resized to it (RGB), so actors need not."""
+    from roadseg_dist.infer.segment import model_input
+
+    path = str(tmp_path / "clip.mp4")
+    make_video(path, 5, bframes=0)
+    item = {"video": "v", "kind": "video", "url": path, "images": [], "stride": 1, "fps": 25.0,
+            "range": {"start": 0, "end": None, "dts": None, "end_dts": None, "seek_ts": None, "block": 65536}}
+    frames_batch, end = list(graph.decode_items({"item": np.array([json.dumps(item)], dtype=object)}, size=(16, 24)))
+    assert frames_batch[rows.INPUT].shape == (5, 16, 24, 3) and frames_batch[rows.INPUT].dtype == np.uint8
+    assert np.array_equal(frames_batch[rows.INPUT], model_input(list(frames_batch[rows.FRAME]), (16, 24)))
+    assert np.array_equal(frames_batch[rows.INPUT][0], cv2.resize(frames_batch[rows.FRAME][0], (24, 16),
+                                                                    interpolation=cv2.INTER_AREA)[..., ::-1])
+    assert end[rows.INPUT].shape == (1, 16, 24, 3) and list(end["index"]) == [rows.END]
+    assert rows.INPUT not in list(graph.decode_range_batches(item))[0]  # no size: frames only
+
+
 def test_image_ranges_split_batches_where_the_size_changes(tmp_path):
     urls = []
     for i, (h, w) in enumerate([(32, 48), (32, 48), (40, 40)]):

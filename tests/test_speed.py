@@ -106,3 +106,20 @@ def test_infer_actor_with_channels_last_writes_the_plain_masks(tmp_path):
     fast = Segmenter(str(tmp_path / "ckpt"), None, channels_last=True, amp="off")(dict(rows))["mask"]
     assert plain.shape == (3, 48, 64)
     assert (plain == fast).mean() > 0.999
+
+
+def test_infer_actor_uses_the_frames_resized_by_the_decode_tasks(tmp_path):
+    """The ``input`` column (frames at the model's size) gives the masks of resizing in the actor,
+    and does not travel on to the writers; end rows get an empty mask."""
+    from roadseg_dist.infer import rows as rows_mod
+    from roadseg_dist.infer.segment import Segmenter, model_input
+    from roadseg_dist.models.checkpoint import save_checkpoint
+
+    save_checkpoint(str(tmp_path / "ckpt"), tiny(), input_size=[48, 64])
+    frames = np.random.default_rng(0).integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
+    seg = Segmenter(str(tmp_path / "ckpt"), (48, 64), amp="off")
+    here = seg({"index": np.array([0, 1, rows_mod.END]), "frame": frames})
+    given = seg({"index": np.array([0, 1, rows_mod.END]), "frame": frames,
+                 rows_mod.INPUT: model_input(list(frames), (48, 64))})
+    assert np.array_equal(here["mask"], given["mask"]) and rows_mod.INPUT not in given
+    assert not given["mask"][2].any()

@@ -1,7 +1,8 @@
 """The Ray side of ``roadseg infer``, kept thin: the task functions and the Ray Data graph.
 
-    frame ranges ──decode (tasks, map_batches)──► frame rows + one end row per range
-      ──Segmenter (actor pool, map_batches)──► masks ──Writer (actor pool)──► files + result rows
+    frame ranges ──decode + resize to the model's size (tasks, map_batches)──► frame rows + one end
+      row per range ──Segmenter (actor pool, map_batches)──► masks ──Writer (actor pool)──► files +
+      result rows
 
 Writers are actors, not tasks: short write tasks at a fraction of a CPU made Ray start (and, idle,
 stop) a worker process per batch, each paying ~1.5 CPU-s of imports (a third of the write work).
@@ -126,18 +127,23 @@ def probe_source(source: Source, s) -> dict[str, Any]:
                 "error": reason(exc)}
 
 
-def decode_range_batches(item: dict[str, Any], threads: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def decode_range_batches(item: dict[str, Any], threads: int = 1,
+                         size: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """One frame range -> column batches of the frames it keeps (``rows.frame_batch``, each at most
-    ``DECODE_CHUNK_BYTES`` of pixels, one frame size each), then its end row (``rows.end_batch``)."""
+    ``DECODE_CHUNK_BYTES`` of pixels, one frame size each), then its end row (``rows.end_batch``).
+    With ``size`` (the model's HxW) the batches also carry the frames resized to it (``rows.INPUT``)."""
+    from roadseg_dist.infer.segment import model_input
+
     sid, rng, stride = item["video"], item["range"], int(item["stride"])
     start, marks = int(rng["start"]), {}
     chunk: list[tuple[int, float, np.ndarray]] = []
     shape = rows.NO_FRAME
 
     def flush() -> dict[str, np.ndarray]:
-        batch = rows.frame_batch(sid, start, *map(list, zip(*chunk)), stride=stride)
+        indices, times, pixels = map(list, zip(*chunk))
         chunk.clear()
-        return batch
+        return rows.frame_batch(sid, start, indices, times, pixels, stride,
+                                model_input(pixels, size) if size else None)
 
     try:
         if item["kind"] == "images":
@@ -157,13 +163,17 @@ def decode_range_batches(item: dict[str, Any], threads: int = 1) -> Iterator[dic
         error = reason(exc)
     if chunk:
         yield flush()
-    yield rows.end_batch(sid, start, marks, error, shape)
+    yield rows.end_batch(sid, start, marks, error, shape, size)
 
 
-def decode_items(batch: dict[str, np.ndarray], threads: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def decode_items(batch: dict[str, np.ndarray], threads: int = 1,
+                 size: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data ``map_batches`` over work items (JSON, one per range): their frame batches."""
+    import cv2
+
+    cv2.setNumThreads(1)  # the resize to the model's size: parallelism comes from the tasks
     for text in batch["item"]:
-        yield from decode_range_batches(json.loads(text), threads)
+        yield from decode_range_batches(json.loads(text), threads, size)
 
 
 def write_outputs(batch: dict[str, np.ndarray], output: str, kinds: tuple[str, ...], alpha: float,
@@ -283,18 +293,20 @@ class Writer:
         return write_outputs(batch, *self.args)
 
 
-def dataset(items: list[dict[str, Any]], s, checkpoint: str, sizing: Sizing, output: str):
-    """The Ray Data graph over frame-range work items (see the module docstring)."""
+def dataset(items: list[dict[str, Any]], s, checkpoint: str, sizing: Sizing, output: str,
+            size: tuple[int, int]):
+    """The Ray Data graph over frame-range work items (see the module docstring); ``size`` is the
+    model's input HxW, which the decode tasks resize to."""
     import ray.data
 
     from roadseg_dist.infer.segment import Segmenter
 
     # one decode task per range; items travel as JSON so that their nested fields stay plain Python
     ds = ray.data.from_items([{"item": json.dumps(i)} for i in items], override_num_blocks=len(items))
-    ds = ds.map_batches(decode_items, fn_kwargs={"threads": 1}, batch_size=1, batch_format="numpy",
-                        num_cpus=TASK_CPUS)
-    ds = ds.map_batches(Segmenter, fn_constructor_args=(checkpoint, s.size, s.gpu, sizing.threads, s.channels_last, s.compile,
-                                             s.amp),
+    ds = ds.map_batches(decode_items, fn_kwargs={"threads": 1, "size": tuple(size)}, batch_size=1,
+                        batch_format="numpy", num_cpus=TASK_CPUS)
+    ds = ds.map_batches(Segmenter, fn_constructor_args=(checkpoint, tuple(size), s.gpu, sizing.threads, s.channels_last,
+                                                        s.compile, s.amp),
                         batch_size=s.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=sizing.actors),
                         num_cpus=sizing.actor_cpus, num_gpus=1 if s.gpu else 0)

@@ -41,6 +41,7 @@ class Job:
     s: InferSettings
     state: State
     checkpoint: str                     # the resolved checkpoint directory every actor loads
+    size: tuple[int, int]               # the model's input HxW (--size, else the checkpoint's)
     plans: dict[str, dict] = dataclasses.field(default_factory=dict)
     left: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # id -> range starts to do
     failures: dict[str, dict] = dataclasses.field(default_factory=dict)
@@ -68,15 +69,16 @@ def stats_table(sid: str, result: ledger_mod.RangeResult):
 
 # --- before Ray: inputs, model, OUTPUT --------------------------------------------------------------
 
-def check_model(s: InferSettings) -> tuple[str, dict]:
-    """Load the checkpoint once here so that a bad CKPT fails fast with its own message, not in an actor."""
+def check_model(s: InferSettings) -> tuple[str, dict, tuple[int, int]]:
+    """Load the checkpoint once here so that a bad CKPT fails fast with its own message, not in an
+    actor: (its directory, its identity, the model's input size)."""
     from roadseg_dist.models.checkpoint import load_model
 
     _, meta = load_model(s.checkpoint)
     if not (s.size or meta.get("input_size")):
         raise InputError(f"checkpoint {storage.redact(s.checkpoint)} records no input_size: pass --size HxW")
     identity = checkpoint_identity(s.checkpoint)
-    return storage.normalize(meta["checkpoint"]), identity
+    return storage.normalize(meta["checkpoint"]), identity, tuple(s.size or meta["input_size"])
 
 
 def prepare_output(s: InferSettings, state: State, sources: list[Source], model: dict) -> None:
@@ -255,7 +257,7 @@ def execute(job: Job, sids: list[str], sizing: graph.Sizing, show) -> None:
         counted: dict[str, int] = {}
         items = work_items(job, sids)
         if items:
-            for batch in graph.dataset(items, job.s, job.checkpoint, sizing, job.state.output).iter_batches(
+            for batch in graph.dataset(items, job.s, job.checkpoint, sizing, job.state.output, job.size).iter_batches(
                     batch_size=None, batch_format="numpy"):
                 before = book.frames
                 for sid, start, result in book.add_batch(batch):
@@ -309,8 +311,8 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     if not sources:
         raise InputError(f"no videos or images under {storage.redact(s.input)} "
                          f"(looked for video and image file extensions)")
-    checkpoint, model = check_model(s)
-    job = Job(s, State(s.output), checkpoint)
+    checkpoint, model, size = check_model(s)
+    job = Job(s, State(s.output), checkpoint, size)
     prepare_output(s, job.state, sources, model)
     drop_changed(job, sources)
     done_markers = job.state.listing("done")

@@ -11,6 +11,11 @@ Rows travel in column batches (``frame_batch``, ``end_batch``). The pixels are o
 Arrow tensor without a copy per frame (frames of other sizes in one batch come back as an object
 array of (H, W, 3) arrays). An end row carries a placeholder frame of its range's size, so it does
 not split the range's blocks into mixed shapes.
+
+Beside it, decode tasks add ``input``: each frame already resized to the model's input size (RGB
+uint8, one size for all rows). Resizing 720p to a model's size costs 1-6 CPU-ms a frame (INTER_AREA);
+done in the many decode tasks, it leaves a model actor only the normalisation and the model, so one
+CPU keeps a GPU fed.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ DEFAULTS: dict[str, Any] = {"video": "", "start": 0, "index": END, "stride": 1, 
                             "expected": -1, "broken": "", "error": ""}
 FRAME = "frame"  # the tensor column of BGR uint8 pixels, (H, W, 3) per row
 NO_FRAME = (1, 1, 3)  # an end row's placeholder size when its range decoded no frame
+INPUT = "input"  # the tensor column of model-sized RGB uint8 pixels, (h, w, 3) per row (decode tasks add it)
 # what the writer stage hands back to the driver per row (the pixels stay behind)
 RESULT_COLUMNS = ("video", "start", "index", "time", "fractions", "first", "count", "expected", "broken",
                   "error")
@@ -42,21 +48,27 @@ def _columns(n: int, values: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def frame_batch(video: str, start: int, indices: list[int], times: list[float], frames: list[np.ndarray],
-                stride: int = 1) -> dict[str, np.ndarray]:
-    """Frame rows of one range (frames of one size) as a column batch."""
+                stride: int = 1, inputs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Frame rows of one range (frames of one size) as a column batch; ``inputs``, the frames at the
+    model's size (N, h, w, 3), become the ``input`` column."""
     batch = _columns(len(frames), {"video": video, "start": start, "index": np.asarray(indices, dtype=np.int64),
                                    "stride": stride, "time": np.asarray(times, dtype=np.float64)})
     batch[FRAME] = np.stack(frames)
+    if inputs is not None:
+        batch[INPUT] = inputs
     return batch
 
 
-def end_batch(video: str, start: int, marks: dict, error: str = "",
-              shape: tuple[int, ...] = NO_FRAME) -> dict[str, np.ndarray]:
-    """The range's end row as a one-row batch; ``shape`` is its range's frame size (the placeholder's)."""
+def end_batch(video: str, start: int, marks: dict, error: str = "", shape: tuple[int, ...] = NO_FRAME,
+              input_size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The range's end row as a one-row batch; ``shape`` is its range's frame size (the placeholder's),
+    ``input_size`` the model's (hw) when the frame rows carry an ``input`` column."""
     batch = _columns(1, {"video": video, "start": start, "first": int(marks.get("first", 0)),
                          "count": int(marks.get("count", 0)), "expected": int(marks.get("expected", -1)),
                          "broken": str(marks.get("broken", "")), "error": error})
     batch[FRAME] = np.zeros((1, *shape), dtype=np.uint8)
+    if input_size is not None:
+        batch[INPUT] = np.zeros((1, *input_size, 3), dtype=np.uint8)
     return batch
 
 

@@ -1,8 +1,9 @@
 """The model side of inference: frames -> train-id masks, as plain functions and one actor class.
 
 ``Segmenter`` is the callable class Ray Data runs in an actor pool (``map_batches``): it loads the
-model once and turns a batch of decoded frames into masks at the model's input size. Upsampling to
-the source size happens later, in the writer tasks, to keep CPU work off the (GPU) actors.
+model once and turns a batch of decoded frames into masks at the model's input size. The per-frame
+CPU work around it runs elsewhere, to keep it off the (GPU) actors: decode tasks resize the frames to
+the model's size (``model_input``), writer tasks upsample the masks to the source size.
 """
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ from roadseg_dist.infer import rows
 from roadseg_dist.models.predict import fold_batchnorm, inference_amp, normalize, optimize, predict
 
 
-def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
-    """BGR uint8 frames of any size -> the model's normalised float batch (N, 3, H, W) in RGB."""
+def model_input(frames_bgr: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """BGR uint8 frames of any size -> RGB uint8 (N, H, W, 3) at the model's input size (area
+    averaging when shrinking)."""
     h, w = size
     batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if f.shape[0] > h else cv2.INTER_LINEAR)
                       for f in frames_bgr])
-    return normalize(np.ascontiguousarray(batch[..., ::-1]), mean, std)
+    return np.ascontiguousarray(batch[..., ::-1])
+
+
+def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
+    """BGR uint8 frames of any size -> the model's normalised float batch (N, 3, H, W) in RGB."""
+    return normalize(model_input(frames_bgr, size), mean, std)
 
 
 def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", channels_last: bool = False,
@@ -33,7 +40,8 @@ class Segmenter:
     """Ray Data actor: load the checkpoint once, then segment batches of frame rows.
 
     Rows with ``index < 0`` mark the end of a frame range and carry no frame; they pass through
-    with an empty mask so the driver learns how many frames the range had.
+    with an empty mask so the driver learns how many frames the range had. Frames arrive resized
+    (the ``input`` column) from the decode tasks; batches without it are resized here.
     """
 
     def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1,
@@ -53,9 +61,12 @@ class Segmenter:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         masks = np.zeros((len(batch["index"]), *self.size), dtype=np.uint8)
         keep = np.flatnonzero(rows.is_frame(batch))
+        inputs = batch.pop(rows.INPUT, None)  # the writers need the masks and frames, not these
         if len(keep):
-            frames = [rows.frame_of(batch, i) for i in keep]
-            masks[keep] = predict_masks(self.model, preprocess(frames, self.size, self.mean, self.std), self.device,
-                                        self.channels_last, self.amp)
+            if inputs is not None and tuple(np.shape(inputs)[1:3]) == self.size:
+                x = normalize(np.asarray(inputs)[keep], self.mean, self.std)
+            else:
+                x = preprocess([rows.frame_of(batch, i) for i in keep], self.size, self.mean, self.std)
+            masks[keep] = predict_masks(self.model, x, self.device, self.channels_last, self.amp)
         batch["mask"] = masks
         return batch
