@@ -19,6 +19,12 @@ STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AW
                     "AWS_MAX_ATTEMPTS")
 # ... and the secrets, which travel only with `roadseg submit --pass-credentials`.
 STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Ray's notices that say nothing to our users: the bars we turn off on purpose, the line Ray Data logs
+# when a dataset finishes (our progress says it), and the token auth Ray turns on for the embedded Ray
+# we start and stop. Their warnings and errors about anything else still show.
+RAY_NOTICES = {"ray.data._internal.progress": "Progress bars",
+               "ray.data._internal.execution.streaming_executor": "execution finished in",
+               "ray._private.authentication.authentication_token_setup": "Token authentication is enabled"}
 
 
 def storage_settings() -> dict[str, str]:
@@ -37,6 +43,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
 
     if ray.is_initialized():
         return
+    drop_ray_notices()
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
                   ignore_reinit_error=True)
@@ -71,6 +78,26 @@ def quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
+    drop_ray_notices()
+
+
+def drop_ray_notices() -> None:
+    """Filter ``RAY_NOTICES`` out of Ray's loggers in this process (before ``ray.init``, which logs one)."""
+    for name, text in RAY_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Drop) for f in logger.filters):
+            logger.addFilter(_Drop(text))
+
+
+class _Drop(logging.Filter):
+    """Drops the records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def shutdown_ray() -> None:

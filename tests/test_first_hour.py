@@ -140,6 +140,7 @@ def test_infer_piped_prints_progress_lines_and_writes_where_pointed(home, first_
     code, lines, err, seconds = roadseg(["infer", "runs/first", "../bdd/images/10k/val", "segmented", "--no-view"],
                                         cwd=work)
     assert code == 0, err[-3000:]
+    assert not [n for n in ("Progress bars", "execution finished", "Token authentication") if n in err], err
     progress = [(t, line) for t, line in lines if line.startswith("infer: ")]
     assert progress and progress[0][0] < seconds - 1.0, lines  # a line as the work starts, not only at the end
     assert any("frames (100%)" in line for _, line in progress), lines
