@@ -132,8 +132,6 @@ def decode_range_batches(item: dict[str, Any], threads: int = 1,
     """One frame range -> column batches of the frames it keeps (``rows.frame_batch``, each at most
     ``DECODE_CHUNK_BYTES`` of pixels, one frame size each), then its end row (``rows.end_batch``).
     With ``size`` (the model's HxW) the batches also carry the frames resized to it (``rows.INPUT``)."""
-    from roadseg_dist.infer.segment import model_input
-
     sid, rng, stride = item["video"], item["range"], int(item["stride"])
     start, marks = int(rng["start"]), {}
     chunk: list[tuple[int, float, np.ndarray]] = []
@@ -143,7 +141,7 @@ def decode_range_batches(item: dict[str, Any], threads: int = 1,
         indices, times, pixels = map(list, zip(*chunk))
         chunk.clear()
         return rows.frame_batch(sid, start, indices, times, pixels, stride,
-                                model_input(pixels, size) if size else None)
+                                render.model_input(pixels, size) if size else None)
 
     try:
         if item["kind"] == "images":

@@ -3,25 +3,16 @@
 ``Segmenter`` is the callable class Ray Data runs in an actor pool (``map_batches``): it loads the
 model once and turns a batch of decoded frames into masks at the model's input size. The per-frame
 CPU work around it runs elsewhere, to keep it off the (GPU) actors: decode tasks resize the frames to
-the model's size (``model_input``), writer tasks upsample the masks to the source size.
+the model's size (``render.model_input``), writer tasks upsample the masks to the source size.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
 from roadseg_dist.infer import rows
+from roadseg_dist.infer.render import model_input
 from roadseg_dist.models.predict import fold_batchnorm, inference_amp, normalize, optimize, predict
-
-
-def model_input(frames_bgr: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """BGR uint8 frames of any size -> RGB uint8 (N, H, W, 3) at the model's input size (area
-    averaging when shrinking)."""
-    h, w = size
-    batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if f.shape[0] > h else cv2.INTER_LINEAR)
-                      for f in frames_bgr])
-    return np.ascontiguousarray(batch[..., ::-1])
 
 
 def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
