@@ -60,7 +60,10 @@ def s3fs_filesystem(endpoint: str | None, attempts: int):
 class StorageError(OSError):
     """S3 cannot be used for this URL: endpoint unreachable, credentials refused, bucket missing.
 
-    The message names the (redacted) endpoint and bucket and says what to check."""
+    The message names the (redacted) endpoint and bucket and says what to check. ``transient``: the
+    endpoint was unreachable or busy (an outage that may end), not a refusal that will stay."""
+
+    transient = False
 
 
 class BucketMissing(StorageError, FileNotFoundError):
@@ -102,9 +105,14 @@ def stream_broke(exc: BaseException) -> bool:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError
+    """Connection refused, dropped or timed out (botocore's or, under s3fs, aiohttp's)."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError, HTTPClientError
 
-    return any(isinstance(e, (BotoConnectionError, ConnectTimeoutError)) for e in _chain(exc))
+    kinds: tuple[type, ...] = (BotoConnectionError, ConnectTimeoutError, HTTPClientError)
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientConnectionError
+        kinds += (ClientConnectionError,)
+    return any(isinstance(e, kinds) for e in _chain(exc))
 
 
 def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: str) -> BaseException:
@@ -131,6 +139,7 @@ def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: st
                            f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
     else:
         return exc
+    err.transient = code in _BUSY_CODES or (code is None and _unreachable(exc))
     err.__cause__ = None
     return err
 

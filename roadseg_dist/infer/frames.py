@@ -20,10 +20,11 @@ import contextlib
 import dataclasses
 import itertools
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
+from roadseg_dist import images
 from roadseg_dist.infer.ranged import RangedReader
 
 DEFAULT_IMAGE_FPS = 10.0
@@ -33,6 +34,15 @@ MIN_BLOCK, MAX_BLOCK = 32 * 1024, 8 * 1024 * 1024  # the largest read-ahead of a
 
 class DecodeError(Exception):
     """A source that cannot be decoded; the message is the reason shown in the report."""
+
+
+def check_size(width: int, height: int, what: str) -> None:
+    """The pixel cap (``images.max_pixels``) for video frames: a crafted header cannot make us
+    allocate gigabytes; DecodeError names what was too large."""
+    try:
+        images.check_size(int(width or 0), int(height or 0), what)
+    except images.ImageTooLarge as exc:
+        raise DecodeError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +109,8 @@ def open_video(f, threads: int = 1) -> Iterator:
         if not container.streams.video:
             raise DecodeError("no video stream in the file")
         stream = container.streams.video[0]
+        # the pixel cap from the header, before a frame is allocated (each frame is checked again)
+        check_size(stream.codec_context.width, stream.codec_context.height, "the video stream")
         stream.codec_context.thread_count = max(1, int(threads))
         yield container, stream
     finally:
@@ -127,7 +139,7 @@ def probe(url: str) -> VideoInfo:
     """Metadata and keyframes of a video from its index, after checking that its first frame decodes."""
     import av
 
-    with open_file(url) as f, open_video(f) as (container, stream):
+    with open_file(url) as f, _storage_errors(f), open_video(f) as (container, stream):
         _opened(f)
         entries = stream.index_entries
         keyframes = tuple((i, int(e.timestamp), int(e.pos), _reach(entries, i))
@@ -195,20 +207,43 @@ def _block(span: int) -> int:
     return int(min(MAX_BLOCK, max(MIN_BLOCK, span // 16)))
 
 
-def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None = None,
+def decode_range(url: str, rng: FrameRange, stride: int | Callable[[float], int] = 1, marks: dict | None = None,
                  threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``.
+    """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``
+    (or by ``stride(fps)``, for a stride that depends on the source's frame rate).
 
     ``marks`` receives ``first`` (index of the range's first frame), ``count`` (frames decoded),
-    ``expected`` (frames the index promises before the next range; -1 for the last range) and
-    ``broken`` (why decoding stopped early at damaged or missing data; '' if it did not).
+    ``expected`` (frames the index promises before the next range; -1 for the last range),
+    ``broken`` (why decoding stopped early at damaged or missing data; '' if it did not), and what
+    the stream header says: ``fps``, ``width``, ``height``, ``stride``.
     """
-    import av
-
     marks = {} if marks is None else marks
     marks.update(first=0, count=0, expected=-1, broken="")
-    with open_file(url, rng.block, rng.reach) as f, open_video(f, threads) as (container, stream):
+    with open_file(url, rng.block, rng.reach) as f, _storage_errors(f):
+        yield from _decode_open(f, rng, stride, marks, threads)
+
+
+@contextlib.contextmanager
+def _storage_errors(f) -> Iterator[None]:
+    """A read from storage that failed is that error, not damaged data: FFmpeg reports any failed
+    read as an I/O error or the end of the stream, and a storage outage must not pass for a broken tail."""
+    try:
+        yield
+    except DecodeError:
+        if getattr(f, "error", None) is not None:
+            raise f.error from None
+        raise
+    if getattr(f, "error", None) is not None:
+        raise f.error
+
+
+def _decode_open(f, rng: FrameRange, stride, marks: dict, threads: int):
+    import av
+
+    with open_video(f, threads) as (container, stream):
         _opened(f)
+        marks.update(fps=_fps(stream), width=stream.codec_context.width, height=stream.codec_context.height)
+        marks["stride"] = every = int(stride(marks["fps"]) if callable(stride) else stride)
         packets = container.demux(stream)
         if rng.dts is not None:
             container.seek(rng.seek_ts, stream=stream, backward=True)
@@ -222,18 +257,38 @@ def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None 
                 marks["expected"] = max(1, (rng.end or rng.start + 1) - rng.start)
                 return
             packets = itertools.chain([first], packets)
-        window = _Window(rng)
+        window, clock = _Window(rng), _Clock(stream, marks["fps"])
         for frame in _frames(packets, stream, window, marks):
             if not window.shows(frame.pts):
                 continue
             index = window.first + marks["count"]
             marks["first"] = window.first
             marks["count"] += 1
-            if index % stride == 0:
-                yield index, float(frame.time or 0.0), frame.to_ndarray(format="bgr24")
+            time = clock(frame.pts)
+            if index % every == 0:
+                check_size(frame.width, frame.height, f"frame {index}")
+                yield index, time, frame.to_ndarray(format="bgr24")
         marks["first"] = window.first
         if rng.end is not None:
             marks["expected"] = (rng.end + window.next_leading) - window.first
+
+
+class _Clock:
+    """A frame's presentation time in seconds from its pts and the stream's time base (a frame's own
+    time base is missing on the frames a decoder flushes at a range's end, PyAV then says NaN); a
+    frame without a pts is one frame period after the previous one."""
+
+    def __init__(self, stream, fps: float):
+        self.base = stream.time_base
+        self.period = 1.0 / fps if fps else 0.0
+        self.last: float | None = None
+
+    def __call__(self, pts) -> float:
+        if pts is not None and self.base:
+            self.last = float(pts * self.base)
+        else:
+            self.last = 0.0 if self.last is None else self.last + self.period
+        return self.last
 
 
 class _Window:
@@ -325,8 +380,10 @@ def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None
         if index % stride:
             continue
         url = urls[index - offset]
-        data = np.frombuffer(storage.read_bytes(url), dtype=np.uint8)
-        frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        try:
+            frame = images.imdecode(storage.read_bytes(url), cv2.IMREAD_COLOR, storage.redact(url))
+        except images.ImageTooLarge as exc:
+            raise DecodeError(str(exc)) from None
         if frame is None:
             raise DecodeError(f"{storage.redact(url)} is not a decodable image")
         yield index, frame

@@ -7,6 +7,7 @@ from roadseg_dist.infer.video_out import VIDEO_CODECS
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
 from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
+SPLIT_MODES = ("auto", "always", "never")
 OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
 DEFAULT_OUTPUTS = ("mask", "color", "overlay", "video", "stats")
 
@@ -25,7 +26,11 @@ class InferSettings:
                            help=f"what to write, from {','.join(OUTPUT_KINDS)}")
     video_codec: str = field("h264", help="overlay.mp4 codec: h264 (browsers play it) or mjpeg (the overlay "
                                            "JPEGs muxed as they are, no encode)")
-    segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
+    segment_frames: int = field(300, help="frames per frame range of a split source (its unit of parallel "
+                                          "decoding and resume)")
+    split: str = field("auto", choices=SPLIT_MODES,
+                       help="cut sources into frame ranges: auto = only those big enough to hold up the end of "
+                            "the run (short clips stay one unit each), always, or never")
     gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
     amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"),
                      help="model precision: auto = fp16 on GPUs, bf16 on CPUs that have it in hardware "

@@ -1,0 +1,57 @@
+"""Finished sources, committed in batches: one manifest and one frames part per batch (``state.commit``).
+
+The driver adds each source the moment all of it is written; a batch is written when it holds
+MAX_SOURCES sources or MAX_ROWS stats rows, when MAX_SECONDS have passed since its first source, and
+at the end. So the requests to storage per source are a fraction of one, the driver holds at most
+one batch of rows, and a crash loses at most MAX_SECONDS of finished sources (they are redone).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from roadseg_dist.infer import stats as stats_mod
+from roadseg_dist.infer.state import State
+
+MAX_SOURCES = 2000
+MAX_ROWS = 250_000   # ~40 MB of rows in the driver
+MAX_SECONDS = 30.0
+
+
+class Commits:
+    def __init__(self, state: State, with_stats: bool, clock: Callable[[], float] = time.monotonic):
+        self.state, self.with_stats, self.clock = state, with_stats, clock
+        self.sources: list[dict[str, Any]] = []
+        self.tables: list = []
+        self.rows = 0
+        self.since: float | None = None
+        self.written = 0  # batches
+        self.frames = 0  # frames of the sources committed by this run
+
+    def add(self, source: dict[str, Any], table) -> None:
+        """A finished source (id, identity, frames, ...) and its stats rows."""
+        self.sources.append(source)
+        if self.with_stats:
+            self.tables.append(table)
+            self.rows += len(table)
+        self.since = self.clock() if self.since is None else self.since
+        self.tick()
+
+    def tick(self) -> None:
+        """Write the batch if it is full or old enough (the driver also calls this while it waits)."""
+        if self.sources and (len(self.sources) >= MAX_SOURCES or self.rows >= MAX_ROWS
+                             or self.clock() - self.since >= MAX_SECONDS):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.sources:
+            return
+        import pyarrow as pa
+
+        table = pa.concat_tables(self.tables) if self.with_stats else None
+        if table is not None and not len(table):
+            table = stats_mod.empty()
+        self.state.commit(self.sources, table)
+        self.written += 1
+        self.frames += sum(int(s.get("frames", 0)) for s in self.sources)
+        self.sources, self.tables, self.rows, self.since = [], [], 0, None
