@@ -72,7 +72,8 @@ def _read_list(url: str) -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
-RESERVED = ("report.json", "frames", "frames.parquet", "index.html", STATE_DIR)  # OUTPUT's own files
+RESERVED = ("report.json", "frames", "frames.parquet", "index.html", "sources.js", STATE_DIR)  # OUTPUT's own files
+_INDEX_PAGE = re.compile(r"index-\d+\.html")  # the results index's further pages
 MAX_COMPONENT = 160  # bytes of one id component: file systems allow 255, suffixes need room
 
 
@@ -83,7 +84,7 @@ def _url_hash(url: str) -> str:
 def _fit(sid: str, url: str) -> str:
     """Over-long components are cut and a reserved top-level name is renamed, both marked by the URL's hash."""
     parts = sid.split("/")
-    changed = parts[0].lower() in RESERVED
+    changed = parts[0].lower() in RESERVED or bool(_INDEX_PAGE.fullmatch(parts[0].lower()))
     for i, p in enumerate(parts):
         if len(p.encode()) > MAX_COMPONENT:
             parts[i] = p.encode()[:MAX_COMPONENT].decode("ascii", "ignore")
