@@ -62,6 +62,7 @@ class Job:
     whole_bytes_done: int = 0           # bytes and frames of the whole sources finished (for the estimate)
     whole_frames_done: int = 0
     fatal: str = ""
+    actors_summary: dict = dataclasses.field(default_factory=dict)  # report.json's model_actors
 
     def finished(self, entry: dict, table) -> None:
         """A source is complete: it goes into the next batch."""
@@ -294,33 +295,43 @@ def _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress
                     s.video_codec if "video" in s.outputs else "", "stats" in s.outputs, tuple(size), s.every,
                     s.fps, s.batch_size, s.alpha, s.jpeg_quality, model_id)
     job = Job(s, state, checkpoint, target, {src.id: src for src in sources}, Commits(state, target.stats))
-    batches, done = drop_changed(job, prepare_output(s, state, sources, model))
+    _, done = drop_changed(job, prepare_output(s, state, sources, model))
     already = [src.id for src in sources if src.id in done]
     pending = [src for src in sources if src.id not in done]
     local_cpus = float(int(s.num_cpus or os.cpu_count() or 2))  # what init_ray gives a local Ray
     resources.check_before_start(graph.resource_request(s, graph.size_actors(local_cpus, 0, s)), s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
     sizing = graph.sizing_for(s)
+    actors = graph.start_models(s, sizing, checkpoint, size)  # they load while the splits are planned
+    try:
+        _execute(job, pending, actors, sizing, show_progress)
+    finally:
+        graph.stop_models(actors)
+    job.commits.flush()
+    report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.sources_done,
+                              failures=list(job.failures.values()), frames=job.frames_now,
+                              seconds=time.time() - t0,
+                              frames_total=job.commits.frames + sum(int(done[i].get("frames", 0)) for i in already))
+    report["model_actors"] = job.actors_summary
+    report_mod.write(state.output, report)
+    if job.fatal:
+        raise OutputFull(f"{job.fatal}. The run stopped; the {job.sources_done} source(s) it finished "
+                         "are kept: free some space and run the same command again to finish the rest")
+    return report
+
+
+def _execute(job: Job, pending: list[Source], actors: list, sizing: graph.Sizing, show_progress: bool) -> None:
+    s = job.s
     plan_splits(job, pending, sizing.tasks)
     works = [w for sid in sorted(job.plans) if sid not in job.failures for w in
              plan_mod.range_works(job.plans[sid], job.left[sid])]
     works += [plan_mod.whole(src, s.fps) for src in pending if src.id not in job.plans and src.id not in job.failures]
     for sid in [sid for sid, left in job.left.items() if not left and sid not in job.failures]:
         finish_split(job, sid)  # every range finished before a crash; only the video was missing
-    actors = graph.start_models(s, sizing, checkpoint, size)
     dog = watchdog.Watchdog("infer", s.stall_timeout, pending=lambda: (
         f"{sizing.actors} model actor(s) x {sizing.actor_cpus:g} CPU, {sizing.tasks} unit(s) in flight: "
         f"{job.frames_now} frames written"))
-    with monitor.Monitor(job, actors, dog, pending, show_progress), watchdog.watch(dog):
+    with monitor.Monitor(job, actors, dog, pending, show_progress) as mon, watchdog.watch(dog):
         execute(job, works, actors, sizing)
         collect_videos(job, block=True)
-    job.commits.flush()
-    report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.sources_done,
-                              failures=list(job.failures.values()), frames=job.frames_now,
-                              seconds=time.time() - t0,
-                              frames_total=job.commits.frames + sum(int(done[i].get("frames", 0)) for i in already))
-    report_mod.write(state.output, report)
-    if job.fatal:
-        raise OutputFull(f"{job.fatal}. The run stopped; the {job.sources_done} source(s) it finished "
-                         "are kept: free some space and run the same command again to finish the rest")
-    return report
+        job.actors_summary = mon.actors_summary()

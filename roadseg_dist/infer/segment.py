@@ -52,7 +52,7 @@ class Batcher:
         self.launch, self.batch = launch, max(1, int(batch))
         self.queue: collections.deque[tuple[np.ndarray, Future]] = collections.deque()
         self.ready = threading.Condition()
-        self.busy_s = 0.0  # time spent launching and collecting batches (for the benchmark)
+        self.model_cpu_s = 0.0  # this thread's CPU launching and collecting batches: the model's (benchmark)
         threading.Thread(target=self._loop, daemon=True, name="batcher").start()
 
     def submit(self, inputs: np.ndarray) -> Future:
@@ -79,15 +79,11 @@ class Batcher:
         pending = None  # (collect, requests) launched and not yet collected
         while True:
             taken = self._take(block=pending is None)
-            started = None
-            if taken is not None:
-                t0 = time.perf_counter()
-                started = self._start(taken)
-                self.busy_s += time.perf_counter() - t0
+            t0 = time.thread_time()
+            started = self._start(taken) if taken is not None else None
             if pending is not None:
-                t0 = time.perf_counter()
                 self._finish(*pending)
-                self.busy_s += time.perf_counter() - t0
+            self.model_cpu_s += time.thread_time() - t0
             pending = started
 
     def _start(self, taken):
@@ -135,7 +131,8 @@ class Segmenter:
         self.mean, self.std = input_normalization(meta)
         self.pinned = _PinnedPool() if self.device == "cuda" else None
         self.batcher = Batcher(self.launch, batch)
-        self.frames = 0
+        self.frames = self.calls = self.bytes_in = self.bytes_out = 0
+        self.counting = threading.Lock()  # predict runs on many threads
 
     def ready(self) -> str:
         """What the actor runs at, once its model is loaded (the driver waits for this)."""
@@ -147,8 +144,11 @@ class Segmenter:
         if inputs.ndim != 4 or inputs.shape[1:] != (*self.size, 3) or inputs.dtype != np.uint8:
             raise ValueError(f"the model takes uint8 RGB frames of {self.size[0]}x{self.size[1]} "
                              f"(render.model_input), got {inputs.dtype} {inputs.shape}")
-        self.frames += len(inputs)
-        return self.batcher.submit(inputs).result()
+        masks = self.batcher.submit(inputs).result()
+        with self.counting:
+            self.frames, self.calls = self.frames + len(inputs), self.calls + 1
+            self.bytes_in, self.bytes_out = self.bytes_in + inputs.nbytes, self.bytes_out + masks.nbytes
+        return masks
 
     def launch(self, inputs: np.ndarray) -> Callable[[], np.ndarray]:
         if self.pinned is None:
@@ -179,8 +179,10 @@ class Segmenter:
         return collect
 
     def stats(self) -> dict:
-        """Frames answered and the process's CPU seconds (the benchmark's per-actor figures)."""
-        return {"frames": self.frames, "cpu_s": time.process_time(), "busy_s": self.batcher.busy_s}
+        """Frames and calls answered, the array bytes in and out, and CPU seconds: the whole process's
+        and the model's (the batcher thread's); the driver's progress and the benchmark read them."""
+        return {"frames": self.frames, "calls": self.calls, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "cpu_s": time.process_time(), "model_cpu_s": self.batcher.model_cpu_s}
 
 
 class _PinnedPool:
