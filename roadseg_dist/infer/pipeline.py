@@ -142,12 +142,13 @@ def plan_splits(job: Job, pending: list[Source], slots: int) -> None:
     else:
         chosen = {src.id for src in pending} if job.s.split == "always" else set()
     ids = chosen | {src.id for src in pending if job.state.plan_url(src.id) in planned}
+    ordered = sorted(ids)
     with ThreadPoolExecutor(16) as pool:
-        old = dict(zip(ids, pool.map(lambda sid: job.state.read_json(job.state.plan_url(sid))
-                                     if job.state.plan_url(sid) in planned else None, sorted(ids))))
+        old = dict(zip(ordered, pool.map(lambda sid: job.state.read_json(job.state.plan_url(sid))
+                                         if job.state.plan_url(sid) in planned else None, ordered)))
     probe = ray.remote(num_cpus=graph.TASK_CPUS, max_retries=2)(graph.probe_and_save)
     todo = []
-    for sid in sorted(ids):
+    for sid in ordered:
         if old[sid] and old[sid].get("identity") == job.sources[sid].identity:
             job.plans[sid] = old[sid]
         else:
