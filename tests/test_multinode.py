@@ -362,5 +362,5 @@ def test_train_on_two_nodes_survives_losing_one_then_infer(two_nodes, s3_shards)
     clip = Path(storage.list_files(videos, suffixes=(".mp4",))[0]).stem
     assert report["videos_done"] == 1 and report["videos_failed"] == 0, report
     assert report["frames_total"] == 12, report
-    assert storage.exists(f"{output}/{clip}/overlay.mp4") and storage.exists(output + "/frames.parquet")
+    assert storage.exists(f"{output}/{clip}/overlay.mp4") and storage.list_files(output + "/frames")
     assert len(storage.list_files(f"{output}/{clip}/mask", suffixes=(".png",))) == 12

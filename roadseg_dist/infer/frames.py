@@ -71,8 +71,10 @@ class FrameRange:
 
 
 @contextlib.contextmanager
-def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None) -> Iterator:
-    """A seekable binary file object: local, or an S3 object read in ``block``-sized ranged GETs."""
+def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None,
+              known: tuple[int, str] | None = None) -> Iterator:
+    """A seekable binary file object: local, or an S3 object read in ``block``-sized ranged GETs.
+    ``known``: (size, version) of the object from a listing, which saves asking for them."""
     from roadseg_dist import storage
 
     if not storage.is_remote(url):
@@ -85,10 +87,11 @@ def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None) -> I
             yield f
         return
     fs, path = storage.filesystem(url)
-    info = storage.retry(fs.info, path)
-    size = int(info.get("size") or 0)
-    key = (path, size, str(info.get("ETag") or info.get("etag") or info.get("mtime") or ""))
-    f = RangedReader(fs, path, size, max_block=block, reach=reach, key=key)
+    if known is None:
+        info = storage.retry(fs.info, path, url=url)
+        known = (int(info.get("size") or 0), str(info.get("ETag") or info.get("etag") or info.get("mtime") or ""))
+    size, version = known
+    f = RangedReader(fs, path, int(size), max_block=block, reach=reach, key=(path, int(size), version))
     if f.size == 0:
         raise DecodeError("empty file (0 bytes)")
     yield f
@@ -208,18 +211,18 @@ def _block(span: int) -> int:
 
 
 def decode_range(url: str, rng: FrameRange, stride: int | Callable[[float], int] = 1, marks: dict | None = None,
-                 threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
+                 threads: int = 1, known: tuple[int, str] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``
     (or by ``stride(fps)``, for a stride that depends on the source's frame rate).
 
     ``marks`` receives ``first`` (index of the range's first frame), ``count`` (frames decoded),
     ``expected`` (frames the index promises before the next range; -1 for the last range),
     ``broken`` (why decoding stopped early at damaged or missing data; '' if it did not), and what
-    the stream header says: ``fps``, ``width``, ``height``, ``stride``.
+    the stream header says: ``fps``, ``width``, ``height``, ``stride``. ``known``: see ``open_file``.
     """
     marks = {} if marks is None else marks
     marks.update(first=0, count=0, expected=-1, broken="")
-    with open_file(url, rng.block, rng.reach) as f, _storage_errors(f):
+    with open_file(url, rng.block, rng.reach, known) as f, _storage_errors(f):
         yield from _decode_open(f, rng, stride, marks, threads)
 
 

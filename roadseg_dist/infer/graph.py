@@ -175,13 +175,25 @@ def run_units(works: list[Work], target: Target, actors: list, sizing: Sizing) -
     import ray.data
 
     items = [{"work": json.dumps(dataclasses.asdict(w))} for w in works]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    blocks = blocks_for(len(items), sizing.tasks)
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(process_batch, fn_kwargs={"target": target, "actors": actors}, batch_size=1,
                         batch_format="numpy", num_cpus=sizing.task_cpus,
-                        compute=ray.data.TaskPoolStrategy(size=max(1, min(sizing.tasks, len(items)))))
+                        compute=ray.data.TaskPoolStrategy(size=max(1, min(sizing.tasks, blocks))))
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["video"])):
             yield {k: _plain(v[i]) for k, v in batch.items()}
+
+
+MAX_UNITS_PER_TASK = 16
+
+
+def blocks_for(units: int, tasks: int) -> int:
+    """Blocks (one task each) for ``units``: one unit a task while there are few, else up to
+    MAX_UNITS_PER_TASK in a task (results still stream back one by one), so that an archive of short
+    clips does not cost the driver a task per clip; at least four tasks per slot for the load to even out."""
+    per_task = max(1, min(MAX_UNITS_PER_TASK, units // max(1, 4 * tasks)))
+    return max(1, -(-units // per_task))
 
 
 def _plain(value):

@@ -30,7 +30,7 @@ def choose_splits(sources: list[Source], slots: int) -> set[str]:
 def whole(src: Source, image_fps: float | None) -> Work:
     """A source as one unit, decoded from its first frame to its end."""
     return Work(video=src.id, url=src.url, images=src.images, fps=image_fps if src.images else None,
-                identity=src.identity)
+                identity=src.identity, size=src.size)
 
 
 def probe_plan(src: Source, segment_frames: int, stride_of, image_fps: float | None) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def probe_plan(src: Source, segment_frames: int, stride_of, image_fps: float | N
             count, fps, height, width = info.frame_count, info.fps, info.height, info.width
             ranges = [dataclasses.asdict(r) for r in frames_mod.plan_ranges(info, segment_frames)]
         return {"id": src.id, "url": src.url, "images": list(src.images), "identity": src.identity,
-                "frame_count": count, "fps": fps, "height": height, "width": width, "stride": stride_of(fps),
+                "size": src.size, "frame_count": count, "fps": fps, "height": height, "width": width, "stride": stride_of(fps),
                 "ranges": ranges}
     except Exception as exc:  # noqa: BLE001 - any failure is this source's, reported, not raised
         return {"id": src.id, "url": src.url or (src.images[0] if src.images else ""), "error": reason(exc)}
@@ -61,7 +61,8 @@ def range_works(plan: dict[str, Any], starts: set[int]) -> list[Work]:
         if r["start"] in starts:
             images = tuple(plan["images"][r["start"]:r["end"]]) if plan["images"] else ()
             works.append(Work(video=plan["id"], url=plan["url"], images=images, range=r, stride=plan["stride"],
-                              fps=plan["fps"] if images else None, identity=plan["identity"]))
+                              fps=plan["fps"] if images else None, identity=plan["identity"],
+                              size=int(plan.get("size") or 0)))
     return works
 
 

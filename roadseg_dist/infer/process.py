@@ -74,7 +74,8 @@ class Work:
     range: dict | None = None
     stride: int | None = None
     fps: float | None = None         # an image folder's frame rate
-    identity: str = ""
+    identity: str = ""               # the file's version from the listing (with ``size``: no request for it)
+    size: int = 0
 
     @property
     def start(self) -> int:
@@ -150,7 +151,8 @@ def _decode(work: Work, target: Target, marks: dict) -> Iterator[tuple[int, floa
             return
         rng = frames_mod.FrameRange(**work.range) if work.range else frames_mod.FrameRange(
             0, block=frames_mod.MAX_BLOCK)
-        yield from frames_mod.decode_range(work.url, rng, work.stride or target.stride, marks)
+        known = (work.size, work.identity) if work.size and work.identity else None
+        yield from frames_mod.decode_range(work.url, rng, work.stride or target.stride, marks, known=known)
     except retries.StorageError:
         raise  # not the source's fault: the unit is tried again when S3 comes back (graph.process_unit)
     except Exception as exc:  # noqa: BLE001 - the source's failure, reported per source
