@@ -150,12 +150,46 @@ def test_submit_ships_an_allow_list_and_never_follows_symlinks_out(tmp_path):
     assert shipped == ["configs/a.yaml", "configs/same.yaml", "jobs/runtime_env.yaml", "jobs/train.py",
                        "pyproject.toml", "roadseg_dist/__init__.py", "roadseg_dist/core.py"]
     assert "secret" not in contents.lower() and "PRIVATE KEY" not in contents
-    assert set(manifest.skipped) == {"configs/leak.yaml", "roadseg_dist/home"}
-    assert all("outside the checkout" in why for why in manifest.skipped.values())
+    assert set(manifest.skipped) == {"configs/leak.yaml", "roadseg_dist/home", "roadseg_dist/.env"}
+    assert all("outside the checkout" in why for rel, why in manifest.skipped.items() if rel != "roadseg_dist/.env")
     lines = ship.describe(manifest)
     assert lines[0].startswith("shipping 7 file(s)") and "roadseg_dist (2 file(s)" in lines[0]
     assert any("configs/leak.yaml" in line for line in lines[1:])
     assert not Path(staged).exists()
+
+
+def test_submit_leaves_out_secrets_in_the_allowed_folders_and_links_to_them(tmp_path):
+    """Secret-looking files inside configs/ and jobs/ once shipped, and so did the hidden .env behind
+    an in-checkout symlink (the hidden-file rule looked at the link's name, not its target)."""
+    project, _ = _checkout(tmp_path)
+    secrets = {"configs/prod.env": "DB_PASSWORD=s3cr3t-env\n", "configs/id_rsa": "s3cr3t-rsa\n",
+               "configs/id_ed25519.pub": "s3cr3t-pub\n", "jobs/credentials": "[default]\ns3cr3t-creds\n",
+               "configs/gcp-service-account.json": '{"private_key_id": "s3cr3t-gcp"}',
+               "configs/tls/server.PEM": "s3cr3t-pem\n", "configs/.netrc": "machine h password s3cr3t\n",
+               "configs/deploy": "-----BEGIN OPENSSH PRIVATE KEY-----\ns3cr3t-key\n"}
+    for rel, text in secrets.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    (project / ".env").write_text("AWS_SECRET_ACCESS_KEY=s3cr3t-dotenv\n")
+    (project / "configs" / "settings.yaml").symlink_to("../.env")
+    (project / "configs" / "data.yaml").symlink_to("../data/big.bin")
+    (project / "configs" / "key.yaml").symlink_to("id_rsa")
+    with ship.stage(project, []) as (staged, manifest):
+        contents = "".join(p.read_text() for p in Path(staged).rglob("*") if p.is_file())
+        shipped = sorted(str(p.relative_to(staged)) for p in Path(staged).rglob("*") if p.is_file())
+    assert "s3cr3t" not in contents and "PRIVATE KEY" not in contents
+    assert "configs/a.yaml" in shipped and "configs/same.yaml" in shipped
+    why = manifest.skipped
+    assert "secret-looking name (*.env)" == why["configs/prod.env"]
+    assert "id_rsa*" in why["configs/id_rsa"] and "id_ed25519*" in why["configs/id_ed25519.pub"]
+    assert "credentials*" in why["jobs/credentials"] and "service-account" in why["configs/gcp-service-account.json"]
+    assert "*.pem" in why["configs/tls/server.PEM"] and ".netrc" in why["configs/.netrc"]
+    assert why["configs/deploy"] == "holds a private key"
+    assert why["configs/settings.yaml"] == "symlink to the hidden .env"
+    assert "symlink to data/big.bin, which is not shipped" in why["configs/data.yaml"]
+    assert "symlink to configs/id_rsa, a secret-looking name" in why["configs/key.yaml"]
+    lines = ship.describe(manifest, limit=50)
+    assert "not shipped: configs/settings.yaml (symlink to the hidden .env)" in lines
 
 
 def test_submit_waits_for_the_job_agent_then_submits():
