@@ -319,3 +319,21 @@ def test_iter_shard_reads_webdataset_samples_and_names_a_missing_member(tmp_path
         tar.write({"__key__": "a", "jpg": b"J1", "png": b"P1"})
     with pytest.raises(ValueError, match="lacks 1 sample.*'c'.*re-run `roadseg shard`"):
         list(shards.read_samples(whole, ["a", "c"]))
+
+
+def test_a_truncated_shard_is_a_dataset_error_naming_it_and_the_fix(tmp_path):
+    """A shard cut short once surfaced as a bare tarfile.ReadError, the shard not named."""
+    import pickle
+
+    url = str(tmp_path / "val-000003.tar")
+    with open(url, "wb") as f, shard_writer.tar_writer(f) as tar:
+        tar.write({"__key__": "a", "jpg": b"J" * 3000, "png": b"P" * 3000})
+    data = open(url, "rb").read()
+    open(url, "wb").write(data[:2000])
+    with pytest.raises(DatasetError) as err:
+        list(shards.iter_shard(url))
+    text = str(err.value)
+    assert text == (f"shard {url} is damaged (unexpected end of data: cut short, or not a tar written by "
+                    f"`roadseg shard`); re-run `roadseg shard ROOT {tmp_path} --split val` to rewrite it")
+    assert str(pickle.loads(pickle.dumps(err.value))) == text  # as it comes back from a Ray task
+    assert shards.check_shard(url, [{"key": "a"}]) == [text]   # --verify says the same

@@ -35,13 +35,19 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context):
         from roadseg_dist import storage
+        from roadseg_dist.cluster import our_error
 
         try:
             return super().invoke(ctx)
-        except settings.SettingsError as exc:
-            raise click.UsageError(str(exc), ctx) from None
-        except _user_errors() as exc:
-            raise click.ClickException(storage.redact(str(exc))) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - ours (also inside Ray's task errors) or re-raised
+            err = our_error(exc) or exc  # a Ray task's error arrives wrapped, its str() a traceback
+            if isinstance(err, settings.SettingsError):
+                raise click.UsageError(str(err), ctx) from None
+            if isinstance(err, _user_errors()):
+                raise click.ClickException(storage.redact(str(err))) from None
+            raise
 
 
 class Group(click.Group):
