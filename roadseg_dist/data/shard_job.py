@@ -67,6 +67,7 @@ class ShardSettings:
             raise SettingsError(f"--workers must be 0 (auto) or more, got {self.workers}")
         if self.split not in SPLITS:
             raise SettingsError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        settings.at_least(self, 0, "stall_timeout")
 
 
 # --- Ray glue -------------------------------------------------------------------------------------
