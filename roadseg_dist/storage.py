@@ -281,6 +281,18 @@ def upload(local: str, url: str) -> None:
         _replace_local(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
+def move(src: str, dst: str) -> None:
+    """Move a finished file to ``dst`` (same scheme): a rename on disk, a server-side copy then a
+    delete on S3; either way ``dst`` appears only complete."""
+    if not is_remote(dst):
+        os.makedirs(os.path.dirname(local_path(dst)), exist_ok=True)
+        os.replace(local_path(src), local_path(dst))
+        return
+    fs, path = filesystem(dst)
+    retry(fs.copy, filesystem(src)[1], path, url=dst)
+    retry(fs.rm, filesystem(src)[1], url=src)
+
+
 @contextlib.contextmanager
 def atomic_output(url: str, suffix: str = "") -> Iterator[str]:
     """Yield a local temp path to write; on success it is moved/uploaded to ``url``, else dropped."""
