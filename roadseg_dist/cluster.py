@@ -17,7 +17,7 @@ import sys
 
 # S3 settings that say where, not who: safe in a runtime_env, a log line or job metadata.
 STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                    "AWS_MAX_ATTEMPTS")
+                    "AWS_MAX_ATTEMPTS", "ROADSEG_S3_READ_TIMEOUT")
 # ... and the secrets, which travel only with `roadseg submit --pass-credentials`.
 STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Ray's notices that say nothing to our users: the bars we turn off on purpose, the line Ray Data logs

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import fsspec
 
 from roadseg_dist.retries import (  # noqa: F401 - re-exported: callers know them as storage.*
-    CONNECT_TIMEOUT_S, READ_TIMEOUT_S, STREAM_RETRIES, BucketMissing, ResumingReader, StorageError, backoff_bound_s,
-    classify, max_attempts, s3fs_filesystem, stream_broke)
+    CONNECT_TIMEOUT_S, STREAM_RETRIES, BucketMissing, ResumingReader, StorageError, backoff_bound_s, classify,
+    max_attempts, read_timeout_s, s3fs_filesystem, silent_bound_s, stream_broke)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,7 +70,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (fsspec filesystem, path within it)."""
     url = normalize(url)
     if scheme(url) == "s3":
-        return s3fs_filesystem(s3_endpoint(), max_attempts()), url[len("s3://"):]
+        return s3fs_filesystem(s3_endpoint(), max_attempts(), read_timeout_s()), url[len("s3://"):]
     return fsspec.filesystem("file"), url
 
 
@@ -82,7 +82,7 @@ def arrow_filesystem(url: str):
     if scheme(url) == "s3":
         endpoint = s3_endpoint()
         kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()),
-                  "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": READ_TIMEOUT_S}
+                  "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": read_timeout_s()}
         if endpoint:
             kwargs["endpoint_override"] = endpoint
             kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +84,46 @@ def test_a_refused_endpoint_is_a_clear_error_within_30s(monkeypatch):
         storage.read_bytes("s3://data/shards/train-index.parquet")
     assert time.monotonic() - start < 30
     assert f"127.0.0.1:{port}" in str(err.value) and "AWS_ENDPOINT_URL" in str(err.value)
+
+
+def test_a_silent_endpoint_is_waited_for_a_documented_bound(monkeypatch):
+    for name in ("AWS_MAX_ATTEMPTS", "ROADSEG_S3_READ_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    assert storage.read_timeout_s() == 8 and storage.silent_bound_s() == 5 * 8 + 15  # README says 55 s
+    monkeypatch.setenv("ROADSEG_S3_READ_TIMEOUT", "0")
+    with pytest.raises(ValueError, match="ROADSEG_S3_READ_TIMEOUT"):
+        storage.read_timeout_s()
+
+
+@pytest.mark.parametrize("hang, call", [("no-continue", "upload"), ("silent", "read_bytes")])
+def test_a_silent_endpoint_is_a_clear_error_within_the_bound(s3_server, s3_bucket, monkeypatch, tmp_path, hang, call):
+    """A PUT to an endpoint that never sends `100 Continue` waited forever (`roadseg infer` hung at its
+    first PUT); a GET that got no answer gave up after 317 s, as an "unexpected" error."""
+    url = f"{s3_bucket}/out/000001.png"
+    storage.write_bytes(url, b"png")
+    (tmp_path / "mask.png").write_bytes(b"m" * 5000)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("ROADSEG_S3_READ_TIMEOUT", "1.5")  # the default 8 s x 5 tries would take 55 s here
+    outcome: list[BaseException] = []
+
+    def attempt():
+        try:
+            storage.upload(str(tmp_path / "mask.png"), url) if call == "upload" else storage.read_bytes(url)
+        except BaseException as exc:  # noqa: BLE001 - judged below
+            outcome.append(exc)
+
+    with FaultyProxy(s3_server.endpoint, hang=hang) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        worker = threading.Thread(target=attempt, daemon=True)  # a hang fails the test, not the suite
+        start = time.monotonic()
+        worker.start()
+        bound = 2 * 1.5 + 1  # tries x seconds without progress + back-off (retries.silent_bound_s)
+        worker.join(bound + 3)
+        took = time.monotonic() - start
+    assert not worker.is_alive() and took < bound + 3, f"still waiting after {took:.0f} s"
+    assert proxy.hung == 2  # every try waited for an answer, and gave up
+    assert isinstance(outcome[0], storage.StorageError), outcome
+    assert f"S3 at {proxy.endpoint} did not answer {url}: 2 tries of 1.5 s without progress" in str(outcome[0])
 
 
 def test_a_missing_bucket_names_the_bucket(s3_server):
