@@ -29,6 +29,9 @@ RAY_NOTICES = {"ray.data._internal.progress": "Progress bars",
 # Where Ray Data logs the traceback of a task that raised (before the driver sees the exception). When
 # that exception is one of ours, its message already says what is wrong and what to do, and the CLI
 # prints it as one line: Ray's copy of the traceback (~150 lines) only buries it.
+# The libraries that log every S3 request, its headers (a session token, the access key id) included, at
+# DEBUG: `-v` is for our own debug lines, and these would bury them (~200 lines a command).
+WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "urllib3", "aiohttp", "asyncio")
 RAY_TASK_TRACEBACKS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions",
                        "ray.data._internal.execution.streaming_executor")
 
@@ -87,9 +90,37 @@ def quiet_ray_data() -> None:
     drop_ray_notices()
 
 
+def redact_log_records() -> None:
+    """Every log record this process creates from now on is redacted (``storage.redact``: keys, tokens,
+    request headers, passwords in URLs), whatever logger or handler it goes to; idempotent.
+
+    A record factory rather than a handler filter: a filter on a logger misses its children's records,
+    and handlers come and go (Ray's, basicConfig's)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        from roadseg_dist.storage import redact
+
+        record = previous(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted stays as it is: logging reports it
+            pass
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def drop_ray_notices() -> None:
     """Filter ``RAY_NOTICES`` out of Ray's loggers in this process (before ``ray.init``, which logs one),
-    and Ray Data's reports of a task that raised one of our errors (``RAY_TASK_TRACEBACKS``)."""
+    and Ray Data's reports of a task that raised one of our errors (``RAY_TASK_TRACEBACKS``); redact
+    every log record (here on the driver, and in the Ray workers that call ``quiet_ray_data``)."""
+    redact_log_records()
     for name, text in RAY_NOTICES.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):

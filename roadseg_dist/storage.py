@@ -310,7 +310,11 @@ def remove(url: str, recursive: bool = False) -> None:
 # --- secrets -------------------------------------------------------------------------------------
 
 _SECRET_PATTERNS = (
-    re.compile(r"(?i)(aws_secret_access_key|aws_session_token|secret|token|password)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    # request headers as botocore logs them: {'X-Amz-Security-Token': b'...', 'Authorization': b'AWS4-...'}
+    re.compile(r"(?i)(x-amz-security-token|authorization)(['\"]?\s*[:=]\s*b?['\"]?)[^'\"\r\n]+"),
+    re.compile(r"(?i)(aws_secret_access_key|aws_session_token|access_key_id|secret|token|password)"
+               r"(['\"]?\s*[:=]\s*b?['\"]?)[^\s'\",}]+"),
+    re.compile(r"(?<=Credential=)[^/\s'\",]+|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # access key ids
     re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@"),  # user:password@ in URLs
 )
 
@@ -322,5 +326,7 @@ def redact(text: str) -> str:
         value = os.environ.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
-    text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + m.group(2) + "***", text)
-    return _SECRET_PATTERNS[1].sub("***@", text)
+    for pattern in _SECRET_PATTERNS[:2]:
+        text = pattern.sub(lambda m: m.group(1) + m.group(2) + "***", text)
+    text = _SECRET_PATTERNS[2].sub("***", text)
+    return _SECRET_PATTERNS[3].sub("***@", text)

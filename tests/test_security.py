@@ -347,3 +347,47 @@ def test_unexpected_errors_leave_redacted(monkeypatch):
     result = CliRunner().invoke(app, ["boom"])
     assert result.exit_code == 1 and "RuntimeError: cannot open s3://***@bucket/k" in result.output
     assert "wJalrXUtnFEMI" not in result.output and "Traceback" not in result.output
+
+
+# --- -v never prints a credential ---------------------------------------------------------------
+
+def test_verbose_cli_prints_no_credential_while_talking_to_s3(s3_server, s3_bucket):
+    """`roadseg -v` printed botocore's request headers: X-Amz-Security-Token, and the access key id in
+    Authorization, hundreds of times a run."""
+    import subprocess
+    import sys
+
+    secrets = {"AWS_ACCESS_KEY_ID": "AKIDV3RB0SE0001", "AWS_SECRET_ACCESS_KEY": "v3rbose-secret-key-0001",
+               "AWS_SESSION_TOKEN": "v3rbose-session-token-0001"}
+    env = {**os.environ, **secrets}
+    out = ""
+    for args in (["synth", f"{s3_bucket}/bdd", "--train", "1", "--val", "1", "--videos", "0",
+                  "--height", "32", "--width", "32"], ["runs", f"{s3_bucket}/bdd"]):
+        done = subprocess.run([sys.executable, "-m", "roadseg_dist.cli", "-v", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out += done.stdout + done.stderr
+    assert "Found credentials in environment variables" in out  # -v did talk, and S3 took the keys
+    for name, value in secrets.items():
+        assert value not in out, name
+    assert "X-Amz-Security-Token" not in out and "Credential=" not in out
+
+
+def test_log_records_are_redacted_whatever_logger_sends_them(monkeypatch, caplog):
+    """Also when the token is not in this process's environment (a profile, an instance role)."""
+    import logging
+
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    cluster.redact_log_records()
+    with caplog.at_level(logging.DEBUG, logger="botocore.endpoint"):
+        logging.getLogger("botocore.endpoint").debug(
+            "Sending http request: %s", "<AWSPreparedRequest headers={'X-Amz-Security-Token': b'FQoGZXIvYXdzEJr/tok', "
+            "'Authorization': b'AWS4-HMAC-SHA256 Credential=ASIAABCDEFGHIJKLMNOP/20260101/us-east-1/s3/aws4_request, "
+            "SignedHeaders=host, Signature=5ee1'}>")
+        try:
+            raise ValueError("s3://user:hunter2@bucket/x")
+        except ValueError:
+            logging.getLogger("botocore.endpoint").debug("failed", exc_info=True)
+    text = caplog.text
+    assert "FQoGZXIvYXdzEJr" not in text and "ASIAABCDEFGHIJKLMNOP" not in text and "hunter2" not in text
+    assert "'X-Amz-Security-Token': b'***'" in text and "s3://***@bucket/x" in text

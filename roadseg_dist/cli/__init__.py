@@ -78,8 +78,13 @@ class Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
 def main(verbose: bool) -> None:
     """Train BDD100K road-scene segmentation on Ray and segment video archives in bulk."""
+    from roadseg_dist.cluster import WIRE_LOGGERS, redact_log_records
+
+    redact_log_records()  # before anything logs: no key, token or signed header leaves in a log line
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for name in WIRE_LOGGERS if verbose else ():  # -v: our debug lines, not every S3 request's headers
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 # Each module adds its commands to ``main``.
