@@ -26,12 +26,12 @@ STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 RAY_NOTICES = {"ray.data._internal.progress": "Progress bars",
                "ray.data._internal.execution.streaming_executor": "execution finished in",
                "ray._private.authentication.authentication_token_setup": "Token authentication is enabled"}
-# Where Ray Data logs the traceback of a task that raised (before the driver sees the exception). When
-# that exception is one of ours, its message already says what is wrong and what to do, and the CLI
-# prints it as one line: Ray's copy of the traceback (~150 lines) only buries it.
 # The libraries that log every S3 request, its headers (a session token, the access key id) included, at
 # DEBUG: `-v` is for our own debug lines, and these would bury them (~200 lines a command).
 WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "urllib3", "aiohttp", "asyncio")
+# Where Ray Data logs the traceback of a task that raised (before the driver sees the exception). When
+# that exception is one of ours, its message already says what is wrong and what to do, and the CLI
+# prints it as one line: Ray's copy of the traceback (~150 lines) only buries it.
 RAY_TASK_TRACEBACKS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions",
                        "ray.data._internal.execution.streaming_executor")
 
@@ -140,7 +140,7 @@ def our_error(exc: BaseException | None) -> BaseException | None:
     todo = [exc]
     while todo:
         e = todo.pop(0)
-        if e is None or id(e) in seen:
+        if not isinstance(e, BaseException) or id(e) in seen:
             continue
         seen.add(id(e))
         if type(e).__module__.startswith("roadseg_dist."):

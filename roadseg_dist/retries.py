@@ -8,14 +8,14 @@ t_i <= min(2**(i-1), 20) s, so the back-off of one request totals at most ``back
 (15 s at 5 tries), plus at most CONNECT_TIMEOUT_S per try to connect and ``read_timeout_s()`` (8 s,
 ROADSEG_S3_READ_TIMEOUT) per try without progress: waiting for ``100 Continue``, sending the body,
 waiting for the answer's head (``s3http.BoundedHTTPSession``) or between reads of the answer. An
-endpoint that accepts connections and says nothing is a StorageError within ``silent_bound_s()``
-(5 x 8 + 15 = 55 s). s3fs's own retry loop is turned off (it retried by message text on top of botocore's). The
-only retry above botocore: a read whose body breaks after a good response (botocore cannot see
-it) is requested again from where it broke, at most STREAM_RETRIES more times (``storage.retry``,
-``storage.open_input``).
+endpoint that accepts connections and says nothing is a StorageError after about ``silent_bound_s()``
+(5 x 8 + 15 = 55 s). s3fs's own retry loop is turned off (it retried by message text on top of
+botocore's). The only retry above botocore: a read whose body breaks after a good response
+(botocore cannot see it) is requested again from where it broke, at most STREAM_RETRIES more times
+(``storage.retry``, ``storage.open_input``).
 
 When the tries are spent, ``classify`` turns what S3 said into a StorageError that names the
-endpoint and bucket: unreachable, credentials refused, bucket missing, still busy.
+endpoint and bucket: unreachable, silent, credentials refused, bucket missing, still busy.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def read_timeout_s() -> float:
 
 
 def silent_bound_s() -> float:
-    """The longest a request to an endpoint that accepts connections and never answers can take."""
+    """How long a request to an endpoint that accepts connections and never answers takes, at most
+    (plus the time to connect and to build the request, well under a second each try)."""
     return max_attempts() * read_timeout_s() + backoff_bound_s()
 
 
@@ -163,7 +164,7 @@ def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: st
                            f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
     elif _silent(exc):
         err = StorageError(f"S3 at {endpoint_shown} did not answer {url_shown}: {max_attempts()} tries of "
-                           f"{read_timeout_s():g} s without progress (at most {silent_bound_s():.0f} s in all); "
+                           f"{read_timeout_s():g} s without progress (about {silent_bound_s():.0f} s in all); "
                            "is the server up and not overloaded, and AWS_ENDPOINT_URL right? "
                            "(ROADSEG_S3_READ_TIMEOUT waits longer per try)")
     else:
