@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 # S3 settings that say where, not who: safe in a runtime_env, a log line or job metadata.
 STORAGE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                    "AWS_MAX_ATTEMPTS")
+                    "AWS_MAX_ATTEMPTS", "ROADSEG_S3_READ_TIMEOUT")
 # ... and the secrets, which travel only with `roadseg submit --pass-credentials`.
 STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Ray's notices that say nothing to our users: the bars we turn off on purpose, the line Ray Data logs
@@ -25,6 +26,14 @@ STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 RAY_NOTICES = {"ray.data._internal.progress": "Progress bars",
                "ray.data._internal.execution.streaming_executor": "execution finished in",
                "ray._private.authentication.authentication_token_setup": "Token authentication is enabled"}
+# The libraries that log every S3 request, its headers (a session token, the access key id) included, at
+# DEBUG: `-v` is for our own debug lines, and these would bury them (~200 lines a command).
+WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "urllib3", "aiohttp", "asyncio")
+# Where Ray Data logs the traceback of a task that raised (before the driver sees the exception). When
+# that exception is one of ours, its message already says what is wrong and what to do, and the CLI
+# prints it as one line: Ray's copy of the traceback (~150 lines) only buries it.
+RAY_TASK_TRACEBACKS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions",
+                       "ray.data._internal.execution.streaming_executor")
 
 
 def storage_settings() -> dict[str, str]:
@@ -81,12 +90,71 @@ def quiet_ray_data() -> None:
     drop_ray_notices()
 
 
+def redact_log_records() -> None:
+    """Every log record this process creates from now on is redacted (``storage.redact``: keys, tokens,
+    request headers, passwords in URLs), whatever logger or handler it goes to; idempotent.
+
+    A record factory rather than a handler filter: a filter on a logger misses its children's records,
+    and handlers come and go (Ray's, basicConfig's)."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacts", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        from roadseg_dist.storage import redact
+
+        record = previous(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted stays as it is: logging reports it
+            pass
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def drop_ray_notices() -> None:
-    """Filter ``RAY_NOTICES`` out of Ray's loggers in this process (before ``ray.init``, which logs one)."""
+    """Filter ``RAY_NOTICES`` out of Ray's loggers in this process (before ``ray.init``, which logs one),
+    and Ray Data's reports of a task that raised one of our errors (``RAY_TASK_TRACEBACKS``); redact
+    every log record (here on the driver, and in the Ray workers that call ``quiet_ray_data``)."""
+    redact_log_records()
     for name, text in RAY_NOTICES.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):
             logger.addFilter(_Drop(text))
+    for name in RAY_TASK_TRACEBACKS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropOurTaskErrors) for f in logger.filters):
+            logger.addFilter(_DropOurTaskErrors())
+
+
+def our_error(exc: BaseException | None) -> BaseException | None:
+    """The roadseg_dist exception in ``exc``: itself, or what a Ray task raised inside Ray's wrappers
+    (``RayTaskError.cause``, Ray Data's ``UserCodeException`` and its ``__cause__``); else None.
+
+    Every error a user reads is a class of ours (``errors.py``), so "defined in roadseg_dist" is the test."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__module__.startswith("roadseg_dist."):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__]  # not __context__: an error while handling one
+    return None
+
+
+class _DropOurTaskErrors(logging.Filter):
+    """Drops a record about an exception of ours (the record's, or the one being handled as it is logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return our_error(exc) is None
 
 
 class _Drop(logging.Filter):

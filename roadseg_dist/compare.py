@@ -17,7 +17,7 @@ from roadseg_dist import labels, progress, reports, storage
 from roadseg_dist.evaluate import plan_scoring, progress_echo, score_split
 from roadseg_dist.reports import percent
 from roadseg_dist.resources import AUTO, parse_cpus
-from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
+from roadseg_dist.settings import SettingsError, at_least, field, parse_list, parse_size
 from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
 
@@ -54,6 +54,8 @@ class CompareSettings:
             raise SettingsError("--speed-batch, --batch-size and --workers must be at least 1")
         if self.speed_seconds <= 0:
             raise SettingsError(f"--speed-seconds must be positive, got {self.speed_seconds}")
+        at_least(self, 1, "limit", "num_cpus")
+        at_least(self, 0, "stall_timeout")
 
 
 def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",

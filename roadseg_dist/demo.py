@@ -64,6 +64,14 @@ class DemoSettings:
                      "train_workers", "base_channels"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        settings_mod.at_least(self, 1, "num_cpus")
+        settings_mod.at_least(self, 0, "seed", "ohem_min_kept")
+        settings_mod.at_least(self, 32, "height", "width")  # what synth draws
+        settings_mod.positive(self, "fps", "lr")
+        from roadseg_dist.models.zoo import list_models
+
+        if self.model not in list_models():
+            raise SettingsError(f"--model {self.model!r} is not in the zoo; choose one of {', '.join(list_models())}")
         if self.train_images < self.train_workers:
             raise SettingsError("--train-images must be at least --train-workers")
         if storage.is_remote(self.workdir):

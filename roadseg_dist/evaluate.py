@@ -23,7 +23,7 @@ from roadseg_dist.errors import JobError
 from roadseg_dist.eval_report import write_eval_reports
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.resources import AUTO, parse_cpus
-from roadseg_dist.settings import SettingsError, field, parse_size
+from roadseg_dist.settings import SettingsError, at_least, field, parse_size
 from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
 READ_TASK_CPUS = 0.25  # a read task streams a tar: mostly waiting on storage
@@ -59,6 +59,8 @@ class EvalSettings:
                 raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise SettingsError(f"--limit must be at least 1, got {self.limit}")
+        at_least(self, 1, "num_cpus")
+        at_least(self, 0, "stall_timeout")
 
     def output_dir(self) -> str:
         return self.out or storage.join(self.checkpoint, f"eval-{self.split}")

@@ -90,9 +90,11 @@ def parse_cpus(value) -> float | str:
     if value is None or str(value).strip().lower() == AUTO:
         return AUTO
     try:
-        cpus = float(value)
+        cpus = float(value) if not isinstance(value, bool) else math.nan  # YAML's true is no count
     except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number of CPUs: write e.g. 1, 0.5 or auto") from None
+        cpus = math.nan
+    if not math.isfinite(cpus):
+        raise ValueError(f"{value!r} is not a number of CPUs: write e.g. 1, 0.5 or auto")
     if cpus <= 0:
         raise ValueError(f"a CPU reservation must be positive (or auto), got {value!r}")
     return cpus

@@ -5,14 +5,17 @@ transient from error codes, HTTP status and exception types (503 SlowDown and th
 500/502/504, RequestTimeout, connection errors), never from message text. A request is tried at
 most ``max_attempts()`` times (AWS_MAX_ATTEMPTS, default 5); between tries botocore sleeps a random
 t_i <= min(2**(i-1), 20) s, so the back-off of one request totals at most ``backoff_bound_s()``
-(15 s at 5 tries), plus at most CONNECT_TIMEOUT_S per try to connect and READ_TIMEOUT_S per try to
-read. s3fs's own retry loop is turned off (it retried by message text on top of botocore's). The
-only retry above botocore: a read whose body breaks after a good response (botocore cannot see
-it) is requested again from where it broke, at most STREAM_RETRIES more times (``storage.retry``,
-``storage.open_input``).
+(15 s at 5 tries), plus at most CONNECT_TIMEOUT_S per try to connect and ``read_timeout_s()`` (8 s,
+ROADSEG_S3_READ_TIMEOUT) per try without progress: waiting for ``100 Continue``, sending the body,
+waiting for the answer's head (``s3http.BoundedHTTPSession``) or between reads of the answer. An
+endpoint that accepts connections and says nothing is a StorageError after about ``silent_bound_s()``
+(5 x 8 + 15 = 55 s). s3fs's own retry loop is turned off (it retried by message text on top of
+botocore's). The only retry above botocore: a read whose body breaks after a good response
+(botocore cannot see it) is requested again from where it broke, at most STREAM_RETRIES more times
+(``storage.retry``, ``storage.open_input``).
 
 When the tries are spent, ``classify`` turns what S3 said into a StorageError that names the
-endpoint and bucket: unreachable, credentials refused, bucket missing, still busy.
+endpoint and bucket: unreachable, silent, credentials refused, bucket missing, still busy.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ATTEMPTS = 5
 CONNECT_TIMEOUT_S = 4
-READ_TIMEOUT_S = 60
+# Seconds a try may go without progress. Long enough for a busy S3-compatible server to start an
+# answer (AWS S3 starts even a large CopyObject's answer at once); short enough that a silent endpoint
+# is reported within a minute at the default 5 tries, instead of 5 x 60 s (botocore's default).
+DEFAULT_READ_TIMEOUT_S = 8.0
 STREAM_RETRIES = 2
 
 
@@ -39,6 +45,24 @@ def max_attempts() -> int:
         raise ValueError(f"AWS_MAX_ATTEMPTS={value!r} is not a whole number of tries") from None
 
 
+def read_timeout_s() -> float:
+    """Seconds an S3 try may go without progress: ROADSEG_S3_READ_TIMEOUT, else 8."""
+    value = os.environ.get("ROADSEG_S3_READ_TIMEOUT", "")
+    try:
+        seconds = float(value) if value else DEFAULT_READ_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"ROADSEG_S3_READ_TIMEOUT={value!r} is not a positive number of seconds")
+    return seconds
+
+
+def silent_bound_s() -> float:
+    """How long a request to an endpoint that accepts connections and never answers takes, at most
+    (plus the time to connect and to build the request, well under a second each try)."""
+    return max_attempts() * read_timeout_s() + backoff_bound_s()
+
+
 def backoff_bound_s(attempts: int | None = None) -> float:
     """The most botocore can sleep between the tries of one request (standard mode)."""
     n = max_attempts() if attempts is None else attempts
@@ -46,11 +70,14 @@ def backoff_bound_s(attempts: int | None = None) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def s3fs_filesystem(endpoint: str | None, attempts: int):
+def s3fs_filesystem(endpoint: str | None, attempts: int, read_timeout: float = DEFAULT_READ_TIMEOUT_S):
     import s3fs
 
+    from roadseg_dist.s3http import BoundedHTTPSession
+
     config = {"retries": {"total_max_attempts": attempts, "mode": "standard"},  # tries, not retries
-              "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S}
+              "connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": read_timeout,
+              "http_session_cls": BoundedHTTPSession}  # read_timeout also bounds 100-continue and sending
     fs = s3fs.S3FileSystem(endpoint_url=endpoint, config_kwargs=config,
                            skip_instance_cache=True, use_listings_cache=False)
     fs.retries = 1  # one try in s3fs's loop: botocore is the retry layer
@@ -104,6 +131,12 @@ def stream_broke(exc: BaseException) -> bool:
     return any(isinstance(e, kinds) for e in _chain(exc))
 
 
+def _silent(exc: BaseException) -> bool:
+    from botocore.exceptions import ReadTimeoutError
+
+    return any(isinstance(e, ReadTimeoutError) for e in _chain(exc))
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Connection refused, dropped or timed out (botocore's or, under s3fs, aiohttp's)."""
     from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError, HTTPClientError
@@ -137,6 +170,11 @@ def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: st
     elif _unreachable(exc):
         err = StorageError(f"cannot reach S3 at {endpoint_shown} for {url_shown} after {max_attempts()} "
                            f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
+    elif _silent(exc):
+        err = StorageError(f"S3 at {endpoint_shown} did not answer {url_shown}: {max_attempts()} tries of "
+                           f"{read_timeout_s():g} s without progress (about {silent_bound_s():.0f} s in all); "
+                           "is the server up and not overloaded, and AWS_ENDPOINT_URL right? "
+                           "(ROADSEG_S3_READ_TIMEOUT waits longer per try)")
     else:
         return exc
     err.transient = code in _BUSY_CODES or (code is None and _unreachable(exc))

@@ -15,8 +15,11 @@ Field metadata understood here (all optional):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from typing import Any, Callable, TypeVar
@@ -88,6 +91,8 @@ def _hints(cls) -> dict[str, Any]:
 
 
 def _convert(cls, name: str, value: Any) -> Any:
+    """A value from YAML, a flag or a caller -> the field's type, strictly: nothing is rounded or
+    guessed (2.7 is no int, ``maybe`` no bool), and a field with ``choices`` takes only those."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     parse = f.metadata.get("parse")
     if value is None:
@@ -95,17 +100,83 @@ def _convert(cls, name: str, value: Any) -> Any:
     if parse is not None:
         try:
             return parse(value)
-        except ValueError as exc:  # e.g. resources.parse_cpus: name the setting
-            raise SettingsError(f"{name}: {exc}") from None
-    tp = _base_type(_hints(cls)[name])
-    if tp is bool and isinstance(value, str):
-        return value.lower() in ("1", "true", "yes", "on")
-    if tp in (int, float, str) and not isinstance(value, tp):
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{name}: {value!r} is not a valid {tp.__name__}") from None
+        except (TypeError, ValueError) as exc:  # SettingsError too: name the setting
+            raise SettingsError(f"{_shown(cls, name)}: {exc}") from None
+    value = _typed(cls, name, _base_type(_hints(cls)[name]), value)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise SettingsError(f"{_shown(cls, name)}: got {value!r}, expected one of {', '.join(map(str, choices))}")
     return value
+
+
+_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text value"}
+_NO = object()  # no lossless conversion found
+
+
+def _typed(cls, name: str, tp: Any, value: Any) -> Any:
+    """``value`` as ``tp`` (bool, int, float, str) when it is one without loss; else SettingsError."""
+    out: Any = _NO
+    if tp not in _WORDS:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            out = value.strip().lower() == "true"
+    elif isinstance(value, bool):  # YAML's true is no number and no text
+        pass
+    elif tp is int:
+        if isinstance(value, int):
+            out = value
+        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            out = int(value)
+    elif tp is float:
+        number = value
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)  # YAML reads 1e-3 (no dot) as text
+        if isinstance(number, (int, float)) and math.isfinite(number):
+            out = float(number)
+    elif tp is str:
+        if isinstance(value, str):
+            out = value
+        elif isinstance(value, (int, float)):
+            out = str(value)  # `name: 2024` in YAML
+    if out is _NO:
+        raise SettingsError(f"{_shown(cls, name)}: got {value!r}, expected {_WORDS[tp]}")
+    return out
+
+
+def _shown(cls, name: str) -> str:
+    """How a user knows a setting: its YAML key and its flag (or argument)."""
+    return f"{name} ({_cli_name(cls, name)})"
+
+
+# --- range checks for validate(): each names the flag, the value and what is allowed ---------------
+
+def at_least(obj: Any, low: float, *names: str) -> None:
+    """Each named setting that is set must be >= ``low``."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            raise SettingsError(f"{_cli_name(type(obj), name)} must be at least {low}, got {value!r}")
+
+
+def positive(obj: Any, *names: str) -> None:
+    """Each named setting that is set must be > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value > 0:
+            raise SettingsError(f"{_cli_name(type(obj), name)} must be more than 0, got {value!r}")
+
+
+def within(obj: Any, name: str, low: float, high: float) -> None:
+    """The setting, when set, must lie in ``low..high``."""
+    value = getattr(obj, name)
+    if value is not None and not low <= value <= high:
+        raise SettingsError(f"{_cli_name(type(obj), name)} must be within {low}..{high}, got {value!r}")
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -4,8 +4,10 @@ An allow-list, not a deny-list: a checkout also holds ``.env`` files, keys, data
 and symlinks, none of which belongs on a cluster. ``stage`` copies the allowed entries into a
 temp folder that becomes the job's working directory (a frozen copy: Ray hashes the folder
 before it uploads it, and a file edited in between would break the job). Inside the allowed
-folders, hidden files, caches and the runtime_env ``excludes`` are left out; a symlink is
-copied only when it resolves inside the checkout, and never followed out of it.
+folders, hidden files, caches and the runtime_env ``excludes`` are left out, and so is anything
+that looks like a secret (``SECRET_NAMES``, or a private key inside), each with a line saying so.
+A symlink is judged by what it resolves to, not by its own name: it is copied only when its
+target is a shippable file inside the allowed folders (``configs/settings.yaml -> ../.env`` is not).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +24,15 @@ from typing import Iterator
 # Top-level entries of a checkout that a job may need; README is optional.
 SHIP = ("roadseg_dist", "jobs", "configs", "pyproject.toml", "README.md")
 ALWAYS_SKIPPED = ("__pycache__", "*.pyc", "*.egg-info", ".*")
+# Names that hold secrets by convention (matched case-insensitively against the file's name and its
+# target's): an allow-listed folder is no guarantee that nobody dropped a key or an env file in it.
+SECRET_NAMES = ("*.env", ".env", ".env.*", "*.env.*", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+                "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.kdbx", "credentials*",
+                "*service-account*.json", "*service_account*.json", ".netrc", "_netrc", ".pgpass",
+                ".git-credentials", ".npmrc", ".pypirc", ".dockercfg", "kubeconfig*", "*.ovpn")
+# the PEM/OpenSSH armour of any private key, whatever the file's name
+PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+SNIFF_BYTES = 1 << 16
 
 
 @dataclasses.dataclass
@@ -53,22 +65,54 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _secret_name(rel: str) -> str | None:
+    """The SECRET_NAMES pattern the file name of ``rel`` matches, if any."""
+    name = rel.rsplit("/", 1)[-1].lower()
+    return next((p for p in SECRET_NAMES if fnmatch.fnmatchcase(name, p)), None)
+
+
+def _holds_private_key(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return PRIVATE_KEY.search(f.read(SNIFF_BYTES)) is not None
+    except OSError:
+        return False
+
+
+def _link_problem(path: Path, project: Path, skip: list[str]) -> str | None:
+    """Why the symlink ``path`` must not be followed, judged on what it resolves to; None if fine."""
+    if not _inside(path, project):
+        return f"symlink to {os.readlink(path)} outside the checkout"
+    target = path.resolve().relative_to(project).as_posix()
+    if any(part.startswith(".") for part in target.split("/")):
+        return f"symlink to the hidden {target}"
+    if _secret_name(target):
+        return f"symlink to {target}, a secret-looking name ({_secret_name(target)})"
+    if target.split("/", 1)[0] not in SHIP or _excluded(target, skip):
+        return f"symlink to {target}, which is not shipped (only {', '.join(SHIP)})"
+    return None
+
+
 def _walk(project: Path, rel: str, skip: list[str], manifest: Manifest) -> Iterator[str]:
     """Relative paths of the regular files to ship under ``rel`` (a file or a folder)."""
     path = project / rel
-    if _excluded(rel, skip):
+    if _secret_name(rel):
+        manifest.skipped[rel] = f"secret-looking name ({_secret_name(rel)})"
         return
-    if path.is_symlink() and not _inside(path, project):
-        manifest.skipped[rel] = f"symlink to {os.readlink(path)} outside the checkout"
+    if _excluded(rel, skip):  # caches, hidden files, the runtime_env excludes: no news to anyone
         return
-    if path.is_dir():
+    why = _link_problem(path, project, skip) if path.is_symlink() else None
+    if why:
+        manifest.skipped[rel] = why
+    elif path.is_dir():
         for name in sorted(os.listdir(path)):
             yield from _walk(project, f"{rel}/{name}", skip, manifest)
     elif path.is_file():
-        yield rel
-    elif not path.exists() and not path.is_symlink():
-        return
-    else:
+        if _holds_private_key(path):
+            manifest.skipped[rel] = "holds a private key"
+        else:
+            yield rel
+    elif path.exists() or path.is_symlink():
         manifest.skipped[rel] = "not a regular file"
 
 

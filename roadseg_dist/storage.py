@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import fsspec
 
 from roadseg_dist.retries import (  # noqa: F401 - re-exported: callers know them as storage.*
-    CONNECT_TIMEOUT_S, READ_TIMEOUT_S, STREAM_RETRIES, BucketMissing, ResumingReader, StorageError, backoff_bound_s,
-    classify, max_attempts, s3fs_filesystem, stream_broke)
+    CONNECT_TIMEOUT_S, STREAM_RETRIES, BucketMissing, ResumingReader, StorageError, backoff_bound_s, classify,
+    max_attempts, read_timeout_s, s3fs_filesystem, silent_bound_s, stream_broke)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,7 +70,7 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """URL -> (fsspec filesystem, path within it)."""
     url = normalize(url)
     if scheme(url) == "s3":
-        return s3fs_filesystem(s3_endpoint(), max_attempts()), url[len("s3://"):]
+        return s3fs_filesystem(s3_endpoint(), max_attempts(), read_timeout_s()), url[len("s3://"):]
     return fsspec.filesystem("file"), url
 
 
@@ -82,7 +82,7 @@ def arrow_filesystem(url: str):
     if scheme(url) == "s3":
         endpoint = s3_endpoint()
         kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()),
-                  "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": READ_TIMEOUT_S}
+                  "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": read_timeout_s()}
         if endpoint:
             kwargs["endpoint_override"] = endpoint
             kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
@@ -293,6 +293,18 @@ def upload(local: str, url: str) -> None:
         _replace_local(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
+def move(src: str, dst: str) -> None:
+    """Move a finished file to ``dst`` (same scheme): a rename on disk, a server-side copy then a
+    delete on S3; either way ``dst`` appears only complete."""
+    if not is_remote(dst):
+        os.makedirs(os.path.dirname(local_path(dst)), exist_ok=True)
+        os.replace(local_path(src), local_path(dst))
+        return
+    fs, path = filesystem(dst)
+    retry(fs.copy, filesystem(src)[1], path, url=dst)
+    retry(fs.rm, filesystem(src)[1], url=src)
+
+
 @contextlib.contextmanager
 def atomic_output(url: str, suffix: str = "") -> Iterator[str]:
     """Yield a local temp path to write; on success it is moved/uploaded to ``url``, else dropped."""
@@ -310,7 +322,11 @@ def remove(url: str, recursive: bool = False) -> None:
 # --- secrets -------------------------------------------------------------------------------------
 
 _SECRET_PATTERNS = (
-    re.compile(r"(?i)(aws_secret_access_key|aws_session_token|secret|token|password)(['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    # request headers as botocore logs them: {'X-Amz-Security-Token': b'...', 'Authorization': b'AWS4-...'}
+    re.compile(r"(?i)(x-amz-security-token|authorization)(['\"]?\s*[:=]\s*b?['\"]?)[^'\"\r\n]+"),
+    re.compile(r"(?i)(aws_secret_access_key|aws_session_token|access_key_id|secret|token|password)"
+               r"(['\"]?\s*[:=]\s*b?['\"]?)[^\s'\",}]+"),
+    re.compile(r"(?<=Credential=)[^/\s'\",]+|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # access key ids
     re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@"),  # user:password@ in URLs
 )
 
@@ -322,5 +338,7 @@ def redact(text: str) -> str:
         value = os.environ.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
-    text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + m.group(2) + "***", text)
-    return _SECRET_PATTERNS[1].sub("***@", text)
+    for pattern in _SECRET_PATTERNS[:2]:
+        text = pattern.sub(lambda m: m.group(1) + m.group(2) + "***", text)
+    text = _SECRET_PATTERNS[2].sub("***", text)
+    return _SECRET_PATTERNS[3].sub("***@", text)

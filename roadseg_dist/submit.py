@@ -39,7 +39,7 @@ import yaml
 
 from roadseg_dist import cluster, ship, storage
 from roadseg_dist.errors import JobError
-from roadseg_dist.settings import SettingsError, field
+from roadseg_dist.settings import SettingsError, at_least, field
 
 JOBS = ("train", "infer", "shard", "eval", "compare", "check")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -69,6 +69,7 @@ class SubmitSettings:
     def validate(self) -> None:
         if self.job not in JOBS:
             raise SettingsError(f"unknown job {self.job!r}: choose one of {', '.join(JOBS)}")
+        at_least(self, 0, "agent_wait")
 
 
 # --- the request -----------------------------------------------------------------------------

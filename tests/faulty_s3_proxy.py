@@ -5,6 +5,11 @@ connection cut: alternately before the request reaches the server, and halfway t
 reply. All other requests are relayed unchanged. Requests are counted by method so a test can also
 tell whether anything was written (PUT/POST/DELETE) through it. ``faults=("slowdown",)`` with
 ``every=1`` makes an endpoint that always answers 503 SlowDown.
+
+``hang`` makes an endpoint that accepts connections and then says nothing: ``"silent"`` reads each
+request's head and never answers; ``"no-continue"`` never answers a request that asks for
+``Expect: 100-continue`` (an S3 PUT of a file) and relays the others. A hung connection is held
+open until the proxy closes.
 """
 from __future__ import annotations
 
@@ -80,10 +85,12 @@ def _force_close(head: bytes) -> bytes:
 
 class FaultyProxy:
     def __init__(self, upstream: str, every: int = 5,
-                 faults: tuple[str, ...] = ("slowdown", "cut-before", "slowdown", "cut-during")):
+                 faults: tuple[str, ...] = ("slowdown", "cut-before", "slowdown", "cut-during"),
+                 hang: str | None = None):
         host, port = upstream.split("://", 1)[-1].rstrip("/").split(":")
         self.upstream = (host, int(port))
         self.every, self.cycle = every, faults
+        self.hang, self.hung, self.closing = hang, 0, threading.Event()
         self.lock = threading.Lock()
         self.count = 0
         self.methods: collections.Counter = collections.Counter()
@@ -107,6 +114,7 @@ class FaultyProxy:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.closing.set()  # lets hung connections go
         self.server.shutdown()
         self.server.server_close()
 
@@ -121,7 +129,14 @@ class FaultyProxy:
                 if got is None:
                     return
                 head, rest = got
-                if _headers(head).get("expect", "").lower() == "100-continue":
+                expects = _headers(head).get("expect", "").lower() == "100-continue"
+                if self.hang == "silent" or (self.hang == "no-continue" and expects):
+                    with self.lock:
+                        self.hung += 1
+                        self.methods[head.split(b" ", 1)[0].decode()] += 1
+                    self.closing.wait()
+                    return
+                if expects:
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # we take the body ourselves
                     head = b"\r\n".join(ln for ln in head.split(b"\r\n")
                                          if not ln.lower().startswith(b"expect:"))

@@ -163,3 +163,16 @@ def test_scrub_drops_secret_keys_and_redacts_values():
     out = ckpt.scrub({"password": "p", "AWS_SESSION_TOKEN": "t", "endpoint": "http://a:b@h:9000",
                       "sizes": (1, 2), "path": None})
     assert out == {"endpoint": "http://***@h:9000", "sizes": [1, 2], "path": None}
+
+
+def test_a_folder_of_runs_is_refused_and_lists_them(root):
+    """`roadseg infer runs ...` once walked the whole tree and took the best checkpoint of any run
+    below, a damaged one included: only a checkpoint dir or a run dir (checkpoints directly in it)."""
+    for run, miou in (("team/run-a", 0.2), ("team/run-b", 0.9)):
+        ckpt.save_checkpoint(storage.join(root, run, "checkpoint_000001"), tiny_unet(), epoch=1,
+                             metrics={"val_miou": miou})
+    storage.write_text(storage.join(root, "team/run-c/checkpoint_000001/meta.json"), '{"arch": "unet", "num_cl')
+    for folder in (root, storage.join(root, "team")):
+        with pytest.raises(CheckpointError, match=r"holds 3 run\(s\): .*run-a, .*run-b, .*run-c; pick one"):
+            load_model(folder)
+    assert ckpt.resolve_checkpoint(storage.join(root, "team/run-a")).endswith("team/run-a/checkpoint_000001")

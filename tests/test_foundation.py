@@ -70,6 +70,72 @@ def test_settings_precedence(tmp_path):
         settings.build(Demo, str(cfg))
 
 
+@pytest.mark.parametrize("line, message", [
+    ("epochs: 2.7", "epochs (--epochs): got 2.7, expected a whole number"),
+    ("epochs: true", "epochs (--epochs): got True, expected a whole number"),
+    ("gpu: maybe", "gpu (--gpu/--cpu): got 'maybe', expected true or false"),
+    ("gpu: 1", "gpu (--gpu/--cpu): got 1, expected true or false"),
+    ("loss: focal", "loss (--loss): got 'focal', expected one of ce, ohem, dice_ce"),
+    ("model: nosuch", "--model 'nosuch' is not in the zoo; choose one of unet, "),
+    ("lr: .nan", "lr (--lr): got nan, expected a number"),
+    ("name: [a, b]", "name (--name): got ['a', 'b'], expected a text value"),
+    ("max_failures: -1", "--max-failures must be at least 0, got -1"),
+])
+def test_yaml_values_are_checked_not_coerced(tmp_path, line, message):
+    """epochs: 2.7 trained 2 epochs, `gpu: maybe` trained on CPUs, `loss: focal` failed in the workers."""
+    from roadseg_dist.train.settings import TrainSettings
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"data: d\nstorage: s\nname: n\n{line}\n")
+    with pytest.raises(settings.SettingsError) as err:
+        settings.build(TrainSettings, str(cfg))
+    assert str(err.value).startswith(message)
+
+
+def test_yaml_values_that_are_what_they_say_are_taken(tmp_path):
+    from roadseg_dist.train.settings import TrainSettings
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("data: d\nstorage: s\nname: 2024\nepochs: 3.0\nlr: 1e-3\ngpu: false\nloss: ohem\n"
+                   "warmup_epochs: 1\nmodel: unet\n")
+    s = settings.build(TrainSettings, str(cfg))
+    assert (s.name, s.epochs, s.lr, s.gpu, s.loss, s.warmup_epochs) == ("2024", 3, 0.001, False, "ohem", 1.0)
+    assert type(s.epochs) is int and type(s.warmup_epochs) is float
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-failures", "-1"], "--max-failures must be at least 0, got -1"),
+    (["--ingest-cpus", "0"], "--ingest-cpus must be more than 0, got 0.0"),
+    (["--jitter", "-1"], "--jitter must be within 0..1, got -1.0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be at least 0, got -1.0"),
+    (["--shuffle-buffer", "0"], "--shuffle-buffer must be at least 1, got 0"),
+    (["--stall-timeout", "-5"], "--stall-timeout must be at least 0, got -5.0"),
+    (["--num-cpus", "0"], "--num-cpus must be at least 1, got 0"),
+    (["--model", "nosuch"], "--model 'nosuch' is not in the zoo"),
+])
+def test_train_flags_out_of_range_are_usage_errors(flags, message):
+    from click.testing import CliRunner
+
+    from roadseg_dist.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", "d", "--storage", "s", "--name", "n", *flags])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_other_jobs_check_their_ranges():
+    from roadseg_dist.compare import CompareSettings
+    from roadseg_dist.data.shard_job import ShardSettings
+    from roadseg_dist.evaluate import EvalSettings
+
+    for cls, kwargs, message in [
+            (ShardSettings, dict(root="r", dest="d", stall_timeout=-1), "--stall-timeout must be at least 0"),
+            (EvalSettings, dict(checkpoint="c", data="d", num_cpus=0), "--num-cpus must be at least 1"),
+            (CompareSettings, dict(data="d", models="a", limit=0), "--limit must be at least 1"),
+            (ShardSettings, dict(root="r", dest="d", split="test"), r"split \(--split\): got .test., expected one of train, val")]:
+        with pytest.raises(settings.SettingsError, match=message):
+            settings.build(cls, **kwargs)
+
+
 def test_palette_roundtrip():
     mask = np.array([[0, 1, 18], [255, 13, 10]], dtype=np.uint8)
     rgb = labels.colorize(mask)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +86,46 @@ def test_a_refused_endpoint_is_a_clear_error_within_30s(monkeypatch):
     assert f"127.0.0.1:{port}" in str(err.value) and "AWS_ENDPOINT_URL" in str(err.value)
 
 
+def test_a_silent_endpoint_is_waited_for_a_documented_bound(monkeypatch):
+    for name in ("AWS_MAX_ATTEMPTS", "ROADSEG_S3_READ_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    assert storage.read_timeout_s() == 8 and storage.silent_bound_s() == 5 * 8 + 15  # README says 55 s
+    monkeypatch.setenv("ROADSEG_S3_READ_TIMEOUT", "0")
+    with pytest.raises(ValueError, match="ROADSEG_S3_READ_TIMEOUT"):
+        storage.read_timeout_s()
+
+
+@pytest.mark.parametrize("hang, call", [("no-continue", "upload"), ("silent", "read_bytes")])
+def test_a_silent_endpoint_is_a_clear_error_within_the_bound(s3_server, s3_bucket, monkeypatch, tmp_path, hang, call):
+    """A PUT to an endpoint that never sends `100 Continue` waited forever (`roadseg infer` hung at its
+    first PUT); a GET that got no answer gave up after 317 s, as an "unexpected" error."""
+    url = f"{s3_bucket}/out/000001.png"
+    storage.write_bytes(url, b"png")
+    (tmp_path / "mask.png").write_bytes(b"m" * 5000)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("ROADSEG_S3_READ_TIMEOUT", "1.5")  # the default 8 s x 5 tries would take 55 s here
+    outcome: list[BaseException] = []
+
+    def attempt():
+        try:
+            storage.upload(str(tmp_path / "mask.png"), url) if call == "upload" else storage.read_bytes(url)
+        except BaseException as exc:  # noqa: BLE001 - judged below
+            outcome.append(exc)
+
+    with FaultyProxy(s3_server.endpoint, hang=hang) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        worker = threading.Thread(target=attempt, daemon=True)  # a hang fails the test, not the suite
+        start = time.monotonic()
+        worker.start()
+        bound = 2 * 1.5 + 1  # tries x seconds without progress + back-off (retries.silent_bound_s)
+        worker.join(bound + 3)
+        took = time.monotonic() - start
+    assert not worker.is_alive() and took < bound + 3, f"still waiting after {took:.0f} s"
+    assert proxy.hung == 2  # every try waited for an answer, and gave up
+    assert isinstance(outcome[0], storage.StorageError), outcome
+    assert f"S3 at {proxy.endpoint} did not answer {url}: 2 tries of 1.5 s without progress" in str(outcome[0])
+
+
 def test_a_missing_bucket_names_the_bucket(s3_server):
     with pytest.raises(storage.BucketMissing, match="'no-such-bucket-here'") as err:
         storage.read_bytes("s3://no-such-bucket-here/a/b.json")
@@ -150,12 +191,46 @@ def test_submit_ships_an_allow_list_and_never_follows_symlinks_out(tmp_path):
     assert shipped == ["configs/a.yaml", "configs/same.yaml", "jobs/runtime_env.yaml", "jobs/train.py",
                        "pyproject.toml", "roadseg_dist/__init__.py", "roadseg_dist/core.py"]
     assert "secret" not in contents.lower() and "PRIVATE KEY" not in contents
-    assert set(manifest.skipped) == {"configs/leak.yaml", "roadseg_dist/home"}
-    assert all("outside the checkout" in why for why in manifest.skipped.values())
+    assert set(manifest.skipped) == {"configs/leak.yaml", "roadseg_dist/home", "roadseg_dist/.env"}
+    assert all("outside the checkout" in why for rel, why in manifest.skipped.items() if rel != "roadseg_dist/.env")
     lines = ship.describe(manifest)
     assert lines[0].startswith("shipping 7 file(s)") and "roadseg_dist (2 file(s)" in lines[0]
     assert any("configs/leak.yaml" in line for line in lines[1:])
     assert not Path(staged).exists()
+
+
+def test_submit_leaves_out_secrets_in_the_allowed_folders_and_links_to_them(tmp_path):
+    """Secret-looking files inside configs/ and jobs/ once shipped, and so did the hidden .env behind
+    an in-checkout symlink (the hidden-file rule looked at the link's name, not its target)."""
+    project, _ = _checkout(tmp_path)
+    secrets = {"configs/prod.env": "DB_PASSWORD=s3cr3t-env\n", "configs/id_rsa": "s3cr3t-rsa\n",
+               "configs/id_ed25519.pub": "s3cr3t-pub\n", "jobs/credentials": "[default]\ns3cr3t-creds\n",
+               "configs/gcp-service-account.json": '{"private_key_id": "s3cr3t-gcp"}',
+               "configs/tls/server.PEM": "s3cr3t-pem\n", "configs/.netrc": "machine h password s3cr3t\n",
+               "configs/deploy": "-----BEGIN OPENSSH PRIVATE KEY-----\ns3cr3t-key\n"}
+    for rel, text in secrets.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    (project / ".env").write_text("AWS_SECRET_ACCESS_KEY=s3cr3t-dotenv\n")
+    (project / "configs" / "settings.yaml").symlink_to("../.env")
+    (project / "configs" / "data.yaml").symlink_to("../data/big.bin")
+    (project / "configs" / "key.yaml").symlink_to("id_rsa")
+    with ship.stage(project, []) as (staged, manifest):
+        contents = "".join(p.read_text() for p in Path(staged).rglob("*") if p.is_file())
+        shipped = sorted(str(p.relative_to(staged)) for p in Path(staged).rglob("*") if p.is_file())
+    assert "s3cr3t" not in contents and "PRIVATE KEY" not in contents
+    assert "configs/a.yaml" in shipped and "configs/same.yaml" in shipped
+    why = manifest.skipped
+    assert "secret-looking name (*.env)" == why["configs/prod.env"]
+    assert "id_rsa*" in why["configs/id_rsa"] and "id_ed25519*" in why["configs/id_ed25519.pub"]
+    assert "credentials*" in why["jobs/credentials"] and "service-account" in why["configs/gcp-service-account.json"]
+    assert "*.pem" in why["configs/tls/server.PEM"] and ".netrc" in why["configs/.netrc"]
+    assert why["configs/deploy"] == "holds a private key"
+    assert why["configs/settings.yaml"] == "symlink to the hidden .env"
+    assert "symlink to data/big.bin, which is not shipped" in why["configs/data.yaml"]
+    assert "symlink to configs/id_rsa, a secret-looking name" in why["configs/key.yaml"]
+    lines = ship.describe(manifest, limit=50)
+    assert "not shipped: configs/settings.yaml (symlink to the hidden .env)" in lines
 
 
 def test_submit_waits_for_the_job_agent_then_submits():
@@ -272,3 +347,47 @@ def test_unexpected_errors_leave_redacted(monkeypatch):
     result = CliRunner().invoke(app, ["boom"])
     assert result.exit_code == 1 and "RuntimeError: cannot open s3://***@bucket/k" in result.output
     assert "wJalrXUtnFEMI" not in result.output and "Traceback" not in result.output
+
+
+# --- -v never prints a credential ---------------------------------------------------------------
+
+def test_verbose_cli_prints_no_credential_while_talking_to_s3(s3_server, s3_bucket):
+    """`roadseg -v` printed botocore's request headers: X-Amz-Security-Token, and the access key id in
+    Authorization, hundreds of times a run."""
+    import subprocess
+    import sys
+
+    secrets = {"AWS_ACCESS_KEY_ID": "AKIDV3RB0SE0001", "AWS_SECRET_ACCESS_KEY": "v3rbose-secret-key-0001",
+               "AWS_SESSION_TOKEN": "v3rbose-session-token-0001"}
+    env = {**os.environ, **secrets}
+    out = ""
+    for args in (["synth", f"{s3_bucket}/bdd", "--train", "1", "--val", "1", "--videos", "0",
+                  "--height", "32", "--width", "32"], ["runs", f"{s3_bucket}/bdd"]):
+        done = subprocess.run([sys.executable, "-m", "roadseg_dist.cli", "-v", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out += done.stdout + done.stderr
+    assert "Found credentials in environment variables" in out  # -v did talk, and S3 took the keys
+    for name, value in secrets.items():
+        assert value not in out, name
+    assert "X-Amz-Security-Token" not in out and "Credential=" not in out
+
+
+def test_log_records_are_redacted_whatever_logger_sends_them(monkeypatch, caplog):
+    """Also when the token is not in this process's environment (a profile, an instance role)."""
+    import logging
+
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    cluster.redact_log_records()
+    with caplog.at_level(logging.DEBUG, logger="botocore.endpoint"):
+        logging.getLogger("botocore.endpoint").debug(
+            "Sending http request: %s", "<AWSPreparedRequest headers={'X-Amz-Security-Token': b'FQoGZXIvYXdzEJr/tok', "
+            "'Authorization': b'AWS4-HMAC-SHA256 Credential=ASIAABCDEFGHIJKLMNOP/20260101/us-east-1/s3/aws4_request, "
+            "SignedHeaders=host, Signature=5ee1'}>")
+        try:
+            raise ValueError("s3://user:hunter2@bucket/x")
+        except ValueError:
+            logging.getLogger("botocore.endpoint").debug("failed", exc_info=True)
+    text = caplog.text
+    assert "FQoGZXIvYXdzEJr" not in text and "ASIAABCDEFGHIJKLMNOP" not in text and "hunter2" not in text
+    assert "'X-Amz-Security-Token': b'***'" in text and "s3://***@bucket/x" in text

@@ -70,12 +70,15 @@ def test_parse_bytes():
 
 def test_build_shard_is_deterministic_plain_tar_and_skips_itself(small_root, tmp_path):
     samples = bdd100k.find_samples(small_root, "train")[:4]
-    url = str(tmp_path / "out" / "train-000000.tar")
-    first = shard_writer.build_shard(url, samples, str(tmp_path / "out" / "train-index.parquet"))
-    assert first["written"] and first["problems"] == [] and [r["key"] for r in first["rows"]] == [s.key for s in samples]
+    url, staged = str(tmp_path / "out" / "train-000000.tar"), str(tmp_path / "staging" / "train-000000.tar")
+    first = shard_writer.build_shard(url, samples, staged)
+    assert first["changed"] and first["problems"] == [] and [r["key"] for r in first["rows"]] == [s.key for s in samples]
+    assert not os.path.exists(url)  # staged only: the job publishes once every shard is good
+    storage.move(staged, url)
     stat = os.stat(url)
-    again = shard_writer.build_shard(url, samples, str(tmp_path / "out" / "train-index.parquet"))
-    assert not again["written"] and os.stat(url).st_mtime_ns == stat.st_mtime_ns and again["rows"] == first["rows"]
+    again = shard_writer.build_shard(url, samples, staged)
+    assert not again["changed"] and not os.path.exists(staged) and again["rows"] == first["rows"]
+    assert os.stat(url).st_mtime_ns == stat.st_mtime_ns
     # a plain tar reader sees <key>.jpg, <key>.png pairs with the source bytes
     src = source_files(small_root, "train")
     with tarfile.open(url) as tar:
@@ -84,11 +87,9 @@ def test_build_shard_is_deterministic_plain_tar_and_skips_itself(small_root, tmp
         for s in samples:
             assert tar.extractfile(f"{s.key}.jpg").read() == src[s.key][0]
             assert tar.extractfile(f"{s.key}.png").read() == src[s.key][1]
-    # a changed shard is rewritten, and the published index is withdrawn first
-    index = tmp_path / "out" / "train-index.parquet"
-    index.write_bytes(b"stale")
-    changed = shard_writer.build_shard(url, samples[:3], str(index))
-    assert changed["written"] and not index.exists()
+    # a changed shard is staged again, the published one left alone
+    changed = shard_writer.build_shard(url, samples[:3], staged)
+    assert changed["changed"] and os.path.exists(staged) and os.stat(url).st_mtime_ns == stat.st_mtime_ns
 
 
 def test_find_samples_names_unpaired_files(small_root, tmp_path):
@@ -241,6 +242,28 @@ def test_cli_refuses_bad_input_and_writes_no_index(small_root, tmp_path, ray_loc
     assert not os.path.exists(f"{dest}/train-index.parquet")
 
 
+def test_a_rerun_with_a_bad_sample_leaves_the_dataset_as_it_was(small_root, tmp_path, ray_local):
+    """A re-run once withdrew the index and replaced a shard before it knew of the bad samples in
+    others: it exited 1 and the dataset could no longer be trained on. Validate, then publish."""
+    root, dest = copy_root(small_root, tmp_path), str(tmp_path / "shards")
+    args = ["shard", root, dest, "--split", "train", "--shard-size", "4"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = {p: open(os.path.join(dest, p), "rb").read() for p in sorted(os.listdir(dest))}
+    samples = bdd100k.find_samples(root, "train")
+    first, last = samples[0], samples[9]           # in shards 0 and 2
+    damage_sample(first, "values")
+    damage_sample(last, "bad_jpg")
+    # shard 1 changes for good: its new bytes would replace the published ones
+    img = cv2.imread(samples[5].image)
+    cv2.imwrite(samples[5].image, 255 - img)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert {p: open(os.path.join(dest, p), "rb").read() for p in sorted(os.listdir(dest))} == before
+    assert len(shards.read_index(dest, "train")) == 10  # still a dataset to train on
+    assert first.label in result.output and last.image in result.output
+    assert f"nothing under {dest} was changed" in result.output
+
+
 @pytest.mark.slow
 def test_cli_synth_shard_verify_then_rerun_rewrites_nothing(tmp_path, ray_local):
     root, dest = str(tmp_path / "bdd"), str(tmp_path / "shards")
@@ -319,3 +342,21 @@ def test_iter_shard_reads_webdataset_samples_and_names_a_missing_member(tmp_path
         tar.write({"__key__": "a", "jpg": b"J1", "png": b"P1"})
     with pytest.raises(ValueError, match="lacks 1 sample.*'c'.*re-run `roadseg shard`"):
         list(shards.read_samples(whole, ["a", "c"]))
+
+
+def test_a_truncated_shard_is_a_dataset_error_naming_it_and_the_fix(tmp_path):
+    """A shard cut short once surfaced as a bare tarfile.ReadError, the shard not named."""
+    import pickle
+
+    url = str(tmp_path / "val-000003.tar")
+    with open(url, "wb") as f, shard_writer.tar_writer(f) as tar:
+        tar.write({"__key__": "a", "jpg": b"J" * 3000, "png": b"P" * 3000})
+    data = open(url, "rb").read()
+    open(url, "wb").write(data[:2000])
+    with pytest.raises(DatasetError) as err:
+        list(shards.iter_shard(url))
+    text = str(err.value)
+    assert text == (f"shard {url} is damaged (unexpected end of data: cut short, or not a tar written by "
+                    f"`roadseg shard`); re-run `roadseg shard ROOT {tmp_path} --split val` to rewrite it")
+    assert str(pickle.loads(pickle.dumps(err.value))) == text  # as it comes back from a Ray task
+    assert shards.check_shard(url, [{"key": "a"}]) == [text]   # --verify says the same

@@ -35,13 +35,19 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context):
         from roadseg_dist import storage
+        from roadseg_dist.cluster import our_error
 
         try:
             return super().invoke(ctx)
-        except settings.SettingsError as exc:
-            raise click.UsageError(str(exc), ctx) from None
-        except _user_errors() as exc:
-            raise click.ClickException(storage.redact(str(exc))) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - ours (also inside Ray's task errors) or re-raised
+            err = our_error(exc) or exc  # a Ray task's error arrives wrapped, its str() a traceback
+            if isinstance(err, settings.SettingsError):
+                raise click.UsageError(str(err), ctx) from None
+            if isinstance(err, _user_errors()):
+                raise click.ClickException(storage.redact(str(err))) from None
+            raise
 
 
 class Group(click.Group):
@@ -72,8 +78,13 @@ class Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs.")
 def main(verbose: bool) -> None:
     """Train BDD100K road-scene segmentation on Ray and segment video archives in bulk."""
+    from roadseg_dist.cluster import WIRE_LOGGERS, redact_log_records
+
+    redact_log_records()  # before anything logs: no key, token or signed header leaves in a log line
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for name in WIRE_LOGGERS if verbose else ():  # -v: our debug lines, not every S3 request's headers
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 # Each module adds its commands to ``main``.

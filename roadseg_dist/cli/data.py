@@ -36,7 +36,8 @@ def shard(config, **values):
 
     Writes DEST/SPLIT-000000.tar ..., then DEST/SPLIT-stats.json and, last, DEST/SPLIT-index.parquet.
     A re-run skips shards that are already complete and correct. Bad input (unpaired files, size
-    mismatches, label values outside 0-18/255, unreadable files) is listed and no index is written.
+    mismatches, label values outside 0-18/255, unreadable files) is listed and nothing under DEST
+    is changed: a dataset already there stays as it was.
     """
     from roadseg_dist.data import shard_job
 

@@ -21,13 +21,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg")
 
 
 class DatasetError(ValueError):
-    """The input dataset is not usable; ``problems`` lists one line per offending file."""
+    """The input dataset is not usable; ``problems`` lists one line per offending file (a single
+    string: one problem that says it all, the message as it is)."""
 
-    def __init__(self, problems: list[str], what: str = "the dataset"):
-        self.problems = list(problems)
+    def __init__(self, problems: list[str] | str, what: str = "the dataset"):
+        self.single = isinstance(problems, str)
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.what = what
+        super().__init__(str(self))
+
+    def __str__(self) -> str:  # from the parts: Ray Data appends its retry advice to a task error's args
+        if self.single:
+            return self.problems[0]
         shown = "\n  ".join(self.problems[:20])
         more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
-        super().__init__(f"{len(self.problems)} problem(s) in {what}:\n  {shown}{more}")
+        return f"{len(self.problems)} problem(s) in {self.what}:\n  {shown}{more}"
+
+    def __reduce__(self):  # rebuilt from its parts when it comes back from a Ray task
+        return type(self), (self.problems[0] if self.single else self.problems, self.what)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,15 +1,20 @@
 """``roadseg shard ROOT DEST --split S``: BDD100K -> WebDataset shards with one Ray task per shard.
 
     find_samples (pair + list)  ->  plan_shards (by count or bytes)  ->  one Ray task per shard
-    (shard_writer.build_shard: read, validate, write a deterministic tar, publish it if it changed)
-    ->  DEST/S-stats.json  ->  DEST/S-index.parquet
+    (shard_writer.build_shard: read, validate, write a deterministic tar, stage it if it changed)
+    ->  any problem: drop the staged shards, raise (DEST as it was)
+    ->  else publish: withdraw the index, move staged shards into place, drop stale ones,
+        DEST/S-stats.json, DEST/S-index.parquet
 
-The index is written last: a destination without it is not a finished dataset. Shards are
-byte-for-byte deterministic, so a re-run compares each shard with what is already published and
-rewrites nothing that is complete and correct. ``verify`` re-reads every shard in Ray tasks.
+Validate, then publish: nothing under DEST changes until every shard of the split is built, so a
+re-run over a source with one bad sample leaves the existing dataset exactly as it was. The index is
+written last: a destination without it is not a finished dataset. Shards are byte-for-byte
+deterministic, so a re-run compares each shard with what is already published and rewrites nothing
+that is complete and correct. ``verify`` re-reads every shard in Ray tasks.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import json
@@ -26,6 +31,7 @@ from roadseg_dist.settings import SettingsError
 from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
 
 TASK_CPUS = 0.5     # a shard task is mostly I/O and JPEG decoding; leave room for other Ray work
+MOVE_THREADS = 8    # staged shards moved into place at once (on S3 a server-side copy each)
 INDEX_COLUMNS = ["key", "shard", "bytes", "height", "width", "labelled_pixels", "class_pixels"]
 
 
@@ -67,6 +73,7 @@ class ShardSettings:
             raise SettingsError(f"--workers must be 0 (auto) or more, got {self.workers}")
         if self.split not in SPLITS:
             raise SettingsError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        settings.at_least(self, 0, "stall_timeout")
 
 
 # --- Ray glue -------------------------------------------------------------------------------------
@@ -158,14 +165,25 @@ def verify(data_url: str, split: str, workers: int = 0, address: str | None = No
     return {"verified_shards": len(calls), "verified_samples": int(len(index))}
 
 
-def _publish_index(s: "ShardSettings", dest: str, results: list[dict]) -> tuple[int, list[str]]:
-    """Drop stale shards, then write stats and, last, the index; (total shard bytes, stale shard URLs)."""
+def staging_url(dest: str, split: str) -> str:
+    """Where this split's changed shards wait until all of them are built (not a shard name: no
+    reader, nor ``_stale_shards``, ever takes it for part of the dataset)."""
+    return storage.join(dest, f".roadseg-staging-{split}")
+
+
+def _publish(s: "ShardSettings", dest: str, results: list[dict]) -> tuple[int, list[str]]:
+    """Move the staged shards into place and drop stale ones (the index withdrawn first), then write
+    stats and, last, the index; (total shard bytes, stale shard URLs)."""
     import pandas as pd
 
-    idx_url = index_url(dest, s.split)
-    stale = _stale_shards(dest, s.split, {r["shard"] for r in results})
-    if stale:  # shards of an earlier, larger run of this split
-        storage.remove(idx_url)
+    idx_url, staging = index_url(dest, s.split), staging_url(dest, s.split)
+    changed = [r["shard"] for r in results if r["changed"]]
+    stale = _stale_shards(dest, s.split, {r["shard"] for r in results})  # of an earlier, larger run
+    if changed or stale:
+        storage.remove(idx_url)  # it no longer describes the shards once one of them changes
+        with cf.ThreadPoolExecutor(MOVE_THREADS) as pool:
+            list(pool.map(lambda name: storage.move(storage.join(staging, name), storage.join(dest, name)),
+                          changed))
         for url in stale:
             storage.remove(url)
     index = pd.DataFrame([row for r in results for row in r["rows"]], columns=INDEX_COLUMNS)
@@ -177,7 +195,8 @@ def _publish_index(s: "ShardSettings", dest: str, results: list[dict]) -> tuple[
 
 
 def run_shard(s: ShardSettings) -> dict:
-    """Shard one split of a BDD100K root into ``s.dest``; returns a summary. Raises DatasetError."""
+    """Shard one split of a BDD100K root into ``s.dest``; returns a summary. Raises DatasetError,
+    leaving ``s.dest`` as it was, when any sample of the split is bad."""
     from roadseg_dist.cluster import init_ray
 
     root, dest = storage.normalize(s.root), storage.normalize(s.dest)
@@ -187,19 +206,24 @@ def run_shard(s: ShardSettings) -> dict:
     samples = bdd100k.find_samples(root, s.split)
     plan = plan_shards(samples, s.shard_size, s.shard_bytes)
     storage.makedirs(dest)
-    idx_url = index_url(dest, s.split)
-    calls = [(storage.join(dest, shard_name(s.split, i)), group, idx_url) for i, group in enumerate(plan)]
+    staging = staging_url(dest, s.split)
+    storage.remove(staging, recursive=True)  # what a crashed run left
+    calls = [(storage.join(dest, shard_name(s.split, i)), group, storage.join(staging, shard_name(s.split, i)))
+             for i, group in enumerate(plan)]
     workers = s.workers or _auto_workers(len(calls))
-    results = _run_tasks(_remote(build_shard), calls, workers, f"shard {s.split}", s.stall_timeout)
-
-    problems = [p for r in results for p in r["problems"]]
-    if problems:
-        raise DatasetError(problems, f"split {s.split!r} of {storage.redact(root)}; no index was written")
-    total_bytes, stale = _publish_index(s, dest, results)
+    try:
+        results = _run_tasks(_remote(build_shard), calls, workers, f"shard {s.split}", s.stall_timeout)
+        problems = [p for r in results for p in r["problems"]]
+        if problems:
+            raise DatasetError(problems, f"split {s.split!r} of {storage.redact(root)}; nothing under "
+                               f"{storage.redact(dest)} was changed")
+        total_bytes, stale = _publish(s, dest, results)
+    finally:
+        storage.remove(staging, recursive=True)
     seconds = time.perf_counter() - start
     summary = {"split": s.split, "dest": storage.redact(dest), "samples": sum(len(r["rows"]) for r in results),
-               "shards": len(results), "written": sum(r["written"] for r in results),
-               "skipped": sum(not r["written"] for r in results), "removed_stale": len(stale),
+               "shards": len(results), "written": sum(r["changed"] for r in results),
+               "skipped": sum(not r["changed"] for r in results), "removed_stale": len(stale),
                "bytes": total_bytes, "seconds": round(seconds, 2),
                "mb_per_s": round(total_bytes / 1e6 / max(seconds, 1e-9), 2)}
     if s.verify:

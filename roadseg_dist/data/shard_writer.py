@@ -3,11 +3,13 @@
 Runs inside one Ray task of ``data/shard_job.py`` (and in plain tests). The tar is webdataset's
 ``TarWriter`` with every header field fixed (mtime 0, mode 0644, uid/gid 0, no user names, GNU
 format), so the same samples always give the same bytes and a re-run can compare before it writes.
+A task never touches the published dataset: a shard that changed goes to a staging URL, and the job
+moves it into place only once every shard of the split is known to be good.
 
-    plan_shards(samples, size, bytes)   samples (key order) -> groups, one per shard
-    load_sample(sample)                 (jpg, train-id png, index row), or ValueError naming the file
-    build_shard(url, samples, index)    write + publish one shard; its index rows and problems
-    split_stats(split, index, bytes)    totals, class frequencies and ENet-style class weights
+    plan_shards(samples, size, bytes)         samples (key order) -> groups, one per shard
+    load_sample(sample)                       (jpg, train-id png, index row), or ValueError naming the file
+    build_shard(url, samples, staging_url)    write one shard, stage it if it differs from ``url``
+    split_stats(split, index, bytes)          totals, class frequencies and ENet-style class weights
 """
 from __future__ import annotations
 
@@ -110,22 +112,20 @@ def _write_samples(tmp: str, samples: list[Sample], shard: str) -> tuple[list[di
     return rows, problems
 
 
-def build_shard(shard_url: str, samples: list[Sample], index_to_invalidate: str) -> dict:
-    """Validate and write one shard; publish it only if the destination does not already hold it.
+def build_shard(shard_url: str, samples: list[Sample], staging_url: str) -> dict:
+    """Validate and write one shard; when it differs from what ``shard_url`` holds, upload it to
+    ``staging_url`` (the job publishes staged shards once no shard of the split has a problem).
 
-    Returns {"shard", "rows", "problems", "written", "bytes"}. With problems, nothing is published.
+    Returns {"shard", "rows", "problems", "changed", "bytes"}. With problems, nothing is staged.
     """
     name = shard_url.rsplit("/", 1)[-1]
     with storage.local_temp(prefix="roadseg-shard-", suffix=".tar") as tmp:
         rows, problems = _write_samples(tmp, samples, name)
         size = os.path.getsize(tmp)
-        written = False
-        if not problems and not _same_file(tmp, shard_url):
-            # the published index no longer describes the shards once one of them changes
-            storage.remove(index_to_invalidate)
-            storage.upload(tmp, shard_url)
-            written = True
-    return {"shard": name, "rows": rows, "problems": problems, "written": written, "bytes": size}
+        changed = not problems and not _same_file(tmp, shard_url)
+        if changed:
+            storage.upload(tmp, staging_url)
+    return {"shard": name, "rows": rows, "problems": problems, "changed": changed, "bytes": size}
 
 
 def split_stats(split: str, index, shard_bytes: int) -> dict:

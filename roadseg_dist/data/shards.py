@@ -64,16 +64,31 @@ def read_stats(data_url: str, split: str) -> dict:
 # --- samples ------------------------------------------------------------------------------------
 
 def iter_shard(shard_url: str) -> Iterator[tuple[str, bytes, bytes]]:
-    """Stream a shard: (key, jpg bytes, png bytes) per sample, in stored order."""
-    with storage.open_input(shard_url) as f:
-        # group_by_keys wants the URL on every member, as webdataset's own url opener adds it
-        members = ({**m, "__url__": shard_url} for m in tariterators.tar_file_iterator(f))
-        for sample in tariterators.group_by_keys(members):
-            key = sample["__key__"].rsplit("/", 1)[-1]
-            missing = [ext for ext in ("jpg", "png") if ext not in sample]
-            if missing:
-                raise ValueError(f"{storage.redact(shard_url)}: sample {key!r} lacks its {missing[0]} member")
-            yield key, sample["jpg"], sample["png"]
+    """Stream a shard: (key, jpg bytes, png bytes) per sample, in stored order. A shard that is not a
+    whole tar (cut short, overwritten) is a ``DatasetError`` naming it and the command that rewrites it."""
+    try:
+        with storage.open_input(shard_url) as f:
+            # group_by_keys wants the URL on every member, as webdataset's own url opener adds it
+            members = ({**m, "__url__": shard_url} for m in tariterators.tar_file_iterator(f))
+            for sample in tariterators.group_by_keys(members):
+                key = sample["__key__"].rsplit("/", 1)[-1]
+                missing = [ext for ext in ("jpg", "png") if ext not in sample]
+                if missing:
+                    raise ValueError(f"{storage.redact(shard_url)}: sample {key!r} lacks its {missing[0]} member")
+                yield key, sample["jpg"], sample["png"]
+    except (tarfile.TarError, EOFError) as exc:
+        raise damaged_shard(shard_url, exc) from None
+
+
+def damaged_shard(shard_url: str, exc: BaseException) -> bdd100k.DatasetError:
+    """The one-line error for a shard that cannot be read as a tar, saying how to rewrite it."""
+    folder, name = storage.normalize(shard_url).rsplit("/", 1)
+    split = name.rsplit("-", 1)[0] if "-" in name else "SPLIT"
+    why = str(exc).split(" @ ", 1)[0] or type(exc).__name__  # webdataset appends the file object's repr
+    return bdd100k.DatasetError(
+        f"shard {storage.redact(shard_url)} is damaged ({why}: cut short, or not a tar written by "
+        f"`roadseg shard`); re-run `roadseg shard ROOT {storage.redact(folder)} --split {split}` "
+        "to rewrite it")
 
 
 def read_samples(shard_url: str, keys: Iterable[str] | None = None) -> Iterator[tuple[str, bytes, bytes]]:
@@ -103,6 +118,8 @@ def check_shard(shard_url: str, expected: list[dict]) -> list[str]:
     where = storage.redact(shard_url)
     try:
         seen = list(iter_shard(shard_url))
+    except bdd100k.DatasetError as exc:
+        return [str(exc)]
     except (OSError, ValueError, tarfile.TarError) as exc:
         return [f"{where}: cannot be read as a tar of samples ({exc})"]
     keys = [k for k, _, _ in seen]

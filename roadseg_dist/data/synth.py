@@ -51,8 +51,8 @@ class SynthSettings:
     def validate(self) -> None:
         if min(self.height, self.width) < 32:
             raise SettingsError(f"--height and --width must be at least 32, got {self.height}x{self.width}")
-        if min(self.train, self.val, self.videos, self.video_frames) < 0 or self.fps <= 0:
-            raise SettingsError("counts must be 0 or more and --fps positive")
+        settings.at_least(self, 0, "train", "val", "videos", "video_frames", "seed")
+        settings.positive(self, "fps")
 
 
 def sample_name(seed: int, split: str, index: int) -> str:

@@ -177,8 +177,10 @@ def _rank(meta: dict) -> tuple:
 def resolve_checkpoint(url: str, pick: str = "best") -> str:
     """A checkpoint dir -> itself; a run dir -> its best (``pick="best"``) or ``"latest"`` checkpoint.
 
-    Best = highest ``metrics.val_miou``, ties broken by the later epoch. Unfinished checkpoint
-    directories (no meta.json) are skipped.
+    A run dir holds its checkpoint directories directly (``RUN/checkpoint_*/meta.json``); a folder
+    of several runs is refused, listing them: picking "the best of any run below" would mix runs of
+    other data or models (and trip on any damaged one). Best = highest ``metrics.val_miou``, ties
+    broken by the later epoch. Unfinished checkpoint directories (no meta.json) are skipped.
     """
     if pick not in ("best", "latest"):
         raise ValueError(f"pick must be 'best' or 'latest', not {pick!r}")
@@ -191,20 +193,33 @@ def resolve_checkpoint(url: str, pick: str = "best") -> str:
     if storage.exists(storage.join(url, MODEL_FILE)):
         raise CheckpointError(f"{shown} has {MODEL_FILE} but no {META_FILE}: the checkpoint was not "
                               "finished (interrupted save); use an earlier checkpoint")
+    found = _checkpoint_dirs_below(url)
     candidates = []
-    for f in storage.list_files(url):
-        parts = f.rsplit("/", 2)
-        if len(parts) == 3 and parts[2] == META_FILE and parts[1].startswith("checkpoint"):
-            ckpt = f.rsplit("/", 1)[0]
-            meta = _parse_meta(f)
-            rank = _rank(meta) if pick == "best" else (int(meta.get("epoch") or 0),)
-            candidates.append((rank + (ckpt,), ckpt))
+    for ckpt in found.get(url, []):
+        meta = _parse_meta(storage.join(ckpt, META_FILE))
+        rank = _rank(meta) if pick == "best" else (int(meta.get("epoch") or 0),)
+        candidates.append((rank + (ckpt,), ckpt))
+    if not candidates and found:
+        runs = sorted(run[len(url) + 1:] for run in found)
+        listed = ", ".join(runs[:10]) + (f" and {len(runs) - 10} more" if len(runs) > 10 else "")
+        raise CheckpointError(f"{shown} is not a run or checkpoint directory but holds {len(runs)} run(s): "
+                              f"{listed}; pick one, e.g. {shown}/{runs[0]}")
     if not candidates:
         raise CheckpointError(f"{shown} holds no finished checkpoint: expected {META_FILE} there, or "
                               f"checkpoint_*/{META_FILE} below it (a training run directory)")
     chosen = max(candidates)[1]
     log.info("%s: using %s checkpoint %s of %d", shown, pick, chosen.rsplit("/", 1)[-1], len(candidates))
     return chosen
+
+
+def _checkpoint_dirs_below(url: str) -> dict[str, list[str]]:
+    """{run dir: its finished checkpoint dirs} for every ``*/checkpoint*/meta.json`` under ``url``."""
+    runs: dict[str, list[str]] = {}
+    for f in storage.list_files(url):
+        parts = f.rsplit("/", 2)
+        if len(parts) == 3 and parts[2] == META_FILE and parts[1].startswith("checkpoint"):
+            runs.setdefault(parts[0], []).append(f"{parts[0]}/{parts[1]}")
+    return runs
 
 
 def input_normalization(meta: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:

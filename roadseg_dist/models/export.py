@@ -46,6 +46,7 @@ class ExportSettings:
             raise SettingsError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
         if self.tolerance <= 0:
             raise SettingsError(f"tolerance must be positive, got {self.tolerance}")
+        settings.at_least(self, 7, "opset")  # the oldest opset torch.onnx writes
 
 
 def example_sizes(multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -93,6 +93,18 @@ class TrainSettings:
                 or len(self.name.encode()) > 255):
             raise SettingsError(f"name {self.name!r} must be one plain folder name (not . or .., "
                                 "no '/' or '\\', at most 255 bytes)")
+        settings.at_least(self, 0, "max_failures", "warmup_epochs", "weight_decay", "poly_power", "dice_weight",
+                          "seed", "stall_timeout")
+        settings.at_least(self, 1, "shuffle_buffer", "num_cpus")
+        settings.positive(self, "ingest_cpus")
+        settings.within(self, "jitter", 0, 1)
+        settings.within(self, "momentum", 0, 1)
+        settings.within(self, "base_channels", 1, 128)  # what a checkpoint's meta.json may hold
+        from roadseg_dist.models.zoo import list_models  # torch: only where a train is built
+
+        if self.model not in list_models():
+            raise SettingsError(f"--model {self.model!r} is not in the zoo; choose one of {', '.join(list_models())} "
+                                "(roadseg models)")
 
     def to_config(self) -> dict:
         """The settings as a plain dict for the workers; ``meta.json`` gets ``checkpoint.scrub`` of it."""
