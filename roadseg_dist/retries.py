@@ -138,7 +138,8 @@ def _silent(exc: BaseException) -> bool:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    """Connection refused, dropped or timed out (botocore's or, under s3fs, aiohttp's)."""
+    """Connection refused, dropped or timed out (botocore's or, under s3fs, aiohttp's); a read that
+    timed out is ``_silent``, checked first."""
     from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError, HTTPClientError
 
     kinds: tuple[type, ...] = (BotoConnectionError, ConnectTimeoutError, HTTPClientError)
@@ -167,17 +168,17 @@ def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: st
         err = StorageError(f"S3 at {endpoint_shown} kept answering {code} for {url_shown}: gave up after "
                            f"{max_attempts()} tries (AWS_MAX_ATTEMPTS) and at most {backoff_bound_s():.0f} s "
                            "of back-off; try again later, or raise AWS_MAX_ATTEMPTS")
-    elif _unreachable(exc):
-        err = StorageError(f"cannot reach S3 at {endpoint_shown} for {url_shown} after {max_attempts()} "
-                           f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
     elif _silent(exc):
         err = StorageError(f"S3 at {endpoint_shown} did not answer {url_shown}: {max_attempts()} tries of "
                            f"{read_timeout_s():g} s without progress (about {silent_bound_s():.0f} s in all); "
                            "is the server up and not overloaded, and AWS_ENDPOINT_URL right? "
                            "(ROADSEG_S3_READ_TIMEOUT waits longer per try)")
+    elif _unreachable(exc):
+        err = StorageError(f"cannot reach S3 at {endpoint_shown} for {url_shown} after {max_attempts()} "
+                           f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
     else:
         return exc
-    err.transient = code in _BUSY_CODES or (code is None and _unreachable(exc))
+    err.transient = code in _BUSY_CODES or (code is None and (_silent(exc) or _unreachable(exc)))
     err.__cause__ = None
     return err
 

@@ -179,7 +179,8 @@ def test_ids_never_share_an_output_folder():
     assert nested["/i/a/mask.mp4"] == "a/mask" and nested["/i/a.mp4"] == "a_mp4"  # not a folder of the other
 
 
-@pytest.mark.parametrize("name", ["report.json.mp4", "frames.parquet.mov", "index.html.mp4", "REPORT.JSON.mp4"])
+@pytest.mark.parametrize("name", ["report.json.mp4", "frames.parquet.mov", "index.html.mp4", "REPORT.JSON.mp4",
+                                  "frames.mp4", "sources.js.mov", "index-2.html.mp4"])
 def test_reserved_names_get_safe_ids(name):
     sid = inputs._unique_ids([(name, "/i/" + name)])["/i/" + name]
     assert sid.lower() not in inputs.RESERVED and sid.startswith(name.rsplit(".", 1)[0] + "_")

@@ -68,11 +68,11 @@ def test_discover_folder_videos_images_and_list(tmp_path):
     (tmp_path / "a" / "b.avi").write_bytes(b"x")      # same stem: ids keep the extension
     (tmp_path / "top.mkv").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("ignored in a folder")
-    (tmp_path / "frames").mkdir()
+    (tmp_path / "cam0").mkdir()
     for name in ("002.jpg", "001.jpg", "010.png"):
-        (tmp_path / "frames" / name).write_bytes(b"x")
+        (tmp_path / "cam0" / name).write_bytes(b"x")
     found = inputs.discover(str(tmp_path))
-    assert [s.id for s in found] == ["a/b_avi", "a/b_mp4", "frames", "top"]
+    assert [s.id for s in found] == ["a/b_avi", "a/b_mp4", "cam0", "top"]
     assert inputs.safe_id("a/b") == "a/b"
     frames_src = found[2]
     assert frames_src.kind == "images"
