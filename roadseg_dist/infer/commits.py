@@ -1,12 +1,14 @@
 """Finished sources, committed in batches: one manifest and one frames part per batch (``state.commit``).
 
 The driver adds each source the moment all of it is written; a batch is written when it holds
-MAX_SOURCES sources or MAX_ROWS stats rows, when MAX_SECONDS have passed since its first source, and
-at the end. So the requests to storage per source are a fraction of one, the driver holds at most
-one batch of rows, and a crash loses at most MAX_SECONDS of finished sources (they are redone).
+MAX_SOURCES sources or MAX_ROWS stats rows, when ``max_seconds()`` have passed since its first
+source, and at the end. So the requests to storage per source are a fraction of one, the driver
+holds at most one batch of rows, and a crash loses at most that many seconds of finished sources
+(they are redone).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
@@ -15,12 +17,24 @@ from roadseg_dist.infer.state import State
 
 MAX_SOURCES = 2000
 MAX_ROWS = 250_000   # ~40 MB of rows in the driver
-MAX_SECONDS = 30.0
+
+
+def max_seconds() -> float:
+    """Seconds between commits at most: ROADSEG_COMMIT_SECONDS, else 30 (what a crash can cost)."""
+    value = os.environ.get("ROADSEG_COMMIT_SECONDS", "")
+    try:
+        seconds = float(value) if value else 30.0
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"ROADSEG_COMMIT_SECONDS={value!r} is not a number of seconds")
+    return seconds
 
 
 class Commits:
     def __init__(self, state: State, with_stats: bool, clock: Callable[[], float] = time.monotonic):
         self.state, self.with_stats, self.clock = state, with_stats, clock
+        self.every_s = max_seconds()
         self.sources: list[dict[str, Any]] = []
         self.tables: list = []
         self.rows = 0
@@ -40,7 +54,7 @@ class Commits:
     def tick(self) -> None:
         """Write the batch if it is full or old enough (the driver also calls this while it waits)."""
         if self.sources and (len(self.sources) >= MAX_SOURCES or self.rows >= MAX_ROWS
-                             or self.clock() - self.since >= MAX_SECONDS):
+                             or self.clock() - self.since >= self.every_s):
             self.flush()
 
     def flush(self) -> None:

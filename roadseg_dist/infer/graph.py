@@ -162,11 +162,14 @@ def process_batch(batch: dict[str, np.ndarray], target: Target, actors: list) ->
     """Ray Data ``map_batches`` over units (JSON, one a row): their result rows."""
     import cv2
 
+    import ray
+
     cv2.setNumThreads(1)  # parallelism comes from the tasks
     models = Models(actors)
+    node = ray.get_runtime_context().get_node_id()
     for text in batch["work"]:
         work = Work(**json.loads(text))
-        row = process_unit(work, target, models)
+        row = {**process_unit(work, target, models), "node": node}
         yield {k: np.array([v], dtype=object if isinstance(v, (bytes, str)) else None) for k, v in row.items()}
 
 

@@ -12,6 +12,7 @@ time holds OUTPUT (``lease.py``).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -63,6 +64,7 @@ class Job:
     whole_frames_done: int = 0
     fatal: str = ""
     actors_summary: dict = dataclasses.field(default_factory=dict)  # report.json's model_actors
+    nodes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # node -> units done
 
     def finished(self, entry: dict, table) -> None:
         """A source is complete: it goes into the next batch."""
@@ -229,6 +231,7 @@ def collect_videos(job: Job, block: bool) -> None:
 def take(job: Job, row: dict[str, Any]) -> None:
     """One unit's result row."""
     sid = row["video"]
+    job.nodes[str(row.get("node", ""))[:12]] += 1
     if row.get("fatal"):
         job.fatal = job.fatal or row["fatal"]
     job.frames_now += int(row["frames"])
@@ -314,6 +317,7 @@ def _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress
                               seconds=time.time() - t0,
                               frames_total=job.commits.frames + sum(int(done[i].get("frames", 0)) for i in already))
     report["model_actors"] = job.actors_summary
+    report["units_per_node"] = dict(sorted(job.nodes.items()))
     report_mod.write(state.output, report)
     if job.fatal:
         raise OutputFull(f"{job.fatal}. The run stopped; the {job.sources_done} source(s) it finished "
