@@ -183,6 +183,28 @@ def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: st
     return err
 
 
+OUTAGE_PAUSES_S = (5.0, 15.0, 30.0)  # an outage longer than botocore's tries: paused through, then given up
+
+
+def through_outages(fn: Callable, *args, pauses: tuple[float, ...] = OUTAGE_PAUSES_S,
+                    sleep: Callable[[float], None] | None = None, **kwargs):
+    """``fn(*args, **kwargs)``, called again after each pause while it fails with a transient
+    StorageError (S3 unreachable, silent or busy after every try); any other error, or the last
+    one, is raised. For work worth finishing after an outage of up to ~a minute."""
+    import time
+
+    sleep = sleep or time.sleep
+    for pause in (*pauses, None):
+        try:
+            return fn(*args, **kwargs)
+        except StorageError as exc:
+            if not exc.transient or pause is None:
+                raise
+            log.warning("S3 unavailable (%s); trying again in %.0f s", exc, pause)
+            sleep(pause)
+    raise AssertionError("unreachable")
+
+
 class ResumingReader:
     """A read-only S3 file whose reads survive a body cut mid-stream: the object is opened again at
     the same offset, at most STREAM_RETRIES times per read (botocore cannot see such a cut).

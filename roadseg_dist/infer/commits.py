@@ -12,8 +12,11 @@ import os
 import time
 from typing import Any, Callable
 
+from roadseg_dist import retries
 from roadseg_dist.infer import stats as stats_mod
+from roadseg_dist.infer.process import OutputError
 from roadseg_dist.infer.state import State
+from roadseg_dist.retries import OUTAGE_PAUSES_S
 
 MAX_SOURCES = 2000
 MAX_ROWS = 250_000   # ~40 MB of rows in the driver
@@ -40,7 +43,8 @@ class Commits:
         self.rows = 0
         self.since: float | None = None
         self.written = 0  # batches
-        self.frames = 0  # frames of the sources committed by this run
+        self.frames = self.committed = 0  # frames and sources committed by this run
+        self.retry_at = 0.0  # after a failed commit in an S3 outage, not before this
 
     def add(self, source: dict[str, Any], table) -> None:
         """A finished source (id, identity, frames, ...) and its stats rows."""
@@ -53,11 +57,13 @@ class Commits:
 
     def tick(self) -> None:
         """Write the batch if it is full or old enough (the driver also calls this while it waits)."""
-        if self.sources and (len(self.sources) >= MAX_SOURCES or self.rows >= MAX_ROWS
-                             or self.clock() - self.since >= self.every_s):
-            self.flush()
+        if self.sources and self.clock() >= self.retry_at and (
+                len(self.sources) >= MAX_SOURCES or self.rows >= MAX_ROWS or self.clock() - self.since >= self.every_s):
+            self.flush(final=False)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = True) -> None:
+        """Write the batch. In an S3 outage: while the run goes on, keep it for a later tick; at the
+        end, pause and try again (``retries.through_outages``). A full disk is an ``OutputError``."""
         if not self.sources:
             return
         import pyarrow as pa
@@ -65,7 +71,16 @@ class Commits:
         table = pa.concat_tables(self.tables) if self.with_stats else None
         if table is not None and not len(table):
             table = stats_mod.empty()
-        self.state.commit(self.sources, table)
+        try:
+            retries.through_outages(self.state.commit, self.sources, table, pauses=OUTAGE_PAUSES_S if final else ())
+        except retries.StorageError as exc:
+            if final or not exc.transient:
+                raise
+            self.retry_at = self.clock() + OUTAGE_PAUSES_S[0]
+            return
+        except OSError as exc:
+            raise OutputError(self.state.root, exc) from None
         self.written += 1
         self.frames += sum(int(s.get("frames", 0)) for s in self.sources)
+        self.committed += len(self.sources)
         self.sources, self.tables, self.rows, self.since = [], [], 0, None

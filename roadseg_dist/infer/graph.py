@@ -31,7 +31,6 @@ from roadseg_dist.infer.stats import Rows
 TASK_CPUS = 0.25   # a unit's CPUs beside CPU model actors, which get most of them
 MAX_CPU_ACTORS_PER_NODE = 8  # each actor holds a model: past this, an actor gets more threads instead
 GPU_BATCH_FACTOR = 4  # a GPU actor merges the chunks of several units into batches this many times larger
-UNIT_PAUSES_S = (5.0, 15.0, 30.0)  # a unit that met an unreachable or busy S3 is tried again after these
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,22 +135,18 @@ class Models:
 
 # --- units of work ----------------------------------------------------------------------------------
 
-def process_unit(work: Work, target: Target, submit, pauses=UNIT_PAUSES_S, sleep=time.sleep) -> dict[str, Any]:
-    """``process.process`` with what a unit's failure means: an S3 outage (unreachable, busy) pauses and
-    tries the unit again (``pauses``); a full disk is ``fatal`` (the run stops); anything else about
-    the source's files is that source's failure."""
-    for attempt in range(len(pauses) + 1):
-        try:
-            return {**process(work, target, submit), "fatal": ""}
-        except (OutputError, retries.StorageError) as exc:
-            cause = exc.cause if isinstance(exc, OutputError) else exc
-            if isinstance(exc, OutputError) and exc.disk_full:
-                return failed_row(work, str(exc), fatal=str(exc))
-            if getattr(cause, "transient", False) and attempt < len(pauses):
-                sleep(pauses[attempt])
-                continue
-            return failed_row(work, reason(exc))
-    raise AssertionError("unreachable")
+def process_unit(work: Work, target: Target, submit, pauses=retries.OUTAGE_PAUSES_S, sleep=None) -> dict[str, Any]:
+    """``process.process`` with what a unit's failure means: an S3 outage (unreachable, silent, busy)
+    pauses and tries the unit again (``retries.through_outages``); a full disk is ``fatal`` (the run
+    stops); anything else about the source's files is that source's failure."""
+    try:
+        return {**retries.through_outages(process, work, target, submit, pauses=pauses, sleep=sleep), "fatal": ""}
+    except OutputError as exc:
+        if exc.disk_full:
+            return failed_row(work, str(exc), fatal=str(exc))
+        return failed_row(work, reason(exc))
+    except retries.StorageError as exc:
+        return failed_row(work, reason(exc))
 
 
 def failed_row(work: Work, why: str, fatal: str = "") -> dict[str, Any]:
@@ -210,7 +205,7 @@ def probe_and_save(src, segment_frames: int, stride_of, image_fps, output: str) 
     p = plan_mod.probe_plan(src, segment_frames, stride_of, image_fps)
     if "error" not in p:
         try:
-            State(output).write_json(State(output).plan_url(src.id), p)
+            retries.through_outages(State(output).write_json, State(output).plan_url(src.id), p)
         except Exception as exc:  # noqa: BLE001 - this source's failure, not the run's
             return {"id": src.id, "url": src.url, "error": "its plan could not be saved: " + reason(exc)}
     return p
@@ -218,6 +213,12 @@ def probe_and_save(src, segment_frames: int, stride_of, image_fps, output: str) 
 
 def assemble_video(output: str, sid: str, indices: list[int], fps: float, width: int, height: int,
                    codec: str = "h264") -> int:
+    """OUT/<id>/overlay.mp4 of a split source (see ``join_video``), through an S3 outage."""
+    return retries.through_outages(join_video, output, sid, indices, fps, width, height, codec)
+
+
+def join_video(output: str, sid: str, indices: list[int], fps: float, width: int, height: int,
+               codec: str = "h264") -> int:
     """OUT/<id>/overlay.mp4 of a split source in index order, uploaded when complete: H.264 joined
     from its ranges' pieces, or (pieces missing, MJPEG) from the overlay JPEGs, streamed with bounded
     read-ahead. The pieces are removed once the video is in place."""

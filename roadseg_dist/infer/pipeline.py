@@ -27,7 +27,7 @@ from roadseg_dist.infer import graph, ledger, monitor, plan as plan_mod, report 
 from roadseg_dist.infer.commits import Commits
 from roadseg_dist.infer.inputs import Source, discover
 from roadseg_dist.infer.lease import Lease, LeaseHeld
-from roadseg_dist.infer.process import Target, reason
+from roadseg_dist.infer.process import OutputError, Target, reason
 from roadseg_dist.infer.settings import InferSettings
 from roadseg_dist.infer.state import State, checkpoint_identity, read_table, signature
 
@@ -261,7 +261,7 @@ def execute(job: Job, works: list, actors: list, sizing: graph.Sizing) -> None:
         for row in graph.run_units(window, job.target, actors, sizing):
             take(job, row)
             collect_videos(job, block=False)
-            job.commits.tick()
+            commit(job, final=False)
             if job.fatal:
                 break
         works, job.redo = works + job.redo, []
@@ -311,18 +311,33 @@ def _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress
         _execute(job, pending, actors, sizing, show_progress)
     finally:
         graph.stop_models(actors)
-    job.commits.flush()
-    report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.sources_done,
+    commit(job, final=True)
+    report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.commits.committed,
                               failures=list(job.failures.values()), frames=job.frames_now,
                               seconds=time.time() - t0,
                               frames_total=job.commits.frames + sum(int(done[i].get("frames", 0)) for i in already))
     report["model_actors"] = job.actors_summary
     report["units_per_node"] = dict(sorted(job.nodes.items()))
-    report_mod.write(state.output, report)
+    try:
+        report_mod.write(state.output, report)
+    except OSError as exc:  # the disk that stopped the run may have no room for the report either
+        job.fatal = job.fatal or str(OutputError(storage.join(state.output, "report.json"), exc))
     if job.fatal:
-        raise OutputFull(f"{job.fatal}. The run stopped; the {job.sources_done} source(s) it finished "
-                         "are kept: free some space and run the same command again to finish the rest")
+        raise OutputFull(f"{job.fatal}. The run stopped; the {job.commits.committed} source(s) "
+                         "it finished are kept: free some space and run the same command again to finish the rest")
     return report
+
+
+def commit(job: Job, final: bool) -> None:
+    """Write the finished sources' batch when due (``final``: now); a commit that cannot be written
+    (a full disk) stops the run like a unit that cannot write its files."""
+    try:
+        if final:
+            job.commits.flush()
+        else:
+            job.commits.tick()
+    except OutputError as exc:
+        job.fatal = job.fatal or str(exc)
 
 
 def _execute(job: Job, pending: list[Source], actors: list, sizing: graph.Sizing, show_progress: bool) -> None:

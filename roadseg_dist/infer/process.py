@@ -257,8 +257,12 @@ class _Sink:
 
 
 def _publish(write: Callable[[], None], url: str) -> None:
+    """Write one output; a failure is an OutputError naming it (object storage's own StorageError,
+    which names the URL and says whether the outage may pass, is left as it is)."""
     try:
         write()
+    except retries.StorageError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise OutputError(url, exc) from None
 
