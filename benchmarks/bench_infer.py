@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from roadseg_dist import settings, storage
-from roadseg_dist.infer import frames, pipeline, render, video_out
+from roadseg_dist.infer import frames, pipeline, plan, render, video_out
 from roadseg_dist.infer.process import Target, Work, process
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings
@@ -251,11 +251,11 @@ def s3_bytes_ratio(video: str, segment: int) -> tuple[int, int, int]:
             os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
             storage.s3fs_filesystem.cache_clear()  # a client for the proxy's endpoint
             info = frames.probe(url)
-            plan = frames.plan_ranges(info, segment)
-            for rng in plan:
+            ranges = plan.plan_ranges(info, segment)
+            for rng in ranges:
                 for _ in frames.decode_range(url, rng):
                     pass
-        return len(plan), served[0], info.size
+        return len(ranges), served[0], info.size
 
 
 def hops(report: dict, size: tuple[int, int]) -> None:
@@ -313,6 +313,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--gpu", action="store_true", help="CUDA actors (fp16), decode and encode on CPU tasks")
     ap.add_argument("--video", default=VTEST, help="the source video (default: OpenCV's vtest.avi)")
+    ap.add_argument("--hd", action="store_true", help="the sources are the video's frames scaled to 1280x720 and "
+                                                      "encoded as H.264 with B-frames (the GPU figures' input)")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 bytes-read figure (needs moto)")
     ap.add_argument("--no-peer", action="store_true", help="skip the read_videos peer (needs decord)")
     args = ap.parse_args()
@@ -322,9 +324,10 @@ def main() -> int:
     try:
         videos = []
         os.makedirs(os.path.join(root, "in"))
-        clip = cut(args.video, os.path.join(root, "vtest.avi"), args.frames)
+        clip = (h264_720p(os.path.join(root, "vtest.mp4"), n=args.frames, src=args.video) if args.hd
+                else cut(args.video, os.path.join(root, "vtest.avi"), args.frames))
         for i in range(args.copies):
-            videos.append(shutil.copy(clip, os.path.join(root, "in", f"vtest{i}.avi")))
+            videos.append(shutil.copy(clip, os.path.join(root, "in", f"vtest{i}{os.path.splitext(clip)[1]}")))
         torch.manual_seed(0)
         ckpt = os.path.join(root, "ckpt")
         kwargs = {"base_channels": args.base_channels} if args.model == "unet" else {}
@@ -333,7 +336,9 @@ def main() -> int:
         mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
         torch.set_num_threads(os.cpu_count() or 1)
         decoded = decode_all(clip) * args.copies
-        print(f"{len(decoded)} frames of 768x576 (vtest.avi, {args.frames} frames, x{args.copies}), {args.model} at {size[0]}x{size[1]}, "
+        h, w = decoded[0].shape[:2]
+        print(f"{len(decoded)} frames of {w}x{h} ({os.path.basename(args.video)}, {args.frames} frames, x{args.copies}"
+              f"{', H.264 720p' if args.hd else ''}), {args.model} at {size[0]}x{size[1]}, "
               f"batch {args.batch_size}, {device}, {os.cpu_count()} cpus")
 
         folded = tuned(ckpt, device)

@@ -3,7 +3,6 @@
 ranges join up, and output ids that are unique by construction."""
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 
 import av
@@ -11,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from roadseg_dist.infer import frames, inputs, ledger
+from roadseg_dist.infer import frames, inputs, ledger, plan
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 
@@ -59,15 +58,15 @@ def reference(path: str) -> list[np.ndarray]:
 
 def decode_all(path: str, segment: int, stride: int = 1):
     info = frames.probe(path)
-    plan = frames.plan_ranges(info, segment)
+    ranges = plan.plan_ranges(info, segment)
     got, ends = {}, []
-    for rng in plan:
+    for rng in ranges:
         marks = {}
         for index, _, frame in frames.decode_range(path, rng, stride, marks):
             assert index not in got, f"frame {index} decoded twice"
             got[index] = frame
         ends.append(dict(marks, error=""))
-    return info, plan, got, ends
+    return info, ranges, got, ends
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -131,7 +130,7 @@ def test_every_frame_of_a_bframe_range_has_the_time_of_its_pts(tmp_path):
         want = [float(f.pts * s.time_base) for f in c.decode(s)]
     for segment in (12, 25, 1000):
         got = {}
-        for rng in frames.plan_ranges(frames.probe(path), segment):
+        for rng in plan.plan_ranges(frames.probe(path), segment):
             got.update({i: t for i, t, _ in frames.decode_range(path, rng)})
         assert [got[i] for i in range(60)] == want, segment
 

@@ -27,7 +27,7 @@ from PIL import Image
 from roadseg_dist import storage
 from roadseg_dist.cli import main
 from roadseg_dist.data import synth
-from roadseg_dist.infer import frames
+from roadseg_dist.infer import frames, plan
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 SIZE = "32x48"
@@ -218,13 +218,13 @@ def test_ranges_that_do_not_join_up_are_redone_and_image_folder_locally(ray_loca
     out = tmp_path / "out"
     src = str(tmp_path / "in" / "vtest.avi")
     info = frames.probe(src)
-    plan = [dataclasses.asdict(r) for r in frames.plan_ranges(info, 250)]
-    plan[1]["dts"] += 1  # a keyframe the file does not have there
+    ranges = [dataclasses.asdict(r) for r in plan.plan_ranges(info, 250)]
+    ranges[1]["dts"] += 1  # a keyframe the file does not have there
     from roadseg_dist.infer.state import file_identity
     (out / ".roadseg" / "plans").mkdir(parents=True)
     (out / ".roadseg" / "plans" / "vtest.json").write_text(json.dumps(
         {"id": "vtest", "kind": "video", "url": src, "images": [], "identity": file_identity(src),
-         "frame_count": 795, "fps": 10.0, "height": 576, "width": 768, "stride": 40, "ranges": plan}))
+         "frame_count": 795, "fps": 10.0, "height": 576, "width": 768, "stride": 40, "ranges": ranges}))
     result = invoke(ckpt, "file://" + str(tmp_path / "in"), str(out), "--size", SIZE, "--every", "40",
                     "--segment-frames", "250", "--outputs", "mask,original,stats")
     assert result.exit_code == 0, result.output

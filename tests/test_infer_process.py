@@ -87,7 +87,7 @@ def test_a_range_writes_its_piece_and_its_part(tmp_path, model):
     ckpt, seg = model
     path = str(tmp_path / "long.mp4")
     make_video(path, 40, gop=10, bframes=2)
-    ranges = frames.plan_ranges(frames.probe(path), 10)
+    ranges = plan.plan_ranges(frames.probe(path), 10)
     out = str(tmp_path / "out")
     rows = [process(Work("long", url=path, range=dataclasses.asdict(r), stride=1), target(out), in_process(seg))
             for r in ranges]

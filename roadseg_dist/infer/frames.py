@@ -26,6 +26,7 @@ import numpy as np
 
 from roadseg_dist import images
 from roadseg_dist.infer.ranged import RangedReader
+from roadseg_dist.infer.window import Window
 
 DEFAULT_IMAGE_FPS = 10.0
 PROBE_BLOCK = 64 * 1024        # the probe reads a header, the index and one keyframe
@@ -181,35 +182,6 @@ def _has_leading_pictures(container, stream, keyframes) -> bool:
     return False
 
 
-def plan_ranges(info: VideoInfo, segment_frames: int) -> list[FrameRange]:
-    """Keyframe-aligned ranges of about ``segment_frames`` packets; one range without an index."""
-    if segment_frames < 1:
-        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
-    starts = []  # positions in info.keyframes
-    for k, (packet, *_) in enumerate(info.keyframes):
-        if not starts or packet - info.keyframes[starts[-1]][0] >= segment_frames:
-            starts.append(k)
-    if len(starts) < 2:
-        return [FrameRange(0, block=_block(info.size))]
-    ranges = []
-    for r, k in enumerate(starts):
-        packet, dts, pos, _ = info.keyframes[k]
-        nxt = info.keyframes[starts[r + 1]] if r + 1 < len(starts) else None
-        # FFmpeg seeks by presentation time (MP4: DTS + composition offset, unknown here); any
-        # timestamp from our keyframe's up to the next keyframe's DTS lands on it.
-        seek_ts = info.keyframes[k + 1][1] - 1 if k + 1 < len(info.keyframes) else 2 ** 62
-        reach = (nxt[3] if info.open_gop else nxt[2]) if nxt else None
-        ranges.append(FrameRange(packet, nxt[0] if nxt else None, dts if r else None, nxt[1] if nxt else None,
-                                 seek_ts if r else None, _block((nxt[2] if nxt else info.size) - pos),
-                                 reach, info.open_gop))
-    return ranges
-
-
-def _block(span: int) -> int:
-    """A read-ahead block of ~1/16 of the bytes a range reads: the overshoot past its end stays small."""
-    return int(min(MAX_BLOCK, max(MIN_BLOCK, span // 16)))
-
-
 def decode_range(url: str, rng: FrameRange, stride: int | Callable[[float], int] = 1, marks: dict | None = None,
                  threads: int = 1, known: tuple[int, str] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``
@@ -260,7 +232,7 @@ def _decode_open(f, rng: FrameRange, stride, marks: dict, threads: int):
                 marks["expected"] = max(1, (rng.end or rng.start + 1) - rng.start)
                 return
             packets = itertools.chain([first], packets)
-        window, clock = _Window(rng), _Clock(stream, marks["fps"])
+        window, clock = Window(rng), _Clock(stream, marks["fps"])
         for frame in _frames(packets, stream, window, marks):
             if not window.shows(frame.pts):
                 continue
@@ -294,57 +266,7 @@ class _Clock:
         return self.last
 
 
-class _Window:
-    """The presentation-time window of a range, learnt from the packets around its two keyframes.
-
-    Leading pictures follow their keyframe directly in decode order, and the decoder shows the
-    keyframe only after them, so ``first`` is final before the range's first frame comes out.
-    """
-
-    def __init__(self, rng: FrameRange):
-        self.rng = rng
-        self.start_pts = float("-inf") if rng.dts is None else None
-        self.end_pts: int | None = None
-        self.leading = 0        # leading pictures of our keyframe (the previous range shows them)
-        self.next_leading = 0   # leading pictures of the next range's keyframe (we show them)
-        self._after_key = True
-        self.packets = 0
-
-    @property
-    def done(self) -> bool:
-        """Closed GOPs: every packet before the next keyframe is in, and nothing after it is needed."""
-        rng = self.rng
-        return not rng.open_gop and rng.end is not None and self.packets >= rng.end - rng.start
-
-    @property
-    def first(self) -> int:
-        return self.rng.start + self.leading
-
-    def shows(self, pts) -> bool:
-        return pts is not None and pts >= self.start_pts and (self.end_pts is None or pts < self.end_pts)
-
-    def admit(self, packet) -> bool:
-        """Whether to decode ``packet``; False once the range has every packet it needs."""
-        rng = self.rng
-        self.packets += 1
-        if self.start_pts is None:  # our keyframe (checked by decode_range)
-            self.start_pts = packet.pts
-            return True
-        if rng.end_dts is None or packet.dts is None or packet.dts < rng.end_dts:
-            leading = rng.dts is not None and packet.pts is not None and packet.pts < self.start_pts
-            self._after_key = self._after_key and leading
-            self.leading += self._after_key
-            return True
-        if packet.dts == rng.end_dts:
-            self.end_pts = packet.pts
-            return True
-        if self.end_pts is not None and packet.pts is not None and packet.pts < self.end_pts:
-            self.next_leading += 1
-            return True
-        return False
-
-
-def _frames(packets, stream, window: _Window, marks: dict):
+def _frames(packets, stream, window: Window, marks: dict):
     """Decoded frames of the range in presentation order; ends where the data is damaged."""
     import av
 
@@ -360,12 +282,6 @@ def _frames(packets, stream, window: _Window, marks: dict):
         yield from stream.decode(None)
     except av.error.FFmpegError as exc:  # like a plain decode loop (and OpenCV): stop at the damage
         marks["broken"] = f"decoding stopped at damaged data ({type(exc).__name__})"
-
-
-def sequential_frames(url: str) -> Iterator[np.ndarray]:
-    """Every frame of one plain sequential decode (the reference for 'frame N'), until damaged data."""
-    for _, _, frame in decode_range(url, FrameRange(0, block=MAX_BLOCK)):
-        yield frame
 
 
 def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None, stride: int = 1,
@@ -390,11 +306,3 @@ def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None
         if frame is None:
             raise DecodeError(f"{storage.redact(url)} is not a decodable image")
         yield index, frame
-
-
-def image_ranges(count: int, segment_frames: int) -> list[tuple[int, int | None]]:
-    """[start, end) ranges over an image folder's ``count`` frames; the last one is open."""
-    if segment_frames < 1:
-        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
-    starts = list(range(0, max(count, 1), segment_frames))
-    return [(s, starts[i + 1] if i + 1 < len(starts) else None) for i, s in enumerate(starts)]

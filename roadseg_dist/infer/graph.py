@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 

@@ -140,7 +140,7 @@ def index_html(view: RunView, rows: list, page: int = 1, pages: int = 1, total: 
                    f"{table}</table>{_pager(page, pages)}")
     search = ('<h2>Find a source</h2><input id="q" type="search" placeholder="part of a source id" size="40">'
               '<ul id="hits"></ul>') if view.parts is not None else ""
-    head = summary_html(view) if page == 1 else f'<p><a href="index.html">the run</a></p>'
+    head = summary_html(view) if page == 1 else '<p><a href="index.html">the run</a></p>'
     body = (f"<h1>Segmentation results: {html.escape(str(view.report.get('output')))}</h1>{head}{search}"
             f"<h2>Sources ({total or 0:,})</h2>{sources}{legend()}")
     script = '<script src="sources.js"></script>' if search else ""
