@@ -87,7 +87,10 @@ def s3fs_filesystem(endpoint: str | None, attempts: int, read_timeout: float = D
 class StorageError(OSError):
     """S3 cannot be used for this URL: endpoint unreachable, credentials refused, bucket missing.
 
-    The message names the (redacted) endpoint and bucket and says what to check."""
+    The message names the (redacted) endpoint and bucket and says what to check. ``transient``: the
+    endpoint was unreachable or busy (an outage that may end), not a refusal that will stay."""
+
+    transient = False
 
 
 class BucketMissing(StorageError, FileNotFoundError):
@@ -135,9 +138,15 @@ def _silent(exc: BaseException) -> bool:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError
+    """Connection refused, dropped or timed out (botocore's or, under s3fs, aiohttp's); a read that
+    timed out is ``_silent``, checked first."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError, ConnectTimeoutError, HTTPClientError
 
-    return any(isinstance(e, (BotoConnectionError, ConnectTimeoutError)) for e in _chain(exc))
+    kinds: tuple[type, ...] = (BotoConnectionError, ConnectTimeoutError, HTTPClientError)
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientConnectionError
+        kinds += (ClientConnectionError,)
+    return any(isinstance(e, kinds) for e in _chain(exc))
 
 
 def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: str) -> BaseException:
@@ -159,18 +168,41 @@ def classify(exc: BaseException, url_shown: str, endpoint_shown: str, bucket: st
         err = StorageError(f"S3 at {endpoint_shown} kept answering {code} for {url_shown}: gave up after "
                            f"{max_attempts()} tries (AWS_MAX_ATTEMPTS) and at most {backoff_bound_s():.0f} s "
                            "of back-off; try again later, or raise AWS_MAX_ATTEMPTS")
-    elif _unreachable(exc):
-        err = StorageError(f"cannot reach S3 at {endpoint_shown} for {url_shown} after {max_attempts()} "
-                           f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
     elif _silent(exc):
         err = StorageError(f"S3 at {endpoint_shown} did not answer {url_shown}: {max_attempts()} tries of "
                            f"{read_timeout_s():g} s without progress (about {silent_bound_s():.0f} s in all); "
                            "is the server up and not overloaded, and AWS_ENDPOINT_URL right? "
                            "(ROADSEG_S3_READ_TIMEOUT waits longer per try)")
+    elif _unreachable(exc):
+        err = StorageError(f"cannot reach S3 at {endpoint_shown} for {url_shown} after {max_attempts()} "
+                           f"tries ({type(exc).__name__}): is the server up and AWS_ENDPOINT_URL right?")
     else:
         return exc
+    err.transient = code in _BUSY_CODES or (code is None and (_silent(exc) or _unreachable(exc)))
     err.__cause__ = None
     return err
+
+
+OUTAGE_PAUSES_S = (5.0, 15.0, 30.0)  # an outage longer than botocore's tries: paused through, then given up
+
+
+def through_outages(fn: Callable, *args, pauses: tuple[float, ...] = OUTAGE_PAUSES_S,
+                    sleep: Callable[[float], None] | None = None, **kwargs):
+    """``fn(*args, **kwargs)``, called again after each pause while it fails with a transient
+    StorageError (S3 unreachable, silent or busy after every try); any other error, or the last
+    one, is raised. For work worth finishing after an outage of up to ~a minute."""
+    import time
+
+    sleep = sleep or time.sleep
+    for pause in (*pauses, None):
+        try:
+            return fn(*args, **kwargs)
+        except StorageError as exc:
+            if not exc.transient or pause is None:
+                raise
+            log.warning("S3 unavailable (%s); trying again in %.0f s", exc, pause)
+            sleep(pause)
+    raise AssertionError("unreachable")
 
 
 class ResumingReader:

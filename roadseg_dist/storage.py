@@ -166,8 +166,9 @@ def list_files(url: str, suffixes: tuple[str, ...] | None = None, recursive: boo
     return sorted(out)
 
 
-def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, int]:
-    """Like ``list_files`` (recursive) but one listing call returns each file's size: {url: bytes}."""
+def list_details(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Like ``list_files`` (recursive) but one listing returns what it knows of each file: {url: info}
+    with ``size`` and, on S3, ``ETag``, locally ``mtime``."""
     fs, path = filesystem(url)
     prefix = "s3://" if scheme(normalize(url)) == "s3" else ""
     found = retry(fs.find, path, detail=True, url=url)
@@ -176,8 +177,19 @@ def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, i
     for p, info in found.items():
         if info.get("type", "file") != "file" or (wanted and not p.lower().endswith(wanted)):
             continue
-        out[prefix + p] = int(info.get("size") or 0)
+        out[prefix + p] = info
     return dict(sorted(out.items()))
+
+
+def list_sizes(url: str, suffixes: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Like ``list_files`` (recursive) but one listing call returns each file's size: {url: bytes}."""
+    return {u: int(info.get("size") or 0) for u, info in list_details(url, suffixes).items()}
+
+
+def info(url: str) -> dict:
+    """What storage knows of one file (size; ETag on S3, mtime locally)."""
+    fs, path = filesystem(url)
+    return retry(fs.info, path, url=url)
 
 
 def open_input(url: str, mode: str = "rb"):

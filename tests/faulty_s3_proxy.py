@@ -10,6 +10,9 @@ tell whether anything was written (PUT/POST/DELETE) through it. ``faults=("slowd
 request's head and never answers; ``"no-continue"`` never answers a request that asks for
 ``Expect: 100-continue`` (an S3 PUT of a file) and relays the others. A hung connection is held
 open until the proxy closes.
+
+``outage(seconds)`` starts an outage: for that long every connection is closed as soon as it is
+accepted (what a client sees of an object store that is down or unreachable), then all is relayed again.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import collections
 import socket
 import socketserver
 import threading
+import time
 
 SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
             b"<Message>Please reduce your request rate.</Message></Error>")
@@ -91,6 +95,7 @@ class FaultyProxy:
         self.upstream = (host, int(port))
         self.every, self.cycle = every, faults
         self.hang, self.hung, self.closing = hang, 0, threading.Event()
+        self.down_until, self.refused = 0.0, 0
         self.lock = threading.Lock()
         self.count = 0
         self.methods: collections.Counter = collections.Counter()
@@ -118,11 +123,20 @@ class FaultyProxy:
         self.server.shutdown()
         self.server.server_close()
 
+    def outage(self, seconds: float) -> None:
+        """Refuse every connection for ``seconds`` from now."""
+        self.down_until = time.monotonic() + seconds
+
     def writes(self) -> int:
         return sum(n for m, n in self.methods.items() if m in ("PUT", "POST", "DELETE"))
 
     def _serve(self, client: socket.socket) -> None:
         buf = b""
+        if time.monotonic() < self.down_until:
+            with self.lock:
+                self.refused += 1
+            client.close()
+            return
         try:
             while True:  # keep-alive: one client connection may carry several requests
                 got = _read_head(client, buf)

@@ -4,8 +4,7 @@
   option builder, which imports it inside the function so Ray workers building settings never do).
 - The pure layers (labels, metrics, the dataset format and generator, the models, rendering) never
   import Ray, so they stay usable and testable without a cluster.
-- No function is longer than ~60 lines and no module longer than ~350, outside ``infer/`` (being
-  restructured separately).
+- No function is longer than ~60 lines and no module longer than ~350.
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""Issue 11/15, plain logic without Ray: exact frame ranges on real encodings built here with
-PyAV/libx264 (B-frames in .mov, open GOP, variable frame rate, a broken tail), the per-range ledger,
-and output ids that are unique by construction."""
+"""Plain logic without Ray: exact frame ranges on real encodings built here with PyAV/libx264
+(B-frames in .mov, open GOP, variable frame rate, a broken tail), timestamps, the pixel cap, whether
+ranges join up, and output ids that are unique by construction."""
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 
 import av
@@ -11,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from roadseg_dist.infer import frames, graph, inputs, ledger, rows
+from roadseg_dist.infer import frames, inputs, ledger, plan
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 
@@ -59,15 +58,15 @@ def reference(path: str) -> list[np.ndarray]:
 
 def decode_all(path: str, segment: int, stride: int = 1):
     info = frames.probe(path)
-    plan = frames.plan_ranges(info, segment)
+    ranges = plan.plan_ranges(info, segment)
     got, ends = {}, []
-    for rng in plan:
+    for rng in ranges:
         marks = {}
         for index, _, frame in frames.decode_range(path, rng, stride, marks):
             assert index not in got, f"frame {index} decoded twice"
             got[index] = frame
         ends.append(dict(marks, error=""))
-    return info, plan, got, ends
+    return info, ranges, got, ends
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -121,82 +120,37 @@ def test_broken_files_raise_a_reason(tmp_path, content, why):
         frames.probe(str(path))
 
 
-def test_decode_batches_end_with_the_range_record(tmp_path, monkeypatch):
-    path = str(tmp_path / "clip.mp4")
-    make_video(path, 9, bframes=0)
-    item = {"video": "v", "kind": "video", "url": path, "images": [], "stride": 2, "fps": 25.0,
-            "range": {"start": 0, "end": None, "dts": None, "end_dts": None, "seek_ts": None, "block": 65536}}
-    monkeypatch.setattr(graph, "DECODE_CHUNK_BYTES", 1)  # a batch per frame: the chunking is exercised
-    out = list(graph.decode_range_batches(item))
-    assert [list(b["index"]) for b in out] == [[0], [2], [4], [6], [8], [rows.END]] and out[-1]["count"][0] == 9
-    frame = out[0][rows.FRAME]
-    assert frame.dtype == np.uint8 and frame.ndim == 4 and frame.shape[-1] == 3
-    assert set(out[0]) == set(rows.DEFAULTS) | {rows.FRAME}
-    assert out[-1][rows.FRAME].shape == frame.shape  # the placeholder keeps the range's blocks one shape
-    monkeypatch.setattr(graph, "DECODE_CHUNK_BYTES", 32 << 20)
-    together = list(graph.decode_items({"item": np.array([json.dumps(item)], dtype=object)}))
-    assert [list(b["index"]) for b in together] == [[0, 2, 4, 6, 8], [rows.END]]
-    assert np.array_equal(together[0][rows.FRAME][1], out[1][rows.FRAME][0])
-    (tmp_path / "bad.mp4").write_bytes(b"junk")
-    out = list(graph.decode_range_batches({**item, "url": str(tmp_path / "bad.mp4")}))
-    assert len(out) == 1 and list(out[0]["index"]) == [rows.END] and "cannot be opened" in out[0]["error"][0]
+def test_every_frame_of_a_bframe_range_has_the_time_of_its_pts(tmp_path):
+    """The frames a decoder flushes at a range's end (trailing B-frames) had NaN times, which broke
+    the results page; each frame's time is its pts in the stream's time base."""
+    path = str(tmp_path / "b.mov")
+    make_video(path, 60, gop=12, bframes=3)
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        want = [float(f.pts * s.time_base) for f in c.decode(s)]
+    for segment in (12, 25, 1000):
+        got = {}
+        for rng in plan.plan_ranges(frames.probe(path), segment):
+            got.update({i: t for i, t, _ in frames.decode_range(path, rng)})
+        assert [got[i] for i in range(60)] == want, segment
 
 
-def test_decode_batches_carry_the_frames_at_the_models_size(tmp_path):
-    """With the model's size, decode tasks add each frame resized to it (RGB), so actors need not."""
-    from roadseg_dist.infer.segment import model_input
-
-    path = str(tmp_path / "clip.mp4")
-    make_video(path, 5, bframes=0)
-    item = {"video": "v", "kind": "video", "url": path, "images": [], "stride": 1, "fps": 25.0,
-            "range": {"start": 0, "end": None, "dts": None, "end_dts": None, "seek_ts": None, "block": 65536}}
-    frames_batch, end = list(graph.decode_items({"item": np.array([json.dumps(item)], dtype=object)}, size=(16, 24)))
-    assert frames_batch[rows.INPUT].shape == (5, 16, 24, 3) and frames_batch[rows.INPUT].dtype == np.uint8
-    assert np.array_equal(frames_batch[rows.INPUT], model_input(list(frames_batch[rows.FRAME]), (16, 24)))
-    assert np.array_equal(frames_batch[rows.INPUT][0], cv2.resize(frames_batch[rows.FRAME][0], (24, 16),
-                                                                    interpolation=cv2.INTER_AREA)[..., ::-1])
-    assert end[rows.INPUT].shape == (1, 16, 24, 3) and list(end["index"]) == [rows.END]
-    assert rows.INPUT not in list(graph.decode_range_batches(item))[0]  # no size: frames only
-
-
-def test_image_ranges_split_batches_where_the_size_changes(tmp_path):
-    urls = []
-    for i, (h, w) in enumerate([(32, 48), (32, 48), (40, 40)]):
-        urls.append(str(tmp_path / f"{i}.png"))
-        cv2.imwrite(urls[-1], np.full((h, w, 3), i, np.uint8))
-    item = {"video": "imgs", "kind": "images", "url": "", "images": urls, "stride": 1, "fps": 5.0,
-            "range": {"start": 0, "end": 3}}
-    out = list(graph.decode_range_batches(item))
-    assert [b[rows.FRAME].shape for b in out] == [(2, 32, 48, 3), (1, 40, 40, 3), (1, 40, 40, 3)]
-    assert list(out[0]["time"]) == [0.0, 0.2] and out[-1]["count"][0] == 3
+def test_the_pixel_cap_holds_for_videos_and_image_folders(tmp_path, monkeypatch):
+    path = str(tmp_path / "v.mp4")
+    make_video(path, 3, w=96, h=64, bframes=0)
+    cv2.imwrite(str(tmp_path / "img.png"), np.zeros((64, 96, 3), np.uint8))
+    monkeypatch.setenv("ROADSEG_MAX_PIXELS", str(96 * 64 - 1))
+    with pytest.raises(frames.DecodeError, match="96x64 .* cap .*ROADSEG_MAX_PIXELS"):
+        frames.probe(path)
+    with pytest.raises(frames.DecodeError, match="cap"):
+        list(frames.decode_range(path, frames.FrameRange(0)))
+    with pytest.raises(frames.DecodeError, match="img.png.*cap"):
+        list(frames.decode_images([str(tmp_path / "img.png")], 0, None))
+    monkeypatch.setenv("ROADSEG_MAX_PIXELS", str(96 * 64))
+    assert len(list(frames.decode_range(path, frames.FrameRange(0)))) == 3
 
 
 # --- the ledger ------------------------------------------------------------------------------------
-
-def result_batch(sid, start, indices, end=None):
-    n = len(indices) + (end is not None)
-    batch = {k: np.array([v] * n, dtype=object) for k, v in rows.DEFAULTS.items() if k in rows.RESULT_COLUMNS}
-    batch["video"][:], batch["start"][:] = sid, start
-    batch["index"] = np.array(list(indices) + ([rows.END] if end else []))
-    batch["time"] = np.zeros(n)
-    batch["fractions"] = np.zeros((n, 19), np.float32)
-    if end:
-        for k, v in end.items():
-            batch[k][-1] = v
-    return batch
-
-
-def test_ledger_completes_a_range_once_all_its_frames_arrive_in_any_order():
-    book = ledger.Ledger({"a": 2})
-    assert book.add_batch(result_batch("a", 0, [4, 0])) == []
-    done = book.add_batch(result_batch("a", 0, [], end={"first": 0, "count": 6, "expected": 6}))
-    assert done == []  # frame 2 is still out
-    done = book.add_batch(result_batch("a", 0, [2, 2]))  # a retried task sends it twice
-    assert [(s, st, sorted(r.fractions)) for s, st, r in done] == [("a", 0, [0, 2, 4])]
-    assert book.frames == 3 and book.unfinished() == []
-    failed = book.add_batch(result_batch("a", 6, [], end={"error": "boom", "count": 1}))
-    assert failed[0][2].end["error"] == "boom"
-
 
 def test_source_problem_accepts_only_ranges_that_join_up():
     ok = [{"first": 0, "count": 10, "expected": 10, "broken": ""},
@@ -224,7 +178,8 @@ def test_ids_never_share_an_output_folder():
     assert nested["/i/a/mask.mp4"] == "a/mask" and nested["/i/a.mp4"] == "a_mp4"  # not a folder of the other
 
 
-@pytest.mark.parametrize("name", ["report.json.mp4", "frames.parquet.mov", "index.html.mp4", "REPORT.JSON.mp4"])
+@pytest.mark.parametrize("name", ["report.json.mp4", "frames.parquet.mov", "index.html.mp4", "REPORT.JSON.mp4",
+                                  "frames.mp4", "sources.js.mov", "index-2.html.mp4"])
 def test_reserved_names_get_safe_ids(name):
     sid = inputs._unique_ids([(name, "/i/" + name)])["/i/" + name]
     assert sid.lower() not in inputs.RESERVED and sid.startswith(name.rsplit(".", 1)[0] + "_")

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from roadseg_dist import storage
+from roadseg_dist.infer.inputs import discover
 from roadseg_dist.cli import main
 from test_infer_frames import make_video
 from test_infer_pipeline import tiny_checkpoint
@@ -38,12 +39,11 @@ def test_colliding_reserved_and_long_names_changed_clip_and_overwrite(ray_local,
     assert result.exit_code == 0, result.output
     r = report(out)
     assert r["videos_done"] == 6 and r["videos_failed"] == 0 and r["frames_this_run"] == sum(names.values())
-    plans = {json.loads(p.read_text())["url"].rsplit("/", 1)[-1]: json.loads(p.read_text())["id"]
-             for p in (out / ".roadseg" / "plans").rglob("*.json")}
+    plans = {src.url.rsplit("/", 1)[-1]: src.id for src in discover(str(inp))}  # the ids: names made unique
     assert len(set(plans.values())) == 6  # six sources, six folders, each with its own frames
     for name, n in names.items():
         assert len(os.listdir(out / plans[name] / "mask")) == n, name
-    assert (out / "report.json").is_file() and (out / "frames.parquet").is_file()
+    assert (out / "report.json").is_file() and list((out / "frames").glob("part-*.parquet"))
 
     # The same name, other content: that source is redone, the others skipped.
     make_video(str(inp / "a.mp4"), 9, w=48, h=32, bframes=0, gop=4)

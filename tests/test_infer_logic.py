@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from roadseg_dist import labels, settings
-from roadseg_dist.infer import frames, inputs, render
+from roadseg_dist.infer import inputs, render
 from roadseg_dist.infer.settings import InferSettings
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
@@ -68,11 +68,11 @@ def test_discover_folder_videos_images_and_list(tmp_path):
     (tmp_path / "a" / "b.avi").write_bytes(b"x")      # same stem: ids keep the extension
     (tmp_path / "top.mkv").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("ignored in a folder")
-    (tmp_path / "frames").mkdir()
+    (tmp_path / "cam0").mkdir()
     for name in ("002.jpg", "001.jpg", "010.png"):
-        (tmp_path / "frames" / name).write_bytes(b"x")
+        (tmp_path / "cam0" / name).write_bytes(b"x")
     found = inputs.discover(str(tmp_path))
-    assert [s.id for s in found] == ["a/b_avi", "a/b_mp4", "frames", "top"]
+    assert [s.id for s in found] == ["a/b_avi", "a/b_mp4", "cam0", "top"]
     assert inputs.safe_id("a/b") == "a/b"
     frames_src = found[2]
     assert frames_src.kind == "images"
@@ -172,15 +172,16 @@ def test_actor_sizing_uses_the_machine():
     from roadseg_dist.infer.graph import TASK_CPUS, size_actors
 
     s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
-    two = size_actors(2, 0, s)  # this 2-core machine: two single-thread actors, room for a decode and a writer
-    assert (two.actors, two.actor_cpus, two.threads, two.writers) == (2, 0.75, 1, 1)
-    assert 2 - two.actors * two.actor_cpus >= 2 * TASK_CPUS
+    two = size_actors(2, 0, s)  # this 2-core machine: two single-thread actors, room for two units
+    assert (two.actors, two.actor_cpus, two.threads, two.tasks, two.task_cpus) == (2, 0.75, 1, 2, TASK_CPUS)
+    assert 2 - two.actors * two.actor_cpus >= two.tasks * two.task_cpus
     one_core = size_actors(1, 0, s)
     assert (one_core.actors, one_core.actor_cpus, one_core.threads) == (1, 0.75, 1)
     big = size_actors(64, 0, s)  # at most 8 actors per node: more threads each instead
-    assert (big.actors, big.actor_cpus, big.threads, big.writers) == (8, 6.0, 6, 8)
-    gpu = size_actors(16, 4, settings.build(InferSettings, checkpoint="c", input="i", output="o", gpu=True))
-    assert (gpu.actors, gpu.actor_cpus, gpu.gpu, gpu.writers) == (4, 1.0, True, 6)
+    assert (big.actors, big.actor_cpus, big.threads, big.tasks) == (8, 6.0, 6, 64)
+    gpu = size_actors(16, 1, settings.build(InferSettings, checkpoint="c", input="i", output="o", gpu=True))
+    # a GPU node: the GPU's actor gets one CPU and batches 4x a unit's chunk; every other CPU runs a unit
+    assert (gpu.actors, gpu.actor_cpus, gpu.gpu, gpu.tasks, gpu.task_cpus, gpu.batch) == (1, 1.0, True, 15, 1.0, 32)
     own = size_actors(2, 0, settings.build(InferSettings, checkpoint="c", input="i", output="o",
                                            concurrency=1, actor_cpus=1.0))
     assert (own.actors, own.actor_cpus, own.threads) == (1, 1.0, 1)

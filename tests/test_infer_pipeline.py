@@ -27,7 +27,7 @@ from PIL import Image
 from roadseg_dist import storage
 from roadseg_dist.cli import main
 from roadseg_dist.data import synth
-from roadseg_dist.infer import frames
+from roadseg_dist.infer import frames, plan
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 SIZE = "32x48"
@@ -69,6 +69,15 @@ def video_frame_count(url: str, tmp_path) -> tuple[int, float]:
     return n, fps
 
 
+def frames_table(output: str):
+    """OUTPUT/frames/ (a part per commit) as one pandas table, local or on S3."""
+    import pyarrow as pa
+
+    parts = storage.list_files(storage.join(output, "frames"))
+    assert parts and all(p.endswith(".parquet") for p in parts)
+    return pa.concat_tables([pq.read_table(io.BytesIO(storage.read_bytes(p))) for p in parts]).to_pandas()
+
+
 def invoke(*args: str):
     return CliRunner().invoke(main, ["infer", *args], catch_exceptions=False)
 
@@ -99,7 +108,7 @@ def test_infer_s3_videos_broken_files_and_rerun(s3_server, s3_bucket, ray_local,
 
     sources = {"clips/c0": f"{inp}/clips/c0.mp4", "clips/c_1": f"{inp}/clips/c 1.mp4",
                "real/tree": f"{DATA}/tree.avi"}  # 3 ranges from its 68 packets; its header says 444
-    table = pq.read_table(io.BytesIO(storage.read_bytes(out + "/frames.parquet"))).to_pandas()
+    table = frames_table(out)
     for sid, src in sources.items():
         n, fps = video_frame_count(src, tmp_path)
         expected = list(range(0, n, 6))  # every 6th of what a sequential decode yields
@@ -119,7 +128,9 @@ def test_infer_s3_videos_broken_files_and_rerun(s3_server, s3_bucket, ray_local,
         rows = table[table.video == sid]
         assert rows.frame.tolist() == expected
         assert np.allclose(rows[["road", "car", "sky"]].sum(axis=1) <= 1.0001, True)
-        assert np.allclose(rows.drop(columns=["video", "frame", "timestamp"]).sum(axis=1), 1.0, atol=1e-4)
+        assert np.allclose(rows.drop(columns=["video", "frame", "timestamp", "mask", "overlay", "model"]).sum(axis=1),
+                           1.0, atol=1e-4)
+        assert rows["mask"].tolist() == [f"{sid}/mask/{i:06d}.png" for i in expected]
     with av.open(f"{DATA}/tree.avi") as c:  # the lying header really was in play: the index has 68
         assert c.streams.video[0].frames == 444 and frames.probe(f"{DATA}/tree.avi").frame_count == 68
 
@@ -147,7 +158,7 @@ def test_killed_run_resumes_exactly_once(s3_server, s3_bucket, ray_local, tmp_pa
     counts = {"a": 24, "b": 17}
     for name, n in counts.items():
         synth.write_video(f"{inp}/{name}.mp4", np.random.default_rng(len(name) + n), 64, 96, n, 10)
-    args = [ckpt, inp, out, "--size", SIZE, "--segment-frames", "4", "--batch-size", "2"]
+    args = [ckpt, inp, out, "--size", SIZE, "--segment-frames", "4", "--batch-size", "2", "--split", "always"]
 
     # The CLI runs as its own process, a driver on the session's Ray (as `ray job submit` would run
     # it on a cluster); SIGKILL gives it no chance to clean up. Ray then reaps the job's workers.
@@ -178,7 +189,7 @@ def test_killed_run_resumes_exactly_once(s3_server, s3_bucket, ray_local, tmp_pa
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     final = objects(s3_server, s3_bucket, "out/")
-    table = pq.read_table(io.BytesIO(storage.read_bytes(out + "/frames.parquet"))).to_pandas()
+    table = frames_table(out)
     for name, n in counts.items():
         for kind in ("mask", "color", "overlay"):
             assert indices(k for k in final if k.startswith(f"out/{name}/{kind}/")) == list(range(n))
@@ -207,13 +218,13 @@ def test_ranges_that_do_not_join_up_are_redone_and_image_folder_locally(ray_loca
     out = tmp_path / "out"
     src = str(tmp_path / "in" / "vtest.avi")
     info = frames.probe(src)
-    plan = [dataclasses.asdict(r) for r in frames.plan_ranges(info, 250)]
-    plan[1]["dts"] += 1  # a keyframe the file does not have there
+    ranges = [dataclasses.asdict(r) for r in plan.plan_ranges(info, 250)]
+    ranges[1]["dts"] += 1  # a keyframe the file does not have there
     from roadseg_dist.infer.state import file_identity
     (out / ".roadseg" / "plans").mkdir(parents=True)
     (out / ".roadseg" / "plans" / "vtest.json").write_text(json.dumps(
         {"id": "vtest", "kind": "video", "url": src, "images": [], "identity": file_identity(src),
-         "frame_count": 795, "fps": 10.0, "height": 576, "width": 768, "stride": 40, "ranges": plan}))
+         "frame_count": 795, "fps": 10.0, "height": 576, "width": 768, "stride": 40, "ranges": ranges}))
     result = invoke(ckpt, "file://" + str(tmp_path / "in"), str(out), "--size", SIZE, "--every", "40",
                     "--segment-frames", "250", "--outputs", "mask,original,stats")
     assert result.exit_code == 0, result.output
@@ -225,7 +236,7 @@ def test_ranges_that_do_not_join_up_are_redone_and_image_folder_locally(ray_loca
     for sid, shape in (("vtest", (576, 768)), ("cam0", (48, 80))):  # two frame sizes through one Ray graph
         assert cv2.imread(str(out / sid / "original" / "000000.jpg")).shape[:2] == shape
         assert cv2.imread(str(out / sid / "mask" / "000000.png"), cv2.IMREAD_UNCHANGED).shape == shape
-    table = pq.read_table(str(out / "frames.parquet")).to_pandas()
+    table = frames_table(str(out))
     assert table[table.video == "vtest"].frame.tolist() == list(range(0, 795, 40))
     assert table[table.video == "cam0"].frame.tolist() == [0]
 

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import av
 import numpy as np
 import pytest
 
-from roadseg_dist.infer import graph, render, rows
+from roadseg_dist.infer import graph, render
 from roadseg_dist.infer.ranged import HeadCache, RangedReader
 from roadseg_dist.infer.state import State
-from roadseg_dist.infer.video_out import Piece, cover, encode_piece, join_pieces
+from roadseg_dist.infer.video_out import OverlayStream, Piece, cover, encode_piece, join_pieces
 
 
 def frames(n: int, h: int = 96, w: int = 128, seed: int = 0) -> list[np.ndarray]:
@@ -28,12 +27,6 @@ def decoded(path: str) -> list[np.ndarray]:
 
 def nearest(got: list[np.ndarray], want: list[np.ndarray]) -> list[int]:
     return [int(np.argmin([np.abs(g.astype(int) - w).mean() for w in want])) for g in got]
-
-
-def test_runs_split_where_frames_stop_being_consecutive():
-    batch = {"video": np.array(["a", "a", "a", "b", "b", "a", "a", "a"]),
-             "index": np.array([0, 2, 4, 4, 6, 10, rows.END, 12]), "stride": np.array([2] * 8)}
-    assert rows.runs(batch) == [[0, 1, 2], [3, 4], [5, 7]]  # the end row is not a frame; 10 -> 12 goes on
 
 
 def test_cover_takes_pieces_that_hold_exactly_the_frames():
@@ -111,19 +104,11 @@ def test_opening_reads_are_fetched_once_per_process_and_never_stale():
 
 
 def test_a_size_change_mid_video_gives_a_playable_video(tmp_path):
-    out = str(tmp_path)
     small, large = frames(1, 96, 128)[0], frames(1, 128, 160, seed=1)[0]  # the size changes mid-run
-    one, two = rows.frame_batch("clip", 0, [0], [0.0], [small]), rows.frame_batch("clip", 0, [1], [0.1], [large])
-    batch = {k: np.concatenate([one[k], two[k]]) for k in rows.DEFAULTS}
-    batch[rows.FRAME] = np.array([small, large], dtype=object)  # how Ray Data hands frames of two sizes
-    batch["mask"] = np.zeros((2, 24, 32), np.uint8)
-    result = graph.write_outputs(batch, out, ("overlay",), 0.5, 90, pieces=True)  # does not raise
-    assert list(result["index"]) == [0, 1]
-    assert graph.assemble_video(out, "clip", [0, 1], 10.0, 128, 96) == 2
-    assert [f.shape for f in decoded(os.path.join(out, "clip", "overlay.mp4"))] == [(96, 128, 3)] * 2
-    # and a piece that cannot be written (here: no room for its folder) leaves the video to the JPEGs
-    shutil.rmtree(os.path.join(out, ".roadseg"))
-    open(os.path.join(out, ".roadseg"), "w").close()
-    graph.write_outputs(batch, out, ("overlay",), 0.5, 90, pieces=True)
-    os.remove(os.path.join(out, ".roadseg"))
-    assert graph.assemble_video(out, "clip", [0, 1], 10.0, 128, 96) == 2
+    path = str(tmp_path / "v.mp4")
+    stream = OverlayStream(path, 10.0, faststart=True)
+    for f in (small, large, small):
+        stream.add(f)
+    assert stream.close() == 3
+    assert [f.shape for f in decoded(path)] == [(96, 128, 3)] * 3  # scaled to the first frame's size
+    assert OverlayStream(str(tmp_path / "none.mp4"), 10.0).close() == 0 and not os.path.exists(tmp_path / "none.mp4")

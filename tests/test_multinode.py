@@ -252,6 +252,29 @@ def test_check_job_runs_on_both_nodes_and_reaches_s3(two_nodes, s3_bucket):
         assert secret not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
+def test_an_archive_is_decoded_and_written_on_both_nodes(two_nodes, s3_bucket, tmp_path):
+    """Units of work go to every node (each decodes and writes), at the job's default sizing."""
+    from roadseg_dist import storage
+    from test_infer_frames import make_video
+    from test_infer_pipeline import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(str(tmp_path / "ckpt"))
+    storage.upload(os.path.join(ckpt, "model.pt"), s3_bucket + "/ckpt/model.pt")
+    storage.upload(os.path.join(ckpt, "meta.json"), s3_bucket + "/ckpt/meta.json")
+    make_video(str(tmp_path / "clip.mp4"), 6, w=96, h=64, bframes=2, noise=30)
+    for i in range(24):
+        storage.upload(str(tmp_path / "clip.mp4"), f"{s3_bucket}/fleet/clip{i:02d}.mp4")
+    proc = two_nodes.submit("infer", s3_bucket + "/ckpt", s3_bucket + "/fleet", s3_bucket + "/seg", "--size",
+                            "32x48", "--outputs", "mask,video,stats", "--no-view", timeout=500)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    report = json.loads(storage.read_text(s3_bucket + "/seg/report.json"))
+    assert report["videos_done"] == 24 and report["frames_total"] == 24 * 6
+    per_node = report["units_per_node"]
+    assert len(per_node) == 2 and sum(per_node.values()) == 24 and min(per_node.values()) > 0, per_node
+    assert {n[:12] for n in two_nodes.node_ids().values()} == set(per_node)
+
+
 # --- training on both nodes, losing one, then inference --------------------------------------------
 
 # A tiny U-Net on 64x96 crops, 1.5 CPUs per DDP worker and 0.25 per decode/augment task.
@@ -362,5 +385,5 @@ def test_train_on_two_nodes_survives_losing_one_then_infer(two_nodes, s3_shards)
     clip = Path(storage.list_files(videos, suffixes=(".mp4",))[0]).stem
     assert report["videos_done"] == 1 and report["videos_failed"] == 0, report
     assert report["frames_total"] == 12, report
-    assert storage.exists(f"{output}/{clip}/overlay.mp4") and storage.exists(output + "/frames.parquet")
+    assert storage.exists(f"{output}/{clip}/overlay.mp4") and storage.list_files(output + "/frames")
     assert len(storage.list_files(f"{output}/{clip}/mask", suffixes=(".png",))) == 12

@@ -1,8 +1,9 @@
 """issue 12 without Ray: the thumbnail chooser, the timeline, `roadseg frames` against pandas, the
 results pages' links, local and on the loopback S3 server.
 
-The run OUTPUT here is made by hand in the documented layout (report.json, frames.parquet,
-<id>/overlay/NNNNNN.jpg); tests/test_results_page.py opens pages of a real `roadseg infer` run in Chromium.
+The run OUTPUT here is made by hand in the documented layout (report.json, frames/ parts,
+<id>/overlay/NNNNNN.jpg; an older run's frames.parquet too); tests/test_results_page.py opens pages of a
+real `roadseg infer` run in Chromium.
 """
 from __future__ import annotations
 
@@ -100,14 +101,27 @@ def make_table(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def make_output(url: str, seed: int = 0) -> pd.DataFrame:
-    """report.json, frames.parquet (the infer schema) and an overlay JPEG per frame under ``url``."""
+def make_output(url: str, seed: int = 0, legacy: bool = False) -> pd.DataFrame:
+    """report.json, the stats (two frames/ parts in the infer schema; ``legacy``: one frames.parquet with
+    the class names as they were) and an overlay JPEG per frame under ``url``."""
+    from roadseg_dist.infer import stats
+
     df = make_table(seed)
+    classes = labels.CLASSES if legacy else stats.CLASS_COLUMNS
     cols = {"video": pa.array(df["video"], pa.string()), "frame": pa.array(df["frame"], pa.int64()),
             "timestamp": pa.array(df["timestamp"], pa.float64()),
-            **{c: pa.array(df[c], pa.float32()) for c in labels.CLASSES}}
-    with storage.atomic_output(storage.join(url, "frames.parquet"), suffix=".parquet") as tmp:
-        pq.write_table(pa.table(cols), tmp)
+            **{n: pa.array(df[c], pa.float32()) for n, c in zip(classes, labels.CLASSES)}}
+    if not legacy:
+        cols.update({k: pa.array([f"{v}/{k}/{f:06d}.{'png' if k == 'mask' else 'jpg'}"
+                                  for v, f in zip(df["video"], df["frame"])]) for k in stats.PATH_KINDS})
+        cols["model"] = pa.array(["unet@epoch3:abc"] * len(df))
+    table = pa.table(cols)
+    halves = {"frames.parquet": table} if legacy else {
+        "frames/part-1.parquet": table.filter(pa.compute.not_equal(table["video"], "clips/b_mp4")),
+        "frames/part-2.parquet": table.filter(pa.compute.equal(table["video"], "clips/b_mp4"))}
+    for name, part in halves.items():
+        with storage.atomic_output(storage.join(url, name), suffix=".parquet") as tmp:
+            pq.write_table(part, tmp)
     for video, frame in zip(df["video"], df["frame"]):
         img = np.full((36, 64, 3), (frame * 10) % 255, np.uint8)
         storage.write_bytes(storage.join(url, video, f"overlay/{frame:06d}.jpg"), cv2.imencode(".jpg", img)[1].tobytes())
@@ -138,12 +152,13 @@ def check_search(out: str, df: pd.DataFrame) -> None:
     mask = (df["traffic light"] + df["traffic sign"] > 0.1) & df["video"].str.startswith("clips/")
     want = df[mask].sort_values(["timestamp", "video", "frame"])
     assert [(r["video"], r["frame"]) for r in rows] == list(zip(want["video"], want["frame"]))
-    assert set(rows[0]) == {"video", "frame", "timestamp", *(query.alias(c) for c in labels.CLASSES)}
+    assert {"video", "frame", "timestamp", *(query.alias(c) for c in labels.CLASSES)} <= set(rows[0])
 
 
 def test_frames_search_matches_pandas_locally(tmp_path):
     out = str(tmp_path / "out")
     check_search(out, make_output(out))
+    check_search(str(tmp_path / "old"), make_output(str(tmp_path / "old"), legacy=True))  # an older run's layout
 
 
 def test_frames_search_matches_pandas_on_s3(s3_bucket):
@@ -182,7 +197,7 @@ def test_frames_bad_expression_exits_2_listing_the_columns(tmp_path):
     res = frames_cli(out, "--order-by", "nonsense desc")
     assert res.exit_code == 2 and "nonsense" in res.output
     res = frames_cli(str(tmp_path / "nothing"))
-    assert res.exit_code == 1 and "frames.parquet does not exist" in res.output
+    assert res.exit_code == 1 and "nothing/frames does not exist" in res.output
 
 
 # --- roadseg view --------------------------------------------------------------------------------
@@ -203,7 +218,8 @@ def test_view_pages_link_only_files_that_exist(tmp_path):
     assert "frames/s, model in bf16" in index
     assert "checkpoint meta not readable" in index  # /nonexistent/ckpt: said, not crashed
     assert "http" not in " ".join(links(index))  # nothing from a CDN
-    pages = [os.path.join(out, href) for href in links(index)]
+    assert "sources.js" in links(index) and 'id="q"' in index  # the search over every source id
+    pages = [os.path.join(out, href) for href in links(index) if href.endswith("/index.html")]
     assert sorted(os.path.relpath(p, out) for p in pages) == sorted(f"{v}/index.html" for v in VIDEOS)
     for page in pages:
         html = open(page).read()

@@ -166,8 +166,68 @@ def test_infer_no_view_skips_the_page_and_view_writes_it(ray_local, tmp_path):
     res = CliRunner().invoke(main, ["infer", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(out), "--no-view"],
                              catch_exceptions=False)
     assert res.exit_code == 0 and "results page" not in res.output, res.output
-    assert (out / "frames.parquet").exists() and not (out / "index.html").exists()
+    assert list((out / "frames").glob("part-*.parquet")) and not (out / "index.html").exists()
     res = CliRunner().invoke(main, ["view", str(out)], catch_exceptions=False)
     assert res.exit_code == 0 and (out / "index.html").exists() and (out / "cam" / "index.html").exists()
     assert "unet (base_channels=4), epoch 0" in (out / "index.html").read_text()  # from the checkpoint's meta
 
+
+
+def archive_output(out, sources: int, parts: int = 5, frames: int = 3) -> list[str]:
+    """A made-up OUTPUT of ``sources`` sources in ``parts`` stats parts (no image files); their ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from roadseg_dist.infer import stats
+
+    ids = [f"fleet/day{i % 37:02d}/clip{i:05d}" for i in range(sources)]
+    os.makedirs(out / "frames")
+    for k in range(parts):
+        mine = ids[k::parts]
+        n = len(mine) * frames
+        mix = np.random.default_rng(k).dirichlet(np.full(19, 0.5), size=n).astype(np.float32)
+        cols = [pa.array(np.repeat(mine, frames)), pa.array(np.tile(np.arange(frames), len(mine)), pa.int64()),
+                pa.array(np.tile(np.arange(frames) / 10.0, len(mine)))]
+        cols += [pa.array(mix[:, c]) for c in range(19)] + [pa.nulls(n, pa.string())] * 3
+        pq.write_table(pa.Table.from_arrays(cols, schema=stats.schema()), str(out / "frames" / f"part-{k}.parquet"))
+    report = {"sources": sources, "videos_done": sources, "videos_failed": 0, "failures": [], "frames_total": 0,
+              "settings": {"outputs": ["stats"]}, "output": str(out)}
+    (out / "report.json").write_text(json.dumps(report))
+    return ids
+
+
+def test_an_index_of_ten_thousand_sources_pages_finds_and_writes_pages_once(browser, tmp_path):
+    from roadseg_dist.results.page import PAGE_ROWS, write_site
+
+    out = tmp_path / "out"
+    ids = archive_output(out, 10_000)
+    write_site(str(out))
+    assert sorted(p.name for p in out.glob("index*.html")) == sorted(
+        ["index.html"] + [f"index-{i}.html" for i in range(2, 10_000 // PAGE_ROWS + 1)])
+    page, errors = open_page(browser, f"file://{out}/index.html")
+    assert len(source_links(page)) == PAGE_ROWS and "sources 1-1,000 of 10,000" in page.inner_text("body")
+    page.fill("#q", "clip07311")
+    page.wait_for_selector("#hits a")
+    assert page.eval_on_selector_all("#hits a", "els => els.map(e => e.textContent)") == ["fleet/day22/clip07311"]
+    page.click("#hits a")
+    page.wait_for_load_state("load")
+    assert page.url.endswith("/fleet/day22/clip07311/index.html") and "fleet/day22/clip07311" in page.inner_text("h1")
+    page.goto(f"file://{out}/index-10.html", wait_until="load")
+    assert source_links(page)[-1].endswith(f"/{sorted(ids)[-1]}/index.html")
+    assert not errors, errors
+    page.close()
+    # a second view writes no source page again; a new part gets its pages, and the index shows it
+    from roadseg_dist.results import page as page_mod
+
+    written = []
+    real = page_mod.write_html
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(page_mod, "write_html", lambda url, text: written.append(url) or real(url, text))
+        write_site(str(out))
+        assert not [u for u in written if u.count("/") > str(out).count("/") + 1]  # the index pages alone
+        written.clear()
+        (out / "frames" / "part-0.parquet").rename(out / "frames" / "part-9.parquet")  # part-0 "rewritten"
+        write_site(str(out))
+    pages = {u for u in written if u.endswith("/index.html") and u.count("/") > str(out).count("/") + 1}
+    assert pages == {f"{out}/{sid}/index.html" for sid in ids[0::5]}
+    assert len(list((out / ".roadseg" / "pages").iterdir())) == 5  # part-0's summary went with it

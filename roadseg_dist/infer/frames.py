@@ -20,11 +20,13 @@ import contextlib
 import dataclasses
 import itertools
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
+from roadseg_dist import images
 from roadseg_dist.infer.ranged import RangedReader
+from roadseg_dist.infer.window import Window
 
 DEFAULT_IMAGE_FPS = 10.0
 PROBE_BLOCK = 64 * 1024        # the probe reads a header, the index and one keyframe
@@ -33,6 +35,15 @@ MIN_BLOCK, MAX_BLOCK = 32 * 1024, 8 * 1024 * 1024  # the largest read-ahead of a
 
 class DecodeError(Exception):
     """A source that cannot be decoded; the message is the reason shown in the report."""
+
+
+def check_size(width: int, height: int, what: str) -> None:
+    """The pixel cap (``images.max_pixels``) for video frames: a crafted header cannot make us
+    allocate gigabytes; DecodeError names what was too large."""
+    try:
+        images.check_size(int(width or 0), int(height or 0), what)
+    except images.ImageTooLarge as exc:
+        raise DecodeError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +72,10 @@ class FrameRange:
 
 
 @contextlib.contextmanager
-def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None) -> Iterator:
-    """A seekable binary file object: local, or an S3 object read in ``block``-sized ranged GETs."""
+def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None,
+              known: tuple[int, str] | None = None) -> Iterator:
+    """A seekable binary file object: local, or an S3 object read in ``block``-sized ranged GETs.
+    ``known``: (size, version) of the object from a listing, which saves asking for them."""
     from roadseg_dist import storage
 
     if not storage.is_remote(url):
@@ -75,10 +88,11 @@ def open_file(url: str, block: int = PROBE_BLOCK, reach: int | None = None) -> I
             yield f
         return
     fs, path = storage.filesystem(url)
-    info = storage.retry(fs.info, path)
-    size = int(info.get("size") or 0)
-    key = (path, size, str(info.get("ETag") or info.get("etag") or info.get("mtime") or ""))
-    f = RangedReader(fs, path, size, max_block=block, reach=reach, key=key)
+    if known is None:
+        info = storage.retry(fs.info, path, url=url)
+        known = (int(info.get("size") or 0), str(info.get("ETag") or info.get("etag") or info.get("mtime") or ""))
+    size, version = known
+    f = RangedReader(fs, path, int(size), max_block=block, reach=reach, key=(path, int(size), version))
     if f.size == 0:
         raise DecodeError("empty file (0 bytes)")
     yield f
@@ -99,6 +113,8 @@ def open_video(f, threads: int = 1) -> Iterator:
         if not container.streams.video:
             raise DecodeError("no video stream in the file")
         stream = container.streams.video[0]
+        # the pixel cap from the header, before a frame is allocated (each frame is checked again)
+        check_size(stream.codec_context.width, stream.codec_context.height, "the video stream")
         stream.codec_context.thread_count = max(1, int(threads))
         yield container, stream
     finally:
@@ -127,7 +143,7 @@ def probe(url: str) -> VideoInfo:
     """Metadata and keyframes of a video from its index, after checking that its first frame decodes."""
     import av
 
-    with open_file(url) as f, open_video(f) as (container, stream):
+    with open_file(url) as f, _storage_errors(f), open_video(f) as (container, stream):
         _opened(f)
         entries = stream.index_entries
         keyframes = tuple((i, int(e.timestamp), int(e.pos), _reach(entries, i))
@@ -166,49 +182,43 @@ def _has_leading_pictures(container, stream, keyframes) -> bool:
     return False
 
 
-def plan_ranges(info: VideoInfo, segment_frames: int) -> list[FrameRange]:
-    """Keyframe-aligned ranges of about ``segment_frames`` packets; one range without an index."""
-    if segment_frames < 1:
-        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
-    starts = []  # positions in info.keyframes
-    for k, (packet, *_) in enumerate(info.keyframes):
-        if not starts or packet - info.keyframes[starts[-1]][0] >= segment_frames:
-            starts.append(k)
-    if len(starts) < 2:
-        return [FrameRange(0, block=_block(info.size))]
-    ranges = []
-    for r, k in enumerate(starts):
-        packet, dts, pos, _ = info.keyframes[k]
-        nxt = info.keyframes[starts[r + 1]] if r + 1 < len(starts) else None
-        # FFmpeg seeks by presentation time (MP4: DTS + composition offset, unknown here); any
-        # timestamp from our keyframe's up to the next keyframe's DTS lands on it.
-        seek_ts = info.keyframes[k + 1][1] - 1 if k + 1 < len(info.keyframes) else 2 ** 62
-        reach = (nxt[3] if info.open_gop else nxt[2]) if nxt else None
-        ranges.append(FrameRange(packet, nxt[0] if nxt else None, dts if r else None, nxt[1] if nxt else None,
-                                 seek_ts if r else None, _block((nxt[2] if nxt else info.size) - pos),
-                                 reach, info.open_gop))
-    return ranges
-
-
-def _block(span: int) -> int:
-    """A read-ahead block of ~1/16 of the bytes a range reads: the overshoot past its end stays small."""
-    return int(min(MAX_BLOCK, max(MIN_BLOCK, span // 16)))
-
-
-def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None = None,
-                 threads: int = 1) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``.
+def decode_range(url: str, rng: FrameRange, stride: int | Callable[[float], int] = 1, marks: dict | None = None,
+                 threads: int = 1, known: tuple[int, str] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``
+    (or by ``stride(fps)``, for a stride that depends on the source's frame rate).
 
     ``marks`` receives ``first`` (index of the range's first frame), ``count`` (frames decoded),
-    ``expected`` (frames the index promises before the next range; -1 for the last range) and
-    ``broken`` (why decoding stopped early at damaged or missing data; '' if it did not).
+    ``expected`` (frames the index promises before the next range; -1 for the last range),
+    ``broken`` (why decoding stopped early at damaged or missing data; '' if it did not), and what
+    the stream header says: ``fps``, ``width``, ``height``, ``stride``. ``known``: see ``open_file``.
     """
-    import av
-
     marks = {} if marks is None else marks
     marks.update(first=0, count=0, expected=-1, broken="")
-    with open_file(url, rng.block, rng.reach) as f, open_video(f, threads) as (container, stream):
+    with open_file(url, rng.block, rng.reach, known) as f, _storage_errors(f):
+        yield from _decode_open(f, rng, stride, marks, threads)
+
+
+@contextlib.contextmanager
+def _storage_errors(f) -> Iterator[None]:
+    """A read from storage that failed is that error, not damaged data: FFmpeg reports any failed
+    read as an I/O error or the end of the stream, and a storage outage must not pass for a broken tail."""
+    try:
+        yield
+    except DecodeError:
+        if getattr(f, "error", None) is not None:
+            raise f.error from None
+        raise
+    if getattr(f, "error", None) is not None:
+        raise f.error
+
+
+def _decode_open(f, rng: FrameRange, stride, marks: dict, threads: int):
+    import av
+
+    with open_video(f, threads) as (container, stream):
         _opened(f)
+        marks.update(fps=_fps(stream), width=stream.codec_context.width, height=stream.codec_context.height)
+        marks["stride"] = every = int(stride(marks["fps"]) if callable(stride) else stride)
         packets = container.demux(stream)
         if rng.dts is not None:
             container.seek(rng.seek_ts, stream=stream, backward=True)
@@ -222,71 +232,41 @@ def decode_range(url: str, rng: FrameRange, stride: int = 1, marks: dict | None 
                 marks["expected"] = max(1, (rng.end or rng.start + 1) - rng.start)
                 return
             packets = itertools.chain([first], packets)
-        window = _Window(rng)
+        window, clock = Window(rng), _Clock(stream, marks["fps"])
         for frame in _frames(packets, stream, window, marks):
             if not window.shows(frame.pts):
                 continue
             index = window.first + marks["count"]
             marks["first"] = window.first
             marks["count"] += 1
-            if index % stride == 0:
-                yield index, float(frame.time or 0.0), frame.to_ndarray(format="bgr24")
+            time = clock(frame.pts)
+            if index % every == 0:
+                check_size(frame.width, frame.height, f"frame {index}")
+                yield index, time, frame.to_ndarray(format="bgr24")
         marks["first"] = window.first
         if rng.end is not None:
             marks["expected"] = (rng.end + window.next_leading) - window.first
 
 
-class _Window:
-    """The presentation-time window of a range, learnt from the packets around its two keyframes.
+class _Clock:
+    """A frame's presentation time in seconds from its pts and the stream's time base (a frame's own
+    time base is missing on the frames a decoder flushes at a range's end, PyAV then says NaN); a
+    frame without a pts is one frame period after the previous one."""
 
-    Leading pictures follow their keyframe directly in decode order, and the decoder shows the
-    keyframe only after them, so ``first`` is final before the range's first frame comes out.
-    """
+    def __init__(self, stream, fps: float):
+        self.base = stream.time_base
+        self.period = 1.0 / fps if fps else 0.0
+        self.last: float | None = None
 
-    def __init__(self, rng: FrameRange):
-        self.rng = rng
-        self.start_pts = float("-inf") if rng.dts is None else None
-        self.end_pts: int | None = None
-        self.leading = 0        # leading pictures of our keyframe (the previous range shows them)
-        self.next_leading = 0   # leading pictures of the next range's keyframe (we show them)
-        self._after_key = True
-        self.packets = 0
-
-    @property
-    def done(self) -> bool:
-        """Closed GOPs: every packet before the next keyframe is in, and nothing after it is needed."""
-        rng = self.rng
-        return not rng.open_gop and rng.end is not None and self.packets >= rng.end - rng.start
-
-    @property
-    def first(self) -> int:
-        return self.rng.start + self.leading
-
-    def shows(self, pts) -> bool:
-        return pts is not None and pts >= self.start_pts and (self.end_pts is None or pts < self.end_pts)
-
-    def admit(self, packet) -> bool:
-        """Whether to decode ``packet``; False once the range has every packet it needs."""
-        rng = self.rng
-        self.packets += 1
-        if self.start_pts is None:  # our keyframe (checked by decode_range)
-            self.start_pts = packet.pts
-            return True
-        if rng.end_dts is None or packet.dts is None or packet.dts < rng.end_dts:
-            leading = rng.dts is not None and packet.pts is not None and packet.pts < self.start_pts
-            self._after_key = self._after_key and leading
-            self.leading += self._after_key
-            return True
-        if packet.dts == rng.end_dts:
-            self.end_pts = packet.pts
-            return True
-        if self.end_pts is not None and packet.pts is not None and packet.pts < self.end_pts:
-            self.next_leading += 1
-            return True
-        return False
+    def __call__(self, pts) -> float:
+        if pts is not None and self.base:
+            self.last = float(pts * self.base)
+        else:
+            self.last = 0.0 if self.last is None else self.last + self.period
+        return self.last
 
 
-def _frames(packets, stream, window: _Window, marks: dict):
+def _frames(packets, stream, window: Window, marks: dict):
     """Decoded frames of the range in presentation order; ends where the data is damaged."""
     import av
 
@@ -304,12 +284,6 @@ def _frames(packets, stream, window: _Window, marks: dict):
         marks["broken"] = f"decoding stopped at damaged data ({type(exc).__name__})"
 
 
-def sequential_frames(url: str) -> Iterator[np.ndarray]:
-    """Every frame of one plain sequential decode (the reference for 'frame N'), until damaged data."""
-    for _, _, frame in decode_range(url, FrameRange(0, block=MAX_BLOCK)):
-        yield frame
-
-
 def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None, stride: int = 1,
                   offset: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """The same contract for a folder of images: frame i is the i-th image in name order.
@@ -325,16 +299,10 @@ def decode_images(urls: list[str] | tuple[str, ...], start: int, end: int | None
         if index % stride:
             continue
         url = urls[index - offset]
-        data = np.frombuffer(storage.read_bytes(url), dtype=np.uint8)
-        frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        try:
+            frame = images.imdecode(storage.read_bytes(url), cv2.IMREAD_COLOR, storage.redact(url))
+        except images.ImageTooLarge as exc:
+            raise DecodeError(str(exc)) from None
         if frame is None:
             raise DecodeError(f"{storage.redact(url)} is not a decodable image")
         yield index, frame
-
-
-def image_ranges(count: int, segment_frames: int) -> list[tuple[int, int | None]]:
-    """[start, end) ranges over an image folder's ``count`` frames; the last one is open."""
-    if segment_frames < 1:
-        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
-    starts = list(range(0, max(count, 1), segment_frames))
-    return [(s, starts[i + 1] if i + 1 < len(starts) else None) for i, s in enumerate(starts)]

@@ -25,6 +25,8 @@ class Source:
     id: str
     url: str = ""                  # the video file, for kind == "video"
     images: tuple[str, ...] = ()   # the frames in order, for kind == "images"
+    size: int = 0                  # bytes (an image folder: of all its images), from the listing
+    identity: str = ""             # what changes when the content is replaced (ETag, or size + mtime)
 
     @property
     def kind(self) -> str:
@@ -70,7 +72,8 @@ def _read_list(url: str) -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
-RESERVED = ("report.json", "frames.parquet", "index.html", STATE_DIR)  # OUTPUT's own files
+RESERVED = ("report.json", "frames", "frames.parquet", "index.html", "sources.js", STATE_DIR)  # OUTPUT's own files
+_INDEX_PAGE = re.compile(r"index-\d+\.html")  # the results index's further pages
 MAX_COMPONENT = 160  # bytes of one id component: file systems allow 255, suffixes need room
 
 
@@ -81,7 +84,7 @@ def _url_hash(url: str) -> str:
 def _fit(sid: str, url: str) -> str:
     """Over-long components are cut and a reserved top-level name is renamed, both marked by the URL's hash."""
     parts = sid.split("/")
-    changed = parts[0].lower() in RESERVED
+    changed = parts[0].lower() in RESERVED or bool(_INDEX_PAGE.fullmatch(parts[0].lower()))
     for i, p in enumerate(parts):
         if len(p.encode()) > MAX_COMPONENT:
             parts[i] = p.encode()[:MAX_COMPONENT].decode("ascii", "ignore")
@@ -122,28 +125,54 @@ def _unique_ids(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def discover(input_url: str) -> list[Source]:
-    """Every source under INPUT, sorted by id. Raises FileNotFoundError/ValueError with what to do."""
+    """Every source under INPUT, sorted by id, with sizes and identities from one listing (a list
+    file's entries: one request each, concurrently). Raises FileNotFoundError/ValueError with what to do."""
     url = storage.normalize(input_url)
     if storage.isdir(url) or (storage.is_remote(url) and not storage.exists(url)):
-        files = storage.list_files(url)
-        if not files and not storage.exists(url):
+        details = storage.list_details(url)
+        if not details and not storage.exists(url):
             raise FileNotFoundError(f"input {storage.redact(input_url)} does not exist")
         root = url
     elif storage.exists(url):
         ext = posixpath.splitext(url)[1].lower()
         if ext in VIDEO_EXTS or ext in IMAGE_EXTS:
-            files, root = [url], url.rsplit("/", 1)[0]
+            details, root = {url: storage.info(url)}, url.rsplit("/", 1)[0]
         elif ext in LIST_EXTS:
             files = [storage.normalize(u) for u in _read_list(url)]
             if not files:
                 raise ValueError(f"list file {storage.redact(input_url)} names no inputs")
-            root = _common_root(files)
+            details, root = _infos(files), _common_root(files)
         else:
             raise ValueError(f"input {storage.redact(input_url)} is neither a video ({', '.join(VIDEO_EXTS)}), "
                              f"an image, a folder nor a list file ({', '.join(LIST_EXTS)})")
     else:
         raise FileNotFoundError(f"input {storage.redact(input_url)} does not exist")
+    return _sources(details, root)
 
+
+def images_identity(frames: list[str], details: dict[str, dict]) -> str:
+    """An image folder's identity: its frames' names and sizes (hashed: folders hold thousands)."""
+    digest = hashlib.sha1("\n".join(f"{u.rsplit('/', 1)[-1]}:{details[u].get('size')}" for u in frames).encode())
+    return f"images:{len(frames)}:{digest.hexdigest()[:16]}"
+
+
+def _infos(files: list[str]) -> dict[str, dict]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(f: str) -> dict:
+        try:
+            return storage.info(f)
+        except FileNotFoundError:
+            return {"size": 0}  # reported when its work starts: "file not found"
+
+    with ThreadPoolExecutor(16) as pool:
+        return dict(zip(files, pool.map(one, files)))
+
+
+def _sources(details: dict[str, dict], root: str) -> list[Source]:
+    from roadseg_dist.infer.state import file_identity
+
+    files = list(details)
     videos = [f for f in files if f.lower().endswith(VIDEO_EXTS)]
     images: dict[str, list[str]] = {}
     for f in files:
@@ -154,6 +183,11 @@ def discover(input_url: str) -> list[Source]:
     pairs += [(_relative(folder, root) if folder != root else folder.rsplit("/", 1)[-1], folder)
               for folder in images]
     ids = _unique_ids(pairs)
-    sources = [Source(id=ids[v], url=v) for v in videos]
-    sources += [Source(id=ids[folder], images=tuple(sorted(frames))) for folder, frames in images.items()]
+    sources = [Source(id=ids[v], url=v, size=int(details[v].get("size") or 0),
+                      identity=file_identity(v, details[v])) for v in videos]
+    for folder, frames in images.items():
+        frames = sorted(frames)
+        sources.append(Source(id=ids[folder], images=tuple(frames),
+                              size=sum(int(details[f].get("size") or 0) for f in frames),
+                              identity=images_identity(frames, details)))
     return sorted(sources, key=lambda s: s.id)

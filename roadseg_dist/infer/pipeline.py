@@ -1,38 +1,46 @@
-"""``roadseg infer``: segment every frame of every video under INPUT with Ray Data.
+"""``roadseg infer``: segment every frame of every source under INPUT, on Ray.
 
-    sources ──probe (Ray tasks: the container index)──► plans of keyframe-aligned frame ranges
-      ──graph.dataset: decode tasks ─► Segmenter actors ─► writer tasks──► files + result rows
-      ──ledger (driver)──► per-range parts (resume markers) ──► overlay.mp4 (task) ──► done markers
-      ──► frames.parquet, report.json
+    INPUT ──one listing──► sources (sizes, identities) ──what the batches under OUTPUT say is done──► to do
+      ──plan.choose_splits──► whole sources, and split ones (probe tasks: frame ranges)
+      ──graph.run_units (Ray Data, a window of units at a time; model actors shared)──► result rows
+      ──whole source: commit │ split source, all ranges in: ledger check ─► assemble overlay.mp4 ─► commit
+      ──commits (batches: manifest + frames/ part)──► report.json
 
-Resume (``state.py``): a re-run skips done sources and finished ranges, so nothing complete is
-rewritten; a range cut short by a crash is redone, its files overwritten with the same bytes. A
-source whose file changed since its plan is redone from scratch; other settings need --overwrite.
-A source whose ranges do not join up (``ledger.source_problem``) is decoded again as one range.
+Resume: a re-run skips committed sources and finished ranges; a source whose file changed is redone
+from scratch (its batch entry dropped); other settings are refused unless --overwrite. One run at a
+time holds OUTPUT (``lease.py``).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
-from roadseg_dist import labels, progress, resources, storage, watchdog
-from roadseg_dist.infer import graph, ledger as ledger_mod, report as report_mod
+from roadseg_dist import resources, storage, watchdog
+from roadseg_dist.errors import JobError
+from roadseg_dist.infer import graph, ledger, monitor, plan as plan_mod, report as report_mod, stats as stats_mod
+from roadseg_dist.infer.splits import collect_videos, finish_split, plan_splits
+from roadseg_dist.infer.commits import Commits
 from roadseg_dist.infer.inputs import Source, discover
+from roadseg_dist.infer.lease import Lease, LeaseHeld
+from roadseg_dist.infer.process import OutputError, Target
 from roadseg_dist.infer.settings import InferSettings
-from roadseg_dist.infer.state import State, checkpoint_identity, file_identity, read_table, signature, write_table
+from roadseg_dist.infer.state import State, checkpoint_identity, signature
 
 log = logging.getLogger(__name__)
+WINDOW_UNITS = 1024  # units per Ray Data dataset: the driver holds a window, not the archive
 
 
 class InputError(Exception):
     """INPUT, CKPT or OUTPUT cannot be used as given (the CLI turns it into a usage error)."""
+
+
+class OutputFull(JobError):
+    """OUTPUT's disk is full: the run stopped; what was finished is kept, a re-run goes on."""
 
 
 @dataclasses.dataclass
@@ -41,54 +49,62 @@ class Job:
     s: InferSettings
     state: State
     checkpoint: str                     # the resolved checkpoint directory every actor loads
-    size: tuple[int, int]               # the model's input HxW (--size, else the checkpoint's)
-    plans: dict[str, dict] = dataclasses.field(default_factory=dict)
-    left: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # id -> range starts to do
+    target: Target
+    sources: dict[str, Source]
+    commits: Commits
+    plans: dict[str, dict] = dataclasses.field(default_factory=dict)       # split sources
+    left: dict[str, set[int]] = dataclasses.field(default_factory=dict)    # split: range starts to do
+    rows: dict[str, dict[int, dict]] = dataclasses.field(default_factory=dict)  # split: results so far
     failures: dict[str, dict] = dataclasses.field(default_factory=dict)
-    videos: dict[str, Any] = dataclasses.field(default_factory=dict)     # id -> ObjectRef of assemble_video
-    done_now: list[str] = dataclasses.field(default_factory=list)
-    redo: list[str] = dataclasses.field(default_factory=list)            # ids to decode again as one range
+    videos: dict[str, Any] = dataclasses.field(default_factory=dict)       # id -> (ObjectRef, entry, table)
+    redo: list = dataclasses.field(default_factory=list)                   # units to run in a later window
     frames_now: int = 0
+    sources_done: int = 0
+    whole_bytes_done: int = 0           # bytes and frames of the whole sources finished (for the estimate)
+    whole_frames_done: int = 0
+    fatal: str = ""
+    actors_summary: dict = dataclasses.field(default_factory=dict)  # report.json's model_actors
+    nodes: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # node -> units done
+
+    def finished(self, entry: dict, table) -> None:
+        """A source is complete: it goes into the next batch."""
+        self.commits.add(entry, table)
+        self.sources_done += 1
+        if entry["id"] not in self.plans:
+            self.whole_bytes_done += self.sources[entry["id"]].size
+            self.whole_frames_done += int(entry["frames"])
 
     def fail(self, sid: str, why: str) -> None:
-        url = self.plans.get(sid, {}).get("url") or sid
+        src = self.sources.get(sid)
+        url = (src.url or (src.images[0].rsplit("/", 1)[0] if src.images else "")) if src else sid
         self.failures.setdefault(sid, {"id": sid, "input": storage.redact(url), "reason": why})
-
-
-def stats_table(sid: str, result: ledger_mod.RangeResult):
-    import pyarrow as pa
-
-    order = sorted(result.fractions)
-    cols = {"video": pa.array([sid] * len(order), pa.string()), "frame": pa.array(order, pa.int64()),
-            "timestamp": pa.array([result.times[i] for i in order], pa.float64())}
-    mat = np.stack([result.fractions[i] for i in order]) if order else np.zeros((0, labels.NUM_CLASSES), np.float32)
-    for c, name in enumerate(labels.CLASSES):
-        cols[name] = pa.array(mat[:, c], pa.float32())
-    return pa.table(cols).replace_schema_metadata({"end": json.dumps(result.end)})
 
 
 # --- before Ray: inputs, model, OUTPUT --------------------------------------------------------------
 
-def check_model(s: InferSettings) -> tuple[str, dict, tuple[int, int]]:
+def check_model(s: InferSettings) -> tuple[str, dict, tuple[int, int], str]:
     """Load the checkpoint once here so that a bad CKPT fails fast with its own message, not in an
-    actor: (its directory, its identity, the model's input size)."""
+    actor: (its directory, its identity, the model's input size, the model id of the stats)."""
     from roadseg_dist.models.checkpoint import load_model
 
     _, meta = load_model(s.checkpoint)
     if not (s.size or meta.get("input_size")):
         raise InputError(f"checkpoint {storage.redact(s.checkpoint)} records no input_size: pass --size HxW")
     identity = checkpoint_identity(s.checkpoint)
-    return storage.normalize(meta["checkpoint"]), identity, tuple(s.size or meta["input_size"])
+    return (storage.normalize(meta["checkpoint"]), identity, tuple(s.size or meta["input_size"]),
+            stats_mod.model_id(meta, identity))
 
 
-def prepare_output(s: InferSettings, state: State, sources: list[Source], model: dict) -> None:
-    """Refuse a resume with other settings; on --overwrite remove what earlier runs wrote for these sources."""
+def prepare_output(s: InferSettings, state: State, sources: list[Source], model: dict) -> list:
+    """Refuse a resume with other settings; on --overwrite remove what earlier runs wrote for these
+    sources. Returns the committed batches."""
     url, sig = state.signature_url(), signature(s, model)
+    batches = state.batches()
     if s.overwrite:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(state.forget, [src.id for src in sources]))
-        for name in ("frames.parquet", "report.json"):
-            storage.remove(storage.join(state.output, name))
+        batches = state.drop(batches, {src.id for src in sources})
+        storage.remove(storage.join(state.output, "report.json"))
     elif storage.exists(url):
         old = state.read_json(url)
         if old != sig:
@@ -96,213 +112,71 @@ def prepare_output(s: InferSettings, state: State, sources: list[Source], model:
             raise InputError(f"{storage.redact(state.output)} holds a run with other settings "
                              f"({', '.join(diff)}): resume with the same settings, pass --overwrite, "
                              f"or choose another OUTPUT")
-        return
+        return batches
     state.write_json(url, sig)
+    return batches
 
 
-def current_identity(src: Source) -> str:
-    if src.kind == "images":
-        return f"images:{len(src.images)}:" + ",".join(u.rsplit("/", 1)[-1] for u in src.images)
-    return file_identity(src.url)
+def drop_changed(job: Job, batches: list) -> tuple[list, dict[str, dict]]:
+    """Committed sources whose file changed since (ETag, size or mtime) are redone from scratch.
+    Returns the batches left and what they say is done (id -> entry)."""
+    done = {e["id"]: e for b in batches for e in b.sources}
+    changed = {sid for sid, e in done.items() if sid in job.sources and e.get("identity") != job.sources[sid].identity}
+    for sid in sorted(changed):
+        log.info("%s changed since it was segmented: redoing it", storage.redact(job.sources[sid].url or sid))
+        job.state.forget(sid)
+    if changed:
+        batches = job.state.drop(batches, changed)
+        done = {e["id"]: e for b in batches for e in b.sources}
+    return batches, done
 
 
-def drop_changed(job: Job, sources: list[Source]) -> None:
-    """Sources planned earlier whose file changed since (ETag, size or mtime) start again from scratch."""
-    planned = job.state.listing("plans")
-    known = [src for src in sources if job.state.plan_url(src.id) in planned]
+# --- results ----------------------------------------------------------------------------------------
 
-    def check(src: Source) -> None:
-        plan = job.state.read_json(job.state.plan_url(src.id))
-        try:
-            same = plan.get("identity") == current_identity(src)
-        except Exception:  # noqa: BLE001 - gone or unreadable now: its probe will report it
-            same = False
-        if same:
-            job.plans[src.id] = plan
-        else:
-            log.info("%s changed since it was planned: redoing it", storage.redact(src.url or src.id))
-            job.state.forget(src.id)
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(check, known))
-
-
-# --- with Ray ----------------------------------------------------------------------------------------
-
-def plan(job: Job, sources: list[Source]) -> None:
-    import ray
-
-    todo = [src for src in sources if src.id not in job.plans]
-    probe = ray.remote(num_cpus=graph.TASK_CPUS, max_retries=2)(graph.probe_source)
-    for p in ray.get([probe.remote(src, job.s) for src in todo]):
-        if "error" in p:
-            job.plans[p["id"]] = p
-            job.fail(p["id"], p["error"])
-            continue
-        try:
-            job.state.write_json(job.state.plan_url(p["id"]), p)
-            job.plans[p["id"]] = p
-        except Exception as exc:  # noqa: BLE001 - this source's failure, not the run's
-            job.fail(p["id"], "its plan could not be saved: " + graph.reason(exc))
-    finished = job.state.listing("parts")
-    for sid, p in job.plans.items():
-        if sid not in job.failures:
-            job.left[sid] = {r["start"] for r in p["ranges"] if job.state.part_url(sid, r["start"]) not in finished}
-
-
-def work_items(job: Job, sids: list[str]) -> list[dict[str, Any]]:
-    items = []
-    for sid in sids:
-        p = job.plans[sid]
-        for r in p["ranges"]:
-            if r["start"] in job.left[sid]:
-                images = p["images"][r["start"]:r["end"]] if p["kind"] == "images" else []
-                items.append({"video": sid, "kind": p["kind"], "url": p["url"], "images": images, "range": r,
-                              "stride": p["stride"], "fps": p["fps"]})
-    return items
-
-
-def finish_range(job: Job, sid: str, start: int, result: ledger_mod.RangeResult) -> None:
+def take(job: Job, row: dict[str, Any]) -> None:
+    """One unit's result row."""
+    sid = row["video"]
+    job.nodes[str(row.get("node", ""))[:12]] += 1
+    if row.get("fatal"):
+        job.fatal = job.fatal or row["fatal"]
+    job.frames_now += int(row["frames"])
     if sid in job.failures:
         return
-    if result.end["error"]:
-        job.fail(sid, result.end["error"])
-        return
-    try:  # the range's completion marker, written after all its files
-        write_table(job.state.part_url(sid, start), stats_table(sid, result))
-    except Exception as exc:  # noqa: BLE001
-        job.fail(sid, "its progress could not be saved: " + graph.reason(exc))
-        return
-    job.left[sid].discard(start)
-    if not job.left[sid]:
-        finish_source(job, sid)
-
-
-def finish_source(job: Job, sid: str) -> None:
-    """All ranges in: check they join up, then assemble overlay.mp4 (or mark the source done)."""
-    try:
-        _finish_source(job, sid)
-    except Exception as exc:  # noqa: BLE001 - storage trouble with one source is that source's failure
-        job.fail(sid, "could not be finished: " + graph.reason(exc))
-
-
-def _finish_source(job: Job, sid: str) -> None:
-    import ray
-
-    p = job.plans[sid]
-    parts = [read_table(job.state.part_url(sid, r["start"])) for r in p["ranges"]]
-    ends = [json.loads(part.schema.metadata[b"end"]) for part in parts]
-    problem = ledger_mod.source_problem(ends)
-    if problem and len(p["ranges"]) > 1:
-        log.info("%s: %s; decoding it again from the start as one range", sid, problem)
-        job.redo.append(sid)
-        return
-    indices = [int(i) for part in parts for i in part.column("frame").to_pylist()]
-    problem = problem or ledger_mod.check_indices(indices, p["stride"]) or (
-        "" if indices else "no frame could be decoded")
-    if problem:
-        job.fail(sid, problem)
-        return
-    p["frames"] = len(indices)
-    if "video" in job.s.outputs:
-        task = ray.remote(num_cpus=graph.TASK_CPUS * 2, max_retries=2)(graph.assemble_video)
-        job.videos[sid] = task.remote(job.state.output, sid, indices, p["fps"] / p["stride"], p["width"],
-                                      p["height"], job.s.video_codec)
+    if row["error"]:
+        job.fail(sid, row["error"])
+    elif row["whole"]:
+        table = stats_mod.from_bytes(row["stats"])
+        problem = ledger.check_indices(table.column("frame").to_pylist(), row["stride"]) or (
+            "" if len(table) else "no frame could be decoded")
+        if problem:
+            job.fail(sid, problem)
+        else:
+            job.finished({"id": sid, "identity": row["identity"], "frames": len(table), "fps": row["fps"]}, table)
     else:
-        mark_done(job, sid)
+        job.rows[sid][row["start"]] = row
+        job.left[sid].discard(row["start"])
+        if not job.left[sid]:
+            finish_split(job, sid)
 
 
-def as_one_range(job: Job, sid: str, counted: int) -> None:
-    """Start ``sid`` over as a single range decoded from its first frame (its seeks were not exact)."""
-    p = job.plans[sid]
-    job.state.forget(sid)
-    job.frames_now -= counted
-    p["ranges"] = [{"start": 0, "end": None, "dts": None, "end_dts": None, "seek_ts": None,
-                    "block": p["ranges"][-1].get("block", 1 << 20)}]
-    p["sequential"] = True
-    job.state.write_json(job.state.plan_url(sid), p)
-    job.left[sid] = {0}
-
-
-def mark_done(job: Job, sid: str) -> None:
-    p = job.plans[sid]
-    job.state.write_json(job.state.done_url(sid), {"id": sid, "frames": p.get("frames", 0),
-                                                   "identity": p.get("identity", "")})
-    job.done_now.append(sid)
-
-
-def collect_videos(job: Job, block: bool) -> None:
-    import ray
-
-    if not job.videos:
-        return
-    refs = list(job.videos.values())
-    ready, _ = ray.wait(refs, num_returns=len(refs) if block else 1, timeout=None if block else 0)
-    for sid in [k for k, v in job.videos.items() if v in ready]:
-        try:
-            ray.get(job.videos.pop(sid))
-        except Exception as exc:  # noqa: BLE001
-            job.fail(sid, "overlay.mp4 could not be written: " + graph.reason(exc))
-            continue
-        try:
-            mark_done(job, sid)
-        except Exception as exc:  # noqa: BLE001
-            job.fail(sid, "its done marker could not be written: " + graph.reason(exc))
-
-
-def execute(job: Job, sids: list[str], sizing: graph.Sizing, show) -> None:
-    """Run the graph over the ranges left, passes until no source needs decoding again."""
-    while sids:
-        book = ledger_mod.Ledger({sid: job.plans[sid]["stride"] for sid in sids})
-        counted: dict[str, int] = {}
-        items = work_items(job, sids)
-        if items:
-            for batch in graph.dataset(items, job.s, job.checkpoint, sizing, job.state.output, job.size).iter_batches(
-                    batch_size=None, batch_format="numpy"):
-                before = book.frames
-                for sid, start, result in book.add_batch(batch):
-                    counted[sid] = counted.get(sid, 0) + len(result.fractions)
-                    finish_range(job, sid, start, result)
-                job.frames_now += book.frames - before
-                collect_videos(job, block=False)
-                show(job)
-        for sid, start in book.unfinished():
-            job.fail(sid, f"frame range from packet {start} ended without a result")
-        sids, job.redo = [], job.redo
-        for sid in job.redo:
-            try:
-                as_one_range(job, sid, counted.get(sid, 0))
-                sids.append(sid)
-            except Exception as exc:  # noqa: BLE001 - this source's failure
-                job.fail(sid, "could not be restarted as one range: " + graph.reason(exc))
-        job.redo = []
-
-
-def write_stats(job: Job, done_ids: list[str]) -> None:
-    import pyarrow as pa
-
-    url = storage.join(job.state.output, "frames.parquet")
-    if "stats" not in job.s.outputs or (not job.done_now and storage.exists(url)):
-        return  # nothing new: leave the finished table alone
-    parts = []
-    for sid in sorted(done_ids):
-        p = job.plans.get(sid) or job.state.read_json(job.state.plan_url(sid))
-        parts += [read_table(job.state.part_url(sid, r["start"])) for r in p["ranges"]]
-    parts = [t.replace_schema_metadata(None) for t in parts]
-    table = pa.concat_tables(parts) if parts else stats_table("", ledger_mod.RangeResult()).slice(0, 0)
-    write_table(url, table.replace_schema_metadata(None))
-
-
-def frame_total(job: Job, sid: str) -> int:
-    if sid in job.done_now:
-        return int(job.plans[sid].get("frames", 0))
-    return int(job.state.read_json(job.state.done_url(sid)).get("frames", 0))
+def execute(job: Job, works: list, actors: list, sizing: graph.Sizing) -> None:
+    """Run the units a window at a time, then whatever had to be redone, until nothing is left."""
+    while works and not job.fatal:
+        window, works = works[:WINDOW_UNITS], works[WINDOW_UNITS:]
+        for row in graph.run_units(window, job.target, actors, sizing):
+            take(job, row)
+            collect_videos(job, block=False)
+            commit(job, final=False)
+            if job.fatal:
+                break
+        works, job.redo = works + job.redo, []
+    for sid, left in job.left.items():
+        if left and sid not in job.failures and not job.fatal:
+            job.fail(sid, f"frame range(s) from packet {min(left)} ended without a result")
 
 
 def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     """Segment everything under ``s.input``; returns the report (also written to OUTPUT/report.json)."""
-    from roadseg_dist.cluster import init_ray
-
     t0 = time.time()
     try:
         sources = discover(s.input)
@@ -311,40 +185,78 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
     if not sources:
         raise InputError(f"no videos or images under {storage.redact(s.input)} "
                          f"(looked for video and image file extensions)")
-    checkpoint, model, size = check_model(s)
-    job = Job(s, State(s.output), checkpoint, size)
-    prepare_output(s, job.state, sources, model)
-    drop_changed(job, sources)
-    done_markers = job.state.listing("done")
-    already = [src.id for src in sources if job.state.done_url(src.id) in done_markers and src.id in job.plans]
-    pending = [src for src in sources if src.id not in set(already)]
+    checkpoint, model, size, model_id = check_model(s)
+    state = State(s.output)
+    try:
+        lease = Lease(state.output, state.root).acquire()
+    except LeaseHeld as exc:
+        raise InputError(str(exc)) from None
+    try:
+        return _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress)
+    finally:
+        lease.release()
+
+
+def _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress) -> dict[str, Any]:
+    from roadseg_dist.cluster import init_ray
+
+    target = Target(state.output, tuple(k for k in ("mask", "color", "overlay", "original") if s.writes(k)),
+                    s.video_codec if "video" in s.outputs else "", "stats" in s.outputs, tuple(size), s.every,
+                    s.fps, s.batch_size, s.alpha, s.jpeg_quality, model_id)
+    job = Job(s, state, checkpoint, target, {src.id: src for src in sources}, Commits(state, target.stats))
+    _, done = drop_changed(job, prepare_output(s, state, sources, model))
+    already = [src.id for src in sources if src.id in done]
+    pending = [src for src in sources if src.id not in done]
     local_cpus = float(int(s.num_cpus or os.cpu_count() or 2))  # what init_ray gives a local Ray
     resources.check_before_start(graph.resource_request(s, graph.size_actors(local_cpus, 0, s)), s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
-    plan(job, pending)
     sizing = graph.sizing_for(s)
-    expected = sum(max(p.get("frame_count", 0), 1) // p["stride"] for sid, p in job.plans.items()
-                   if sid not in job.failures and sid not in already)
-    quiet = {} if show_progress else {"echo": lambda line: None, "terminal": False}
-    dog = watchdog.Watchdog("infer", s.stall_timeout, pending=lambda: (
-        f"segmented frames from {sizing.actors} model actor(s) x {sizing.actor_cpus:g} CPU: "
-        f"{job.frames_now}/{expected} frames done"))
-    with progress.Progress("infer", expected, "frames", **quiet) as bar:
-        def show(j: Job) -> None:
-            dog.beat(f"{j.frames_now} frames segmented")
-            bar.update(j.frames_now, total=max(expected, j.frames_now), failures=len(j.failures),
-                       note=f"videos {len(j.done_now)}/{len(pending)}")
-
-        for sid in [sid for sid, left in job.left.items() if not left and sid not in already]:
-            finish_source(job, sid)  # every range finished before a crash; only the video was missing
-        with watchdog.watch(dog):
-            execute(job, [sid for sid in job.left if job.left[sid] and sid not in job.failures], sizing, show)
-        collect_videos(job, block=True)
-        show(job)
-    done_ids = already + job.done_now
-    write_stats(job, done_ids)
-    report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.done_now,
+    actors = graph.start_models(s, sizing, checkpoint, size)  # they load while the splits are planned
+    try:
+        _execute(job, pending, actors, sizing, show_progress)
+    finally:
+        graph.stop_models(actors)
+    commit(job, final=True)
+    report = report_mod.build(s, sources=len(sources), skipped=len(already), done=job.commits.committed,
                               failures=list(job.failures.values()), frames=job.frames_now,
-                              seconds=time.time() - t0, frames_total=sum(frame_total(job, i) for i in done_ids))
-    report_mod.write(job.state.output, report)
+                              seconds=time.time() - t0,
+                              frames_total=job.commits.frames + sum(int(done[i].get("frames", 0)) for i in already))
+    report["model_actors"] = job.actors_summary
+    report["units_per_node"] = dict(sorted(job.nodes.items()))
+    try:
+        report_mod.write(state.output, report)
+    except OSError as exc:  # the disk that stopped the run may have no room for the report either
+        job.fatal = job.fatal or str(OutputError(storage.join(state.output, "report.json"), exc))
+    if job.fatal:
+        raise OutputFull(f"{job.fatal}. The run stopped; the {job.commits.committed} source(s) "
+                         "it finished are kept: free some space and run the same command again to finish the rest")
     return report
+
+
+def commit(job: Job, final: bool) -> None:
+    """Write the finished sources' batch when due (``final``: now); a commit that cannot be written
+    (a full disk) stops the run like a unit that cannot write its files."""
+    try:
+        if final:
+            job.commits.flush()
+        else:
+            job.commits.tick()
+    except OutputError as exc:
+        job.fatal = job.fatal or str(exc)
+
+
+def _execute(job: Job, pending: list[Source], actors: list, sizing: graph.Sizing, show_progress: bool) -> None:
+    s = job.s
+    plan_splits(job, pending, sizing.tasks)
+    works = [w for sid in sorted(job.plans) if sid not in job.failures for w in
+             plan_mod.range_works(job.plans[sid], job.left[sid])]
+    works += [plan_mod.whole(src, s.fps) for src in pending if src.id not in job.plans and src.id not in job.failures]
+    for sid in [sid for sid, left in job.left.items() if not left and sid not in job.failures]:
+        finish_split(job, sid)  # every range finished before a crash; only the video was missing
+    dog = watchdog.Watchdog("infer", s.stall_timeout, pending=lambda: (
+        f"{sizing.actors} model actor(s) x {sizing.actor_cpus:g} CPU, {sizing.tasks} unit(s) in flight: "
+        f"{job.frames_now} frames written"))
+    with monitor.Monitor(job, actors, dog, pending, show_progress) as mon, watchdog.watch(dog):
+        execute(job, works, actors, sizing)
+        collect_videos(job, block=True)
+        job.actors_summary = mon.actors_summary()

@@ -64,6 +64,7 @@ class RangedReader(io.RawIOBase):
         self.fs, self.path, self.size, self.max_block = fs, path, size, max(max_block, self.MIN_AHEAD)
         self.pos, self.buf, self.buf_at, self.ahead = 0, b"", 0, 0
         self.fetched = 0  # bytes read from storage (for tests and benchmarks)
+        self.error: BaseException | None = None  # a failed read: FFmpeg only sees "I/O error"
 
     def opened(self) -> None:
         """The container is open: later reads (frame data) are not cached."""
@@ -109,7 +110,11 @@ class RangedReader(io.RawIOBase):
             self.buf_at, self.buf = hit
             return self.buf[start - self.buf_at:start - self.buf_at + n]
         end = min(self.size, max(start + n, min(start + n + self.ahead, self.reach)))
-        self.buf = storage.retry(self.fs.cat_file, self.path, start=start, end=end)
+        try:
+            self.buf = storage.retry(self.fs.cat_file, self.path, start=start, end=end, url="s3://" + self.path)
+        except Exception as exc:
+            self.error = exc
+            raise
         self.buf_at, self.fetched = start, self.fetched + len(self.buf)
         if self.opening:
             self.cache.add(self.key, start, self.buf)

@@ -8,7 +8,7 @@ from typing import Any
 from roadseg_dist import __version__, settings as settings_mod, storage
 
 
-def build(s, *, sources: int, skipped: int, done: list[str], failures: list[dict[str, str]], frames: int,
+def build(s, *, sources: int, skipped: int, done: int, failures: list[dict[str, str]], frames: int,
           seconds: float, frames_total: int) -> dict[str, Any]:
     """What a person or a script wants to know after a run; nothing secret (URLs are redacted)."""
     config = {k: (storage.redact(v) if isinstance(v, str) else v)
@@ -19,8 +19,8 @@ def build(s, *, sources: int, skipped: int, done: list[str], failures: list[dict
         "checkpoint": storage.redact(s.checkpoint), "settings": config,
         "precision": precision(s),            # what --amp resolved to: fp32, bf16 or fp16
         "sources": sources,
-        "videos_done": len(done) + skipped,   # complete now, this run or an earlier one
-        "videos_done_this_run": len(done),
+        "videos_done": done + skipped,        # complete now, this run or an earlier one
+        "videos_done_this_run": done,
         "videos_skipped": skipped,            # already complete before this run: nothing rewritten
         "videos_failed": len(failures),
         "failures": sorted(failures, key=lambda f: f["id"]),

@@ -1,18 +1,29 @@
-"""The model side of inference: frames -> train-id masks, as plain functions and one actor class.
+"""The model side of inference: model-size frames in, model-size train-id masks out.
 
-``Segmenter`` is the callable class Ray Data runs in an actor pool (``map_batches``): it loads the
-model once and turns a batch of decoded frames into masks at the model's input size. The per-frame
-CPU work around it runs elsewhere, to keep it off the (GPU) actors: decode tasks resize the frames to
-the model's size (``render.model_input``), writer tasks upsample the masks to the source size.
+``Segmenter`` is the model actor: it loads the checkpoint once and answers ``predict(inputs)``,
+where ``inputs`` are RGB uint8 frames already at the model's size (N, h, w, 3), with uint8 masks
+(N, h, w). That is all that crosses into and out of it; the frame-range tasks keep the full frames,
+resize, render and write (``infer/process.py``).
+
+Calls from many range tasks arrive concurrently (a threaded actor); a ``Batcher`` merges them into
+model batches of up to ``batch`` frames, so one GPU sees full batches however the work is cut. On
+CUDA a batch is launched before the previous one is collected: the copies in (pinned memory) and
+the CPU work around a batch overlap the GPU's work on the one before.
 """
 from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable
 
 import numpy as np
 import torch
 
-from roadseg_dist.infer import rows
 from roadseg_dist.infer.render import model_input
-from roadseg_dist.models.predict import fold_batchnorm, inference_amp, normalize, optimize, predict
+from roadseg_dist.models.predict import fold_batchnorm, inference_amp, inference_autocast, normalize, optimize, \
+    predict
 
 
 def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
@@ -27,16 +38,86 @@ def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", 
     return predict(model, x.to(device, non_blocking=True), amp=amp, channels_last=channels_last)
 
 
-class Segmenter:
-    """Ray Data actor: load the checkpoint once, then segment batches of frame rows.
+Launch = Callable[[np.ndarray], Callable[[], np.ndarray]]  # inputs -> a function that returns their masks
 
-    Rows with ``index < 0`` mark the end of a frame range and carry no frame; they pass through
-    with an empty mask so the driver learns how many frames the range had. Frames arrive resized
-    (the ``input`` column) from the decode tasks; batches without it are resized here.
-    """
+
+class Batcher:
+    """Requests (arrays of frames) from concurrent callers -> batches of up to ``batch`` frames for
+    ``launch``, one batch at a time, in arrival order; each caller gets its own rows back.
+
+    ``launch(x)`` starts the work and returns ``collect()``; while more requests wait, the next batch
+    is launched before the previous one is collected (on CUDA both are queued on the GPU)."""
+
+    def __init__(self, launch: Launch, batch: int):
+        self.launch, self.batch = launch, max(1, int(batch))
+        self.queue: collections.deque[tuple[np.ndarray, Future]] = collections.deque()
+        self.ready = threading.Condition()
+        self.model_cpu_s = 0.0  # this thread's CPU launching and collecting batches: the model's (benchmark)
+        threading.Thread(target=self._loop, daemon=True, name="batcher").start()
+
+    def submit(self, inputs: np.ndarray) -> Future:
+        future: Future = Future()
+        with self.ready:
+            self.queue.append((inputs, future))
+            self.ready.notify()
+        return future
+
+    def _take(self, block: bool) -> list[tuple[np.ndarray, Future]] | None:
+        """The next requests whose frames fit a batch (at least one); None when none waits."""
+        with self.ready:
+            while block and not self.queue:
+                self.ready.wait()
+            if not self.queue:
+                return None
+            taken, frames = [], 0
+            while self.queue and (not taken or frames + len(self.queue[0][0]) <= self.batch):
+                taken.append(self.queue.popleft())
+                frames += len(taken[-1][0])
+            return taken
+
+    def _loop(self) -> None:
+        pending = None  # (collect, requests) launched and not yet collected
+        while True:
+            taken = self._take(block=pending is None)
+            t0 = time.thread_time()
+            started = self._start(taken) if taken is not None else None
+            if pending is not None:
+                self._finish(*pending)
+            self.model_cpu_s += time.thread_time() - t0
+            pending = started
+
+    def _start(self, taken):
+        arrays = [x for x, _ in taken]
+        try:
+            return self.launch(arrays[0] if len(arrays) == 1 else np.concatenate(arrays)), taken
+        except BaseException as exc:  # noqa: BLE001 - the callers get the error, the loop goes on
+            return _raise(exc), taken
+
+    @staticmethod
+    def _finish(collect, taken) -> None:
+        try:
+            masks = collect()
+        except BaseException as exc:  # noqa: BLE001
+            for _, future in taken:
+                future.set_exception(exc)
+            return
+        at = 0
+        for x, future in taken:
+            future.set_result(masks[at:at + len(x)])
+            at += len(x)
+
+
+def _raise(exc: BaseException) -> Callable[[], np.ndarray]:
+    def collect() -> np.ndarray:
+        raise exc
+    return collect
+
+
+class Segmenter:
+    """The model actor (see the module docstring): ``predict(inputs) -> masks`` at the model's size."""
 
     def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1,
-                 channels_last: bool = False, compile: bool = False, amp: str = "auto"):
+                 channels_last: bool = False, compile: bool = False, amp: str = "auto", batch: int = 8):
         from roadseg_dist.models.checkpoint import input_normalization, load_model
 
         self.device = "cuda" if gpu else "cpu"
@@ -48,16 +129,78 @@ class Segmenter:
         self.amp = inference_amp(self.device, amp)  # resolved here: it depends on this node's CPU or GPU
         self.size = tuple(size or meta.get("input_size") or (512, 1024))
         self.mean, self.std = input_normalization(meta)
+        self.pinned = _PinnedPool() if self.device == "cuda" else None
+        self.batcher = Batcher(self.launch, batch)
+        self.frames = self.calls = self.bytes_in = self.bytes_out = 0
+        self.counting = threading.Lock()  # predict runs on many threads
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        masks = np.zeros((len(batch["index"]), *self.size), dtype=np.uint8)
-        keep = np.flatnonzero(rows.is_frame(batch))
-        inputs = batch.pop(rows.INPUT, None)  # the writers need the masks and frames, not these
-        if len(keep):
-            if inputs is not None and tuple(np.shape(inputs)[1:3]) == self.size:
-                x = normalize(np.asarray(inputs)[keep], self.mean, self.std)
-            else:
-                x = preprocess([rows.frame_of(batch, i) for i in keep], self.size, self.mean, self.std)
-            masks[keep] = predict_masks(self.model, x, self.device, self.channels_last, self.amp)
-        batch["mask"] = masks
-        return batch
+    def ready(self) -> str:
+        """What the actor runs at, once its model is loaded (the driver waits for this)."""
+        return "fp32" if self.amp == "off" else self.amp
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """Model-size RGB frames (N, h, w, 3) uint8 -> train-id masks (N, h, w) uint8."""
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 4 or inputs.shape[1:] != (*self.size, 3) or inputs.dtype != np.uint8:
+            raise ValueError(f"the model takes uint8 RGB frames of {self.size[0]}x{self.size[1]} "
+                             f"(render.model_input), got {inputs.dtype} {inputs.shape}")
+        masks = self.batcher.submit(inputs).result()
+        with self.counting:
+            self.frames, self.calls = self.frames + len(inputs), self.calls + 1
+            self.bytes_in, self.bytes_out = self.bytes_in + inputs.nbytes, self.bytes_out + masks.nbytes
+        return masks
+
+    def launch(self, inputs: np.ndarray) -> Callable[[], np.ndarray]:
+        if self.pinned is None:
+            masks = predict(self.model, normalize(inputs, self.mean, self.std), amp=self.amp,
+                            channels_last=self.channels_last)
+            return lambda: masks
+        return self._launch_cuda(inputs)
+
+    def _launch_cuda(self, inputs: np.ndarray) -> Callable[[], np.ndarray]:
+        """Queue the copy in, the model and the copy out on the GPU; the returned function waits."""
+        host_in = self.pinned.take(inputs.shape, torch.uint8)
+        host_in.copy_(torch.from_numpy(inputs))
+        with torch.inference_mode():
+            x = normalize(host_in, self.mean, self.std, device=self.device)
+            with inference_autocast(x.device, self.amp):
+                logits = self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+            masks = logits.argmax(1).to(torch.uint8)
+            host_out = self.pinned.take(tuple(masks.shape), torch.uint8)
+            host_out.copy_(masks, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+
+        def collect() -> np.ndarray:
+            done.synchronize()
+            out = host_out.numpy().copy()
+            self.pinned.give(host_in, host_out)
+            return out
+        return collect
+
+    def stats(self) -> dict:
+        """Frames and calls answered, the array bytes in and out, and CPU seconds: the whole process's
+        and the model's (the batcher thread's); the driver's progress and the benchmark read them."""
+        return {"frames": self.frames, "calls": self.calls, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "cpu_s": time.process_time(), "model_cpu_s": self.batcher.model_cpu_s}
+
+
+class _PinnedPool:
+    """Page-locked host buffers, reused: a copy to the GPU from pinned memory runs asynchronously,
+    and allocating pinned memory per batch would cost more than the copy."""
+
+    def __init__(self):
+        self.free: dict[tuple, list[torch.Tensor]] = {}
+        self.lock = threading.Lock()
+
+    def take(self, shape: tuple, dtype) -> torch.Tensor:
+        with self.lock:
+            bufs = self.free.get((tuple(shape), dtype))
+            if bufs:
+                return bufs.pop()
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+    def give(self, *bufs: torch.Tensor) -> None:
+        with self.lock:
+            for b in bufs:
+                self.free.setdefault((tuple(b.shape), b.dtype), []).append(b)

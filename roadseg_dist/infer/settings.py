@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 
 from roadseg_dist.infer.video_out import VIDEO_CODECS
+from roadseg_dist import settings
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
 from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
+SPLIT_MODES = ("auto", "always", "never")
 OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
 DEFAULT_OUTPUTS = ("mask", "color", "overlay", "video", "stats")
 
@@ -23,9 +25,13 @@ class InferSettings:
     batch_size: int = field(8, help="frames per model call")
     outputs: tuple = field(DEFAULT_OUTPUTS, parse=parse_list,
                            help=f"what to write, from {','.join(OUTPUT_KINDS)}")
-    video_codec: str = field("h264", help="overlay.mp4 codec: h264 (browsers play it) or mjpeg (the overlay "
+    video_codec: str = field("h264", choices=VIDEO_CODECS, help="overlay.mp4 codec: h264 (browsers play it) or mjpeg (the overlay "
                                            "JPEGs muxed as they are, no encode)")
-    segment_frames: int = field(300, help="frames per frame range (the unit of parallel decoding and resume)")
+    segment_frames: int = field(300, help="frames per frame range of a split source (its unit of parallel "
+                                          "decoding and resume)")
+    split: str = field("auto", choices=SPLIT_MODES,
+                       help="cut sources into frame ranges: auto = only those big enough to hold up the end of "
+                            "the run (short clips stay one unit each), always, or never")
     gpu: bool = field(False, flag="--gpu/--cpu", help="run the model on GPU actors (num_gpus=1 each)")
     amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"),
                      help="model precision: auto = fp16 on GPUs, bf16 on CPUs that have it in hardware "
@@ -50,23 +56,15 @@ class InferSettings:
         if unknown or not self.outputs:
             raise SettingsError(
                 f"--outputs {','.join(self.outputs)!r}: choose from {','.join(OUTPUT_KINDS)}")
-        if self.video_codec not in VIDEO_CODECS:
-            raise SettingsError(f"--video-codec {self.video_codec!r}: choose from {', '.join(VIDEO_CODECS)}")
-        for name in ("every", "batch_size", "segment_frames", "concurrency"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.actor_cpus is not None and self.actor_cpus <= 0:
-            raise SettingsError(f"--actor-cpus must be positive, got {self.actor_cpus}")
+        settings.at_least(self, 1, "every", "batch_size", "segment_frames", "concurrency", "num_cpus")
+        settings.at_least(self, 0, "stall_timeout")
+        settings.positive(self, "actor_cpus", "fps")
+        settings.within(self, "alpha", 0.0, 1.0)
+        settings.within(self, "jpeg_quality", 1, 100)
         if self.amp == "fp16" and not self.gpu:
             raise SettingsError("--amp fp16 needs --gpu; on a CPU use --amp bf16 or --amp off")
-        if self.fps is not None and self.fps <= 0:
-            raise SettingsError(f"--fps must be positive, got {self.fps}")
         if self.fps is not None and self.every != 1:
             raise SettingsError("give either --every or --fps, not both")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise SettingsError(f"--alpha must be within 0..1, got {self.alpha}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise SettingsError(f"--jpeg-quality must be within 1..100, got {self.jpeg_quality}")
 
     def writes(self, kind: str) -> bool:
         # overlay.mp4 is assembled from the overlay JPEGs, so asking for the video writes them too.

@@ -109,25 +109,73 @@ class Piece:
             return None  # not a piece (a temp file, a stray)
 
 
+class OverlayStream:
+    """Overlay frames -> an MP4 as they come, into a path or a file object: H.264 (libx264 from the
+    BGR overlays) or MJPEG (the overlay JPEGs muxed as they are). The first frame sets the size
+    (even, for yuv420p); a later frame of another size is scaled to it. ``faststart`` (the index at
+    the front, for browsers) needs a seekable path."""
+
+    def __init__(self, target, fps: float, codec: str = "h264", faststart: bool = False):
+        if codec not in VIDEO_CODECS:
+            raise ValueError(f"video codec {codec!r}: choose from {', '.join(VIDEO_CODECS)}")
+        self.codec, self.rate, self.frames, self.stream = codec, _rate(fps), 0, None
+        self.target, self.options = target, {"movflags": "+faststart"} if faststart else {}
+        self.container = None
+
+    def _open(self, height: int, width: int):
+        import av
+
+        self.container = av.open(self.target, "w", format="mp4", options=self.options)
+        if self.codec == "h264":
+            return _h264_stream(self.container, self.rate, width, height)
+        stream = self.container.add_stream("mjpeg", rate=self.rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        stream.time_base = 1 / self.rate
+        return stream
+
+    def add(self, bgr: np.ndarray, jpeg: bytes | None = None) -> None:
+        """One overlay frame (BGR); with MJPEG, its JPEG bytes are what is muxed."""
+        import av
+        import cv2
+
+        self.stream = self.stream or self._open(*bgr.shape[:2])
+        s = self.stream
+        if self.codec == "mjpeg":
+            packet = av.Packet(jpeg)
+            packet.stream, packet.pts, packet.dts, packet.time_base = s, self.frames, self.frames, 1 / self.rate
+            packet.is_keyframe = True
+            self.container.mux(packet)
+        else:
+            if bgr.shape[:2] != (s.height, s.width):  # a size change mid-video: scaled, as the JPEG path does
+                bgr = cv2.resize(bgr, (s.width, s.height), interpolation=cv2.INTER_AREA)
+            # OpenCV's BGR -> I420 (BT.601, video range, as swscale's default) is ~4x cheaper than swscale's
+            i420 = cv2.cvtColor(np.ascontiguousarray(bgr[:s.height, :s.width]), cv2.COLOR_BGR2YUV_I420)
+            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+            frame.pts = self.frames
+            self.container.mux(s.encode(frame))
+        self.frames += 1
+
+    def close(self) -> int:
+        """Flush the encoder and finish the file (nothing is written without a frame); the frame count."""
+        if self.container is None:
+            return 0
+        try:
+            if self.codec == "h264":
+                self.container.mux(self.stream.encode(None))
+        finally:
+            self.container.close()
+            self.container = None
+        return self.frames
+
+
 def encode_piece(frames_bgr: Sequence[np.ndarray]) -> bytes:
     """Consecutive BGR frames -> an H.264 MP4 in memory (the first frame an IDR frame) at the first
     frame's size (even); ``join_pieces`` refuses pieces of other sizes, so the JPEG path takes over."""
-    import av
-    import cv2
-
-    h, w = frames_bgr[0].shape[:2]
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as container:
-        stream = _h264_stream(container, PIECE_RATE, w, h)
-        for n, bgr in enumerate(frames_bgr):
-            if bgr.shape[:2] != (h, w):  # a size change mid-video: scaled, as the JPEG path does
-                bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
-            # OpenCV's BGR -> I420 (BT.601, video range, as swscale's default) is ~4x cheaper than swscale's
-            i420 = cv2.cvtColor(np.ascontiguousarray(bgr[:stream.height, :stream.width]), cv2.COLOR_BGR2YUV_I420)
-            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
-            frame.pts = n
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    stream = OverlayStream(buf, PIECE_RATE)
+    for bgr in frames_bgr:
+        stream.add(bgr)
+    stream.close()
     return buf.getvalue()
 
 

@@ -1,4 +1,4 @@
-"""``roadseg frames OUTPUT --where EXPR``: search frames.parquet with DuckDB.
+"""``roadseg frames OUTPUT --where EXPR``: search the stats of a run (OUTPUT/frames/) with DuckDB.
 
 The table is exposed as ``frames`` with snake_case names (``traffic light`` -> ``traffic_light``),
 so a filter is plain SQL: ``person > 0.02 and road > 0.3``. DuckDB scans the Parquet through a
@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from roadseg_dist import labels, storage
-from roadseg_dist.results.run import STATS
+from roadseg_dist.results.run import column, parts
 from roadseg_dist.results.timeline import TIMELINE_CLASSES
 
 KEY_COLUMNS = ("video", "frame", "timestamp")
@@ -21,22 +21,21 @@ class QueryError(ValueError):
     """EXPR or ORDER BY cannot be run; the message lists the columns available."""
 
 
-def alias(name: str) -> str:
-    """The SQL name of a frames.parquet column: ``traffic light`` -> ``traffic_light``."""
-    return re.sub(r"\W+", "_", name.strip()).lower()
+alias = column  # the SQL name of a stats column: ``traffic light`` -> ``traffic_light``
 
 
 def connect(output: str):
-    """A DuckDB connection with the view ``frames`` over OUTPUT/frames.parquet; returns (con, columns)."""
+    """A DuckDB connection with the view ``frames`` over OUTPUT's stats (the frames/ parts, or an
+    older run's frames.parquet) as one table; returns (con, columns)."""
     import duckdb
     import pyarrow.dataset as ds
 
-    url = storage.join(output, STATS)
-    if not storage.exists(url):
-        raise FileNotFoundError(f"{storage.redact(url)} does not exist: run `roadseg infer` with stats "
-                                "in --outputs (the default) first")
-    fs, path = storage.arrow_filesystem(url)
-    dataset = ds.dataset(path, filesystem=fs, format="parquet")
+    found = parts(output)
+    if not found:
+        raise FileNotFoundError(f"{storage.redact(storage.join(output, 'frames'))} does not exist: run "
+                                "`roadseg infer` with stats in --outputs (the default) first")
+    fs, _ = storage.arrow_filesystem(found[0])
+    dataset = ds.dataset([storage.arrow_filesystem(u)[1] for u in found], filesystem=fs, format="parquet")
     con = duckdb.connect(config={"enable_external_access": False})
     con.register("frames_parquet", dataset)
     names = dataset.schema.names
