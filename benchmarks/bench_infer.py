@@ -209,7 +209,8 @@ def unit_cpu_ms(video: str, size: tuple[int, int], out: str) -> float:
     mask[: size[0] // 2] = 10
     target = Target(out, ("mask", "color", "overlay"), "h264", True, size, model="bench")
     c0 = time.process_time()
-    row = process(Work("unit", url=video), target, lambda x: (lambda m=np.repeat(mask[None], len(x), 0): m))
+    row = process(Work("unit", url=video), target,
+                  lambda x: (lambda m=np.repeat(mask[None], len(x), 0): (m, np.ones((len(x), 2), np.float32))))
     return 1000 * (time.process_time() - c0) / row["frames"]
 
 
@@ -378,6 +379,9 @@ def main() -> int:
             print(f"{name:>10} {m:12.2f} {fps_seq:12.2f} {fps_peer:18.2f} {e:15.2f}")
             print(f"{'':>10} roadseg infer / model-only {e / m:.2f}   / sequential {e / fps_seq:.2f}   "
                   f"/ read_videos peer {e / fps_peer:.2f}")
+        fps_plain = job("out-noconf", confidence=False)[0]
+        print(f"confidence columns: roadseg infer {fps_e2e:.2f} frames/s with them (the default), {fps_plain:.2f} "
+              f"with --no-confidence: with / without {fps_e2e / fps_plain:.3f} (goal >= 0.95)", flush=True)
         fps_tuned = sequential(folded, videos, os.path.join(root, "seq"), size, mean, std, device, amp)
         print(f"tuned loop (the model as infer's actors run it: folded, {amp}) {fps_tuned:.2f} frames/s; "
               f"roadseg infer / tuned loop {fps_e2e / fps_tuned:.2f}", flush=True)

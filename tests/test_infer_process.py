@@ -164,18 +164,44 @@ def test_the_batcher_merges_callers_and_hands_each_its_own_rows():
 
     def launch(x):
         seen.append(len(x))
-        return lambda: x[:, 0, 0, 0].copy()
+        return lambda: (x[:, 0, 0, 0].copy(), -x[:, 0, 0, :2].astype(int))
 
     batcher = Batcher(launch, batch=8)
     gate = threading.Event()
-    blocker = Batcher(lambda x: (gate.wait(5), lambda: x[:, 0, 0, 0])[1], batch=8)
+    blocker = Batcher(lambda x: (gate.wait(5), lambda: (x[:, 0, 0, 0],))[1], batch=8)
     futures = [blocker.submit(np.full((3, 1, 1, 3), i, np.uint8)) for i in range(4)]
     gate.set()
-    assert [list(f.result(5)) for f in futures] == [[0] * 3, [1] * 3, [2] * 3, [3] * 3]
-    assert list(batcher.submit(np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1).repeat(3, 3)).result(5)) == [0, 1, 2, 3, 4]
+    assert [list(f.result(5)[0]) for f in futures] == [[0] * 3, [1] * 3, [2] * 3, [3] * 3]
+    ids, pairs = batcher.submit(np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1).repeat(3, 3)).result(5)
+    assert list(ids) == [0, 1, 2, 3, 4] and pairs.tolist() == [[-i, -i] for i in range(5)]  # every array split
     failing = Batcher(lambda x: (_ for _ in ()).throw(RuntimeError("cuda oom")), batch=4)
     with pytest.raises(RuntimeError, match="cuda oom"):
         failing.submit(np.zeros((1, 1, 1, 3), np.uint8)).result(5)
+
+
+def test_confidence_and_flicker_are_what_the_probabilities_and_the_masks_say(tmp_path, model):
+    import torch
+
+    from roadseg_dist.models.predict import normalize
+
+    ckpt, seg = model
+    path = str(tmp_path / "clip.mp4")
+    make_video(path, 9, w=96, h=64, bframes=2, noise=60)
+    seg.threshold = 0.6
+    row = process(Work("c", url=path), target(tmp_path / "out"), in_process(seg))
+    table = stats.from_bytes(row["stats"]).to_pandas()
+    ref = reference(path)
+    for i in (0, 4, 8):  # sampled frames: the model's softmax computed here, directly
+        x = normalize(render.model_input([ref[i]], SIZE), seg.mean, seg.std)
+        with torch.inference_mode():
+            prob = torch.softmax(seg.model(x).float(), 1).max(1).values[0].numpy()
+        assert table.confidence[i] == pytest.approx(prob.mean(), abs=2e-3)
+        assert table.uncertain[i] == pytest.approx((prob < 0.6).mean(), abs=2e-3)
+    masks = [cv2.imread(str(tmp_path / "out" / "c" / "mask" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED) for i in range(9)]
+    assert np.isnan(table.flicker[0])  # null: no frame before the first
+    for i in range(1, 9):
+        assert table.flicker[i] == pytest.approx((masks[i] != masks[i - 1]).mean(), abs=1e-6)
+    assert set(table.source) == {path}
 
 
 def test_only_big_sources_are_split():

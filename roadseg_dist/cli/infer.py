@@ -79,28 +79,34 @@ def view(config, **values):
 @main.command()
 @settings.cli_options(FramesSettings)
 def frames(config, **values):
-    """Search OUTPUT/frames.parquet (local or S3) with a SQL filter over the class fractions (0..1).
+    """Search OUTPUT's stats (OUTPUT/frames/, local or S3) with a SQL filter over their columns.
 
-    Columns: video, frame, timestamp and one per class, spaces written as _ (traffic_light,
-    traffic_sign). Prints the matching frames; --sheet draws their overlays in a grid. A mistake in
+    Columns: video, frame, timestamp, one class fraction (0..1) per class, spaces written as _
+    (traffic_light, traffic_sign), confidence, uncertain, flicker, mask, overlay, source, model.
+    Prints the matching frames; --sheet draws their overlays in a grid; --export writes them with the
+    model's masks as pre-labels for labelling (--per-source, --min-gap spread them out). A mistake in
     --where or --order-by exits with code 2 and lists the columns. For example:
 
     \b
       roadseg frames OUT --where "person > 0.02 and road > 0.3" --order-by "person desc" \\
           --limit 50 --sheet people.jpg
+      roadseg frames OUT --order-by "confidence" --limit 200 --per-source 5 --min-gap 2 --export to-label
     """
     import json as json_mod
 
     from roadseg_dist import storage
-    from roadseg_dist.results import query, sheet
+    from roadseg_dist.results import export as export_mod, query, sheet
 
     s = settings.build(FramesSettings, config, **values)
-    try:
-        rows = query.search(s.output, s.where, s.order_by, s.limit)
+    spreading = s.per_source is not None or s.min_gap > 0
+    try:  # spreading skips rows: ask for more, then take --limit of them in order
+        rows = query.search(s.output, s.where, s.order_by, max(s.limit * 50, 10_000) if spreading else s.limit)
     except query.QueryError as exc:
         raise click.UsageError(str(exc)) from None
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
+    if spreading:
+        rows = export_mod.spread(rows, s.per_source, s.min_gap, s.limit)
     if s.json_output:
         click.echo(json_mod.dumps(rows, indent=1))
     else:
@@ -111,3 +117,10 @@ def frames(config, **values):
     elif s.sheet:
         sheet.write_sheet(s.sheet, sheet.contact_sheet(s.output, rows, s.sheet_columns))
         click.echo(f"contact sheet: {storage.redact(s.sheet)}", err=True)
+    if s.export:
+        try:
+            done = export_mod.export(s.output, rows, s.export)
+        except export_mod.ExportError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"exported {done['frames']} frame(s) of {done['sources']} source(s) with their masks as "
+                   f"pre-labels: {done['dest']} (bdd100k/ for roadseg shard, css/ for CVAT or Datumaro)", err=True)

@@ -106,7 +106,7 @@ def start_models(s, sizing: Sizing, checkpoint: str, size: tuple[int, int]) -> l
         num_cpus=sizing.actor_cpus, num_gpus=1 if sizing.gpu else 0, max_restarts=-1, max_task_retries=-1,
         max_concurrency=max(8, 4 * math.ceil(sizing.tasks / sizing.actors)))
     return [actor.remote(checkpoint, tuple(size), sizing.gpu, sizing.threads, s.channels_last, s.compile, s.amp,
-                         sizing.batch) for _ in range(sizing.actors)]
+                         sizing.batch, s.uncertain_below if s.confidence else None) for _ in range(sizing.actors)]
 
 
 def stop_models(actors: list) -> None:

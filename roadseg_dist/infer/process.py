@@ -37,7 +37,8 @@ from roadseg_dist.infer.state import State, write_table
 
 log = logging.getLogger(__name__)
 
-Submit = Callable[[np.ndarray], Callable[[], np.ndarray]]  # model-size RGB frames -> collect() -> masks
+# model-size RGB frames -> collect() -> (masks at the model's size, confidence (N, 2): see segment.py)
+Submit = Callable[[np.ndarray], Callable[[], tuple[np.ndarray, np.ndarray]]]
 IN_FLIGHT = 2      # chunks at the model while the next one is decoded
 WRITE_THREADS = 4  # S3 PUTs are latency-bound; a few in flight keep them busy
 
@@ -101,11 +102,11 @@ def process(work: Work, target: Target, submit: Submit) -> dict[str, Any]:
     """Do ``work``; return its result row (see ``result_row``). Problems with the source are in the
     row (``error``); a file that cannot be written raises ``OutputError``; the model's errors raise."""
     marks: dict[str, Any] = {}
-    stats = stats_mod.Rows(work.video, target.model)
+    stats = stats_mod.Rows(work.video, target.model, storage.redact(work.url))
     sink = _Sink(work, target, marks)
     try:
         decoded = _decode(work, target, marks)
-        _segment(decoded, target, submit, lambda chunk, masks: sink.write(chunk, masks, stats))
+        _segment(decoded, target, submit, lambda chunk, out: sink.write(chunk, *out, stats))
         sink.finish(ok=not marks.get("error") and stats.count > 0)
     finally:
         sink.close()
@@ -197,6 +198,8 @@ class _Sink:
         self.temp = ""
         self.piece: io.BytesIO | None = None
         self.first = self.last = None
+        self.previous: np.ndarray | None = None  # the last kept frame's mask (model size), for flicker
+        self.size: tuple | None = None
 
     def _open_video(self) -> video_out.OverlayStream:
         if self.work.whole:  # the source's own rate: its fps over the stride
@@ -207,9 +210,10 @@ class _Sink:
         self.piece = io.BytesIO()
         return video_out.OverlayStream(self.piece, video_out.PIECE_RATE)
 
-    def write(self, chunk: list[tuple[int, float, np.ndarray]], masks: np.ndarray, stats) -> None:
+    def write(self, chunk: list[tuple[int, float, np.ndarray]], masks: np.ndarray, confidence: np.ndarray,
+              stats) -> None:
         t = self.target
-        for (index, time, frame), small in zip(chunk, masks):
+        for (index, time, frame), small, (mean_top, uncertain) in zip(chunk, masks, confidence):
             mask = render.resize_mask(small, frame.shape[0], frame.shape[1])
             files = render.render_frame(frame, mask, set(t.kinds) - {"overlay"}, t.alpha, t.quality)
             overlay = None
@@ -223,9 +227,20 @@ class _Sink:
                 self.video.add(overlay, files.get("overlay"))
                 self.first = index if self.first is None else self.first
                 self.last = index
+            flicker = None
+            if self.previous is not None and self.previous.shape == small.shape and self.size == frame.shape[:2]:
+                flicker = render.changed_fraction(self.previous, small, frame.shape[0], frame.shape[1])
+            self.previous, self.size = small, frame.shape[:2]
             stats.add(index, time, render.upsampled_fractions(small, frame.shape[0], frame.shape[1]),
-                      {k: render.frame_name(index, k) for k in ("mask", "overlay") if k in files})
+                      {k: render.frame_name(index, k) for k in ("mask", "overlay") if k in files},
+                      (float(mean_top), float(uncertain), flicker), self.image_url(index))
         self.uploads.check()
+
+    def image_url(self, index: int) -> str | None:
+        """An image folder's frame: its own file (a range carries only its own images)."""
+        if not self.work.images:
+            return None
+        return storage.redact(self.work.images[index - self.work.start])
 
     def finish(self, ok: bool) -> None:
         """Wait for the uploads; publish the video when the unit is complete."""

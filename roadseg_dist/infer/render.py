@@ -59,6 +59,13 @@ def upsampled_fractions(mask: np.ndarray, height: int, width: int,
     return (counts / max(1, height * width)).astype(np.float32)
 
 
+def changed_fraction(before: np.ndarray, after: np.ndarray, height: int, width: int) -> float:
+    """The share of a frame's pixels (at ``height`` x ``width``) whose class differs between two
+    model-size masks, counted as their upsampled masks' pixels (``resize_mask``), exactly."""
+    weights = np.outer(_repeats(after.shape[0], height), _repeats(after.shape[1], width))
+    return float(weights[before != after].sum() / max(1, height * width))
+
+
 def encode_mask_png(mask: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL,
                                           cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB])

@@ -2,8 +2,10 @@
 
 ``Segmenter`` is the model actor: it loads the checkpoint once and answers ``predict(inputs)``,
 where ``inputs`` are RGB uint8 frames already at the model's size (N, h, w, 3), with uint8 masks
-(N, h, w). That is all that crosses into and out of it; the frame-range tasks keep the full frames,
-resize, render and write (``infer/process.py``).
+(N, h, w) and each frame's confidence (N, 2): the mean top-class probability of its pixels and the
+share of its pixels whose top-class probability is below ``threshold``, computed where the logits are
+(``predict.top_class``). That is all that crosses into and out of it; the units keep the full
+frames, resize, render and write (``infer/process.py``).
 
 Calls from many range tasks arrive concurrently (a threaded actor); a ``Batcher`` merges them into
 model batches of up to ``batch`` frames, so one GPU sees full batches however the work is cut. On
@@ -22,8 +24,8 @@ import numpy as np
 import torch
 
 from roadseg_dist.infer.render import model_input
-from roadseg_dist.models.predict import fold_batchnorm, inference_amp, inference_autocast, normalize, optimize, \
-    predict
+from roadseg_dist.models.predict import as_input, fold_batchnorm, inference_amp, inference_autocast, normalize, \
+    optimize, predict, top_class
 
 
 def preprocess(frames_bgr: list[np.ndarray], size: tuple[int, int], mean, std) -> torch.Tensor:
@@ -38,15 +40,16 @@ def predict_masks(model: torch.nn.Module, x: torch.Tensor, device: str = "cpu", 
     return predict(model, x.to(device, non_blocking=True), amp=amp, channels_last=channels_last)
 
 
-Launch = Callable[[np.ndarray], Callable[[], np.ndarray]]  # inputs -> a function that returns their masks
+Launch = Callable[[np.ndarray], Callable[[], tuple]]  # inputs -> a function that returns their arrays
 
 
 class Batcher:
     """Requests (arrays of frames) from concurrent callers -> batches of up to ``batch`` frames for
     ``launch``, one batch at a time, in arrival order; each caller gets its own rows back.
 
-    ``launch(x)`` starts the work and returns ``collect()``; while more requests wait, the next batch
-    is launched before the previous one is collected (on CUDA both are queued on the GPU)."""
+    ``launch(x)`` starts the work and returns ``collect()``, which gives arrays whose first axis is the
+    batch's frames (each caller gets its rows of each); while more requests wait, the next batch is
+    launched before the previous one is collected (on CUDA both are queued on the GPU)."""
 
     def __init__(self, launch: Launch, batch: int):
         self.launch, self.batch = launch, max(1, int(batch))
@@ -96,19 +99,19 @@ class Batcher:
     @staticmethod
     def _finish(collect, taken) -> None:
         try:
-            masks = collect()
+            arrays = collect()
         except BaseException as exc:  # noqa: BLE001
             for _, future in taken:
                 future.set_exception(exc)
             return
         at = 0
         for x, future in taken:
-            future.set_result(masks[at:at + len(x)])
+            future.set_result(tuple(a[at:at + len(x)] for a in arrays))
             at += len(x)
 
 
-def _raise(exc: BaseException) -> Callable[[], np.ndarray]:
-    def collect() -> np.ndarray:
+def _raise(exc: BaseException) -> Callable[[], tuple]:
+    def collect() -> tuple:
         raise exc
     return collect
 
@@ -117,7 +120,8 @@ class Segmenter:
     """The model actor (see the module docstring): ``predict(inputs) -> masks`` at the model's size."""
 
     def __init__(self, checkpoint: str, size: tuple[int, int] | None, gpu: bool = False, threads: int = 1,
-                 channels_last: bool = False, compile: bool = False, amp: str = "auto", batch: int = 8):
+                 channels_last: bool = False, compile: bool = False, amp: str = "auto", batch: int = 8,
+                 threshold: float | None = 0.5):
         from roadseg_dist.models.checkpoint import input_normalization, load_model
 
         self.device = "cuda" if gpu else "cpu"
@@ -129,6 +133,7 @@ class Segmenter:
         self.amp = inference_amp(self.device, amp)  # resolved here: it depends on this node's CPU or GPU
         self.size = tuple(size or meta.get("input_size") or (512, 1024))
         self.mean, self.std = input_normalization(meta)
+        self.threshold = threshold  # None: no confidence (NaN), the masks alone
         self.pinned = _PinnedPool() if self.device == "cuda" else None
         self.batcher = Batcher(self.launch, batch)
         self.frames = self.calls = self.bytes_in = self.bytes_out = 0
@@ -138,43 +143,55 @@ class Segmenter:
         """What the actor runs at, once its model is loaded (the driver waits for this)."""
         return "fp32" if self.amp == "off" else self.amp
 
-    def predict(self, inputs: np.ndarray) -> np.ndarray:
-        """Model-size RGB frames (N, h, w, 3) uint8 -> train-id masks (N, h, w) uint8."""
+    def predict(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model-size RGB frames (N, h, w, 3) uint8 -> (train-id masks (N, h, w) uint8, confidence (N, 2)
+        float32: mean top-class probability, share of pixels below the threshold)."""
         inputs = np.asarray(inputs)
         if inputs.ndim != 4 or inputs.shape[1:] != (*self.size, 3) or inputs.dtype != np.uint8:
             raise ValueError(f"the model takes uint8 RGB frames of {self.size[0]}x{self.size[1]} "
                              f"(render.model_input), got {inputs.dtype} {inputs.shape}")
-        masks = self.batcher.submit(inputs).result()
+        masks, confidence = self.batcher.submit(inputs).result()
         with self.counting:
             self.frames, self.calls = self.frames + len(inputs), self.calls + 1
-            self.bytes_in, self.bytes_out = self.bytes_in + inputs.nbytes, self.bytes_out + masks.nbytes
-        return masks
+            self.bytes_in = self.bytes_in + inputs.nbytes
+            self.bytes_out = self.bytes_out + masks.nbytes + confidence.nbytes
+        return masks, confidence
 
-    def launch(self, inputs: np.ndarray) -> Callable[[], np.ndarray]:
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised batch on the device -> (ids, confidence) on the device."""
+        with inference_autocast(x.device, self.amp):
+            logits = self.model(as_input(x, self.channels_last))
+        if self.threshold is None:
+            return logits.max(1).indices.to(torch.uint8), torch.full((len(x), 2), float("nan"), device=x.device)
+        ids, prob = top_class(logits)
+        confidence = torch.stack([prob.mean((1, 2)), (prob < self.threshold).float().mean((1, 2))], 1)
+        return ids, confidence
+
+    def launch(self, inputs: np.ndarray) -> Callable[[], tuple]:
         if self.pinned is None:
-            masks = predict(self.model, normalize(inputs, self.mean, self.std), amp=self.amp,
-                            channels_last=self.channels_last)
-            return lambda: masks
+            with torch.inference_mode():
+                ids, confidence = self._forward(normalize(inputs, self.mean, self.std))
+            out = ids.numpy(), confidence.numpy()
+            return lambda: out
         return self._launch_cuda(inputs)
 
-    def _launch_cuda(self, inputs: np.ndarray) -> Callable[[], np.ndarray]:
-        """Queue the copy in, the model and the copy out on the GPU; the returned function waits."""
+    def _launch_cuda(self, inputs: np.ndarray) -> Callable[[], tuple]:
+        """Queue the copy in, the model and the copies out on the GPU; the returned function waits."""
         host_in = self.pinned.take(inputs.shape, torch.uint8)
         host_in.copy_(torch.from_numpy(inputs))
         with torch.inference_mode():
-            x = normalize(host_in, self.mean, self.std, device=self.device)
-            with inference_autocast(x.device, self.amp):
-                logits = self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
-            masks = logits.argmax(1).to(torch.uint8)
-            host_out = self.pinned.take(tuple(masks.shape), torch.uint8)
-            host_out.copy_(masks, non_blocking=True)
+            ids, confidence = self._forward(normalize(host_in, self.mean, self.std, device=self.device))
+            host_ids = self.pinned.take(tuple(ids.shape), torch.uint8)
+            host_conf = self.pinned.take(tuple(confidence.shape), torch.float32)
+            host_ids.copy_(ids, non_blocking=True)
+            host_conf.copy_(confidence, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
 
-        def collect() -> np.ndarray:
+        def collect() -> tuple:
             done.synchronize()
-            out = host_out.numpy().copy()
-            self.pinned.give(host_in, host_out)
+            out = host_ids.numpy().copy(), host_conf.numpy().copy()
+            self.pinned.give(host_in, host_ids, host_conf)
             return out
         return collect
 

@@ -42,6 +42,11 @@ class InferSettings:
                                               "the CPUs (see infer/graph.size_actors)")
     actor_cpus: float | None = field(None, help="CPUs reserved per model actor (on CPU also its torch threads); "
                                                 "default: 1 with --gpu, else ~3/4 of the CPUs over the actors")
+    confidence: bool = field(True, flag="--confidence/--no-confidence",
+                             help="per-frame confidence columns in the stats (mean top-class probability, share of "
+                                  "uncertain pixels), computed with the masks")
+    uncertain_below: float = field(0.5, help="a pixel is uncertain when its top-class probability is below this "
+                                             "(the stats' uncertain column: the share of such pixels)")
     overwrite: bool = field(False, help="redo everything instead of resuming")
     alpha: float = field(0.5, help="weight of the class colours in the overlay")
     jpeg_quality: int = field(85, help="JPEG quality of overlays and originals")
@@ -60,6 +65,7 @@ class InferSettings:
         settings.at_least(self, 0, "stall_timeout")
         settings.positive(self, "actor_cpus", "fps")
         settings.within(self, "alpha", 0.0, 1.0)
+        settings.within(self, "uncertain_below", 0.0, 1.0)
         settings.within(self, "jpeg_quality", 1, 100)
         if self.amp == "fp16" and not self.gpu:
             raise SettingsError("--amp fp16 needs --gpu; on a CPU use --amp bf16 or --amp off")

@@ -184,7 +184,7 @@ def file_identity(url: str, info: dict | None = None) -> str:
     return f"size:{info.get('size')}:mtime:{info.get('mtime', info.get('created'))}"
 
 
-SIGNATURE_LAYOUT = 2  # frames/ parts and batch manifests (1: frames.parquet and a marker per source)
+SIGNATURE_LAYOUT = 3  # 3: the stats have confidence, flicker and source; 2: frames/ parts and batch manifests
 
 
 def signature(s, checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -192,4 +192,5 @@ def signature(s, checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {"layout": SIGNATURE_LAYOUT, "input": storage.redact(storage.normalize(s.input)), "model": checkpoint,
             "precision": "fp16" if s.gpu and s.amp == "auto" else s.amp, "size": list(s.size) if s.size else None,
             "every": s.every, "fps": s.fps, "outputs": sorted(s.outputs), "segment_frames": s.segment_frames,
-            "alpha": s.alpha, "jpeg_quality": s.jpeg_quality, "video_codec": s.video_codec}
+            "alpha": s.alpha, "jpeg_quality": s.jpeg_quality, "video_codec": s.video_codec,
+            "confidence": s.confidence, "uncertain_below": s.uncertain_below}

@@ -59,3 +59,21 @@ def strip_frames(fractions: np.ndarray, k: int = 6) -> list[int]:
         if all(abs(int(i) - p) >= max(1, n // (2 * k)) for p in picked):
             picked.add(int(i))
     return sorted(picked)
+
+
+def least_confident(confidence: np.ndarray, k: int, gap: int | None = None) -> list[int]:
+    """Positions (ascending) of at most ``k`` frames where the model was least sure (lowest mean
+    top-class probability), each at least ``gap`` frames from the others so one hard stretch is not
+    shown k times; frames without a confidence (NaN) are never chosen."""
+    c = np.asarray(confidence, dtype=np.float64)
+    n = len(c)
+    if n == 0 or k < 1:
+        return []
+    gap = gap or max(1, n // (2 * k))
+    chosen: list[int] = []
+    for i in np.argsort(np.where(np.isnan(c), np.inf, c), kind="stable"):
+        if np.isnan(c[i]) or len(chosen) == k:
+            break
+        if all(abs(int(i) - j) >= gap for j in chosen):
+            chosen.append(int(i))
+    return sorted(chosen)

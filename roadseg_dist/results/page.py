@@ -158,14 +158,29 @@ def source_html(view: RunView, src: SourceStats, prev_id: str | None, next_id: s
     if "video" in view.outputs:
         body += '<video src="overlay.mp4" controls muted preload="auto"></video>'
     picks = moments.strip_frames(src.fractions, thumbnails) if thumbnails else []
-    if picks and (view.outputs & {"overlay", "video"}):
-        figs = "".join(f'<figure data-t="{ts[i]:.3f}"><img src="{frame_name(int(src.frames[i]), "overlay")}" '
-                       f'alt="frame {src.frames[i]}"><figcaption>frame {src.frames[i]}, {ts[i]:.2f} s</figcaption>'
-                       "</figure>" for i in picks)
-        body += f'<h2>Where the class mix changes most</h2><div class="strip">{figs}</div>'
-    svg = timeline.svg(ts, timeline.driving_fractions(src.fractions), [ts[i] for i in picks])
+    images = bool(view.outputs & {"overlay", "video"})
+    if picks and images:
+        body += f'<h2>Where the class mix changes most</h2>{_strip(src, picks)}'
+    known = src.confidence is not None and not np.isnan(src.confidence).all()
+    unsure = moments.least_confident(src.confidence, thumbnails) if known and thumbnails else []
+    if unsure and images:
+        body += (f'<h2>Where the model is least sure</h2>{_strip(src, unsure, confidence=True)}'
+                 '<p class="note">mean top-class probability of the frame\'s pixels; '
+                 '<code>roadseg frames --order-by confidence --export DIR</code> hands such frames to a labeller</p>')
+    svg = timeline.svg(ts, timeline.driving_fractions(src.fractions), [ts[i] for i in picks],
+                       src.confidence if known else None)
     body += f"<h2>Class fractions over time</h2>{svg}{legend()}"
     return _page(f"{src.id} - roadseg results", body, _SEEK_JS)
+
+
+def _strip(src: SourceStats, picks: list[int], confidence: bool = False) -> str:
+    """A row of overlay thumbnails at rows ``picks``; a click plays the video from there."""
+    ts = src.timestamps
+    figs = "".join(f'<figure data-t="{ts[i]:.3f}"><img src="{frame_name(int(src.frames[i]), "overlay")}" '
+                   f'alt="frame {src.frames[i]}"><figcaption>frame {src.frames[i]}, {ts[i]:.2f} s'
+                   + (f", confidence {src.confidence[i]:.2f}" if confidence else "") + "</figcaption></figure>"
+                   for i in picks)
+    return f'<div class="strip">{figs}</div>'
 
 
 def write_html(url: str, text: str) -> bool:

@@ -65,10 +65,14 @@ def search(output: str, where: str = "true", order_by: str = "video, frame", lim
     return [dict(zip(names, row)) for row in rows]
 
 
+QUALITY_COLUMNS = ("confidence", "uncertain", "flicker")
+
+
 def shown_columns(where: str, order_by: str) -> list[str]:
-    """Class columns for the printed table: those named in the query, else the driving classes."""
-    classes = [alias(c) for c in labels.CLASSES]
-    named = [c for c in classes if re.search(rf"\b{c}\b", f"{where} {order_by}", re.IGNORECASE)]
+    """Number columns for the printed table: the classes and quality columns named in the query,
+    else the driving classes."""
+    numbers = [alias(c) for c in labels.CLASSES] + list(QUALITY_COLUMNS)
+    named = [c for c in numbers if re.search(rf"\b{c}\b", f"{where} {order_by}", re.IGNORECASE)]
     return named or [alias(cols[0]) for _, cols in TIMELINE_CLASSES]
 
 
@@ -79,5 +83,5 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = [head]
     for r in rows:
         lines.append(f"{r['video']:<{width}}  {r['frame']:>7}  {r['timestamp']:>8.2f}  "
-                     + "  ".join(f"{r[c]:>9.4f}" for c in columns))
+                     + "  ".join(f"{r[c]:>9.4f}" if r.get(c) is not None else f"{'-':>9}" for c in columns))
     return "\n".join(lines)

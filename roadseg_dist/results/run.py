@@ -30,6 +30,7 @@ class SourceStats(NamedTuple):
     frames: np.ndarray      # (n,) source frame indices
     timestamps: np.ndarray  # (n,) seconds
     fractions: np.ndarray   # (n, 19) class fractions, labels.CLASSES order
+    confidence: np.ndarray | None = None  # (n,) mean top-class probability (NaN: unknown), None for old runs
 
 
 @dataclasses.dataclass
@@ -94,10 +95,12 @@ def read_part(url: str) -> list[SourceStats]:
     timestamps = np.nan_to_num(table.column("timestamp").to_numpy().astype(np.float64))
     fractions = np.column_stack([table.column(names[column(c)]).to_numpy() for c in labels.CLASSES]) if len(table) \
         else np.zeros((0, labels.NUM_CLASSES), np.float32)
+    confidence = (table.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64)
+                  if "confidence" in names else None)
     ids, starts = np.unique(videos, return_index=True)
     ends = list(starts[1:]) + [len(videos)]
-    return [SourceStats(str(sid), frames[a:b], timestamps[a:b], fractions[a:b])
-            for sid, a, b in zip(ids, starts, ends)]
+    return [SourceStats(str(sid), frames[a:b], timestamps[a:b], fractions[a:b],
+                        None if confidence is None else confidence[a:b]) for sid, a, b in zip(ids, starts, ends)]
 
 
 def model_summary(checkpoint: str | None) -> dict[str, Any]:

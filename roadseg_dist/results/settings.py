@@ -25,8 +25,17 @@ class FramesSettings:
     json_output: bool = field(False, flag="--json", help="print JSON (every column) instead of a table")
     sheet: str | None = field(None, help="also write a contact sheet of the matching overlays (.png or .jpg)")
     sheet_columns: int = field(5, help="thumbnails per row of the contact sheet")
+    export: str | None = field(None, path=True, help="also write the matching frames with their masks as pre-labels "
+                                                    "to this folder: BDD100K layout (for `roadseg shard`), a CVAT/"
+                                                    "Datumaro Common Semantic Segmentation set, manifest.jsonl")
+    per_source: int | None = field(None, help="take at most this many frames of one source (--limit is the budget)")
+    min_gap: float = field(0.0, metavar="SECONDS", help="take frames of one source at least this far apart")
 
     def validate(self) -> None:
+        if self.per_source is not None and self.per_source < 1:
+            raise SettingsError(f"--per-source must be at least 1, got {self.per_source}")
+        if self.min_gap < 0:
+            raise SettingsError(f"--min-gap must be 0 or more, got {self.min_gap}")
         if self.limit < 1:
             raise SettingsError(f"--limit must be at least 1, got {self.limit}")
         if self.sheet_columns < 1:
