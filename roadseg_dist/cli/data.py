@@ -24,9 +24,10 @@ def synth(config, **values):
 
     s = settings.build(SynthSettings, config, **values)
     synth_mod.generate(s.root, train=s.train, val=s.val, height=s.height, width=s.width, videos=s.videos,
-                       video_frames=s.video_frames, fps=s.fps, seed=s.seed, detail=s.detail, progress=True)
+                       video_frames=s.video_frames, fps=s.fps, seed=s.seed, detail=s.detail, progress=True,
+                       light=s.light, clip_light=s.clip_light)
     click.echo(f"wrote {s.train} train + {s.val} val images ({s.height}x{s.width}) and {s.videos} clip(s) "
-               f"under {storage.redact(storage.normalize(s.root))}")
+               f"with their frames' labels (video_labels/) under {storage.redact(storage.normalize(s.root))}")
 
 
 @main.command()

@@ -92,7 +92,8 @@ def _shade(color, k):
 def draw_sky_and_ground(cv: Canvas) -> None:
     s = cv.scene
     top, bottom = {"day": ((62, 118, 196), (172, 202, 232)), "overcast": ((150, 156, 166), (204, 206, 210)),
-                   "dusk": ((58, 66, 128), (236, 160, 112))}[s.light]
+                   "dusk": ((58, 66, 128), (236, 160, 112)), "night": ((8, 10, 28), (40, 44, 70)),
+                   "fog": ((196, 198, 200), (214, 215, 216))}[s.light]
     ramp = np.clip(np.arange(cv.h, dtype=np.float32) / max(cv.cy, 1), 0, 1)[:, None, None]
     cv.rgb[:] = np.asarray(top, np.float32) * (1 - ramp) + np.asarray(bottom, np.float32) * ramp
     cv.label[:] = C["sky"]
@@ -135,7 +136,7 @@ def draw_sides(cv: Canvas) -> None:
             face = cv.project([x, x, x, x], [0, height, height, 0], [z0c, z0c, z1c, z1c])
             cv.fill([face], C["building"], color)
             # windows: a grid on the facade, image only (windows are part of the building class)
-            win = _shade(color, 0.45) if cv.scene.light != "dusk" else (200, 180, 110)
+            win = _shade(color, 0.45) if cv.scene.light not in ("dusk", "night") else (200, 180, 110)
             polys = []
             for y in np.arange(2.5, height - 1.0, 3.0):
                 for z in np.arange(z0 + 1.0, z1 - 1.5, 3.0):
@@ -318,6 +319,8 @@ def render(scene: Scene, height: int, width: int, t: float = 0.0, noise_seed: in
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     r2 = ((xx - width / 2) / width) ** 2 + ((yy - height / 2) / height) ** 2
     rgb = rgb * (1 - 0.25 * r2)[..., None] * scene.gain * scene.tint.astype(np.float32)
+    if scene.light == "fog":  # everything washed towards the fog's grey: little contrast left
+        rgb = 0.45 * rgb + 0.55 * 205.0
     if min(height, width) >= 120:  # soften the polygon edges like a real lens does
         rgb = cv2.GaussianBlur(rgb, (3, 3), 0.6)
     return np.clip(rgb, 0, 255).astype(np.uint8), cv.label

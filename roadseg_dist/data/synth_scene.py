@@ -1,6 +1,7 @@
 """The synthetic street as data: a random layout, lighting and the objects in it (no pixels yet).
 
-    make_street(rng, detail)  ->  Scene      ``make_scene`` (all 19 classes) or its ``coarsen``-ed form
+    make_street(rng, detail, light)  ->  Scene   ``make_scene`` (all 19 classes) or its ``coarsen``-ed
+                                                 form, under a chosen ``light`` (``relight``)
 
 A scene is a small world in metres: a straight road with lanes, sidewalks, buildings / vegetation /
 fences along both sides, street furniture, pedestrians, traffic. ``synth_draw.render`` turns it into
@@ -39,7 +40,7 @@ class Scene:
     road_half: float
     lane_width: float
     walk_width: float
-    light: str               # day | overcast | dusk
+    light: str               # day | overcast | dusk (as drawn) | night | fog (``relight``)
     gain: float
     tint: np.ndarray
     colors: dict
@@ -185,6 +186,24 @@ def _add_traffic(rng: np.random.Generator, scene: Scene, lanes: int) -> None:
 
 
 DETAILS = ("full", "coarse")
+LIGHTS = ("any", "day", "overcast", "dusk", "night", "fog")  # any: as drawn at random (mostly day)
+_LIGHTING = {  # light -> (gain range, tint): how bright and what colour the whole frame is
+    "day": ((0.92, 1.08), (1.0, 1.0, 1.0)), "overcast": ((0.8, 0.95), (0.97, 1.0, 1.03)),
+    "dusk": ((0.6, 0.8), (1.12, 0.95, 0.85)), "night": ((0.3, 0.42), (0.8, 0.9, 1.25)),
+    "fog": ((0.95, 1.05), (1.0, 1.0, 1.02)),
+}
+
+
+def relight(scene: Scene, light: str, rng: np.random.Generator) -> Scene:
+    """The same street under another light (``LIGHTS``): what differs between training scenes and
+    the clips a model meets later. Its own ``rng``, so the street itself is the one the seed drew."""
+    if light not in LIGHTS:
+        raise ValueError(f"light must be one of {', '.join(LIGHTS)}, got {light!r}")
+    if light != "any":
+        (low, high), tint = _LIGHTING[light]
+        scene.light, scene.gain = light, rng.uniform(low, high)
+        scene.tint = np.array(tint) * rng.uniform(0.95, 1.05, 3)
+    return scene
 
 
 def coarsen(scene: Scene) -> Scene:
@@ -203,8 +222,9 @@ def coarsen(scene: Scene) -> Scene:
     return scene
 
 
-def make_street(rng: np.random.Generator, detail: str = "full") -> Scene:
+def make_street(rng: np.random.Generator, detail: str = "full", light: str = "any") -> Scene:
     if detail not in DETAILS:
         raise ValueError(f"detail must be one of {', '.join(DETAILS)}, got {detail!r}")
     scene = make_scene(rng)
-    return coarsen(scene) if detail == "coarse" else scene
+    scene = coarsen(scene) if detail == "coarse" else scene
+    return relight(scene, light, np.random.default_rng(int(rng.integers(2 ** 31)))) if light != "any" else scene
