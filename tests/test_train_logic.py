@@ -8,7 +8,7 @@ import torch
 
 from roadseg_dist import settings
 from roadseg_dist.labels import IGNORE_INDEX
-from roadseg_dist.train import losses, loop, run
+from roadseg_dist.train import losses, loop, run, saving
 from roadseg_dist.train.plots import render_curves
 from roadseg_dist.train.settings import TrainSettings
 
@@ -116,7 +116,7 @@ def test_restore_brings_back_weights_optimizer_schedule_and_scaler(tmp_path):
                     input_size=[32, 32], train_state=state)
 
     model2, opt2, sched2, scaler2 = setup()
-    assert loop.restore(str(tmp_path / "ck"), model2, opt2, sched2, scaler2) == 4
+    assert saving.restore(str(tmp_path / "ck"), model2, opt2, sched2, scaler2) == 4
     assert sched2.last_epoch == 3 and sched2.get_last_lr() == sched.get_last_lr()
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
