@@ -139,6 +139,7 @@ def run_summary(run_dir: str) -> dict:
         best = best_checkpoint(run_dir)
     except (RunFileError, ValueError, OSError) as exc:
         row["problem"] = storage.redact(str(exc))
+        row["epochs"] = row["epochs"] or None  # unknown, not zero
         return row
     meta = best[1] if best else {}
     config = meta.get("train_config") or {}
