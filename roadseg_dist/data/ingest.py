@@ -126,16 +126,19 @@ def size_feed(cpus: float, workers: int, cpus_per_worker: float, *, gpu: bool, i
               prefetch="auto", batch_bytes: int = 0, rows: int = 8) -> Feed:
     """The ingest's defaults from what the cluster offers and what the workers took.
 
-    auto ingest: what the workers leave, shared by them (2 cores, 2 CPU workers of 0.5: 0.5 each);
-    tasks of 1 CPU, or 0.5 when the ingest has fewer than 4 CPUs (two tasks per core hide the reads);
-    prefetch: 4 batches on GPUs, 1 on CPUs (the step is slow there), at most 512 MiB a worker.
+    auto ingest: what the workers leave, shared by them (2 cores, 2 CPU workers of 0.5: 0.5 each).
+    Tasks of 1 CPU (OpenCV runs single-threaded in them), smaller only when the whole ingest has less:
+    more tasks than cores make Ray keep more worker processes than the node's soft limit, and it kills
+    the idle ones between epochs, so every epoch starts new processes (measured on 2 cores: 64 CPU-ms a
+    sample with 0.5-CPU tasks, 37 with 1-CPU tasks). Prefetch: 4 batches on GPUs, 1 on CPUs (the step
+    is slow there), at most 512 MiB a worker.
     """
     if ingest_cpus == "auto":
         ingest_cpus = max(0.0, cpus - workers * cpus_per_worker) / workers
         ingest_cpus = math.floor(ingest_cpus / 0.05 + 1e-9) * 0.05
     ingest_cpus = float(ingest_cpus)
     total = ingest_cpus * workers
-    task_cpus = round(min(1.0 if total >= 4 else 0.5, total), 2) if total > 0 else 0.0
+    task_cpus = round(min(1.0, total), 2)
     if prefetch == "auto":
         prefetch = 4 if gpu else 1
         if batch_bytes:

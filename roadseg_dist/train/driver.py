@@ -105,7 +105,7 @@ def resource_request(s: TrainSettings, cpus: float) -> resources.Request:
         share, task = ingest.worker_share(cpus, s.num_workers, s.gpu), 0.5
     else:
         share = min(1.0, s.ingest_cpus * s.num_workers / max(cpus, 1e-9))
-        task = min(0.5 if s.ingest_cpus * s.num_workers < 4 else 1.0, s.ingest_cpus * s.num_workers)
+        task = min(1.0, s.ingest_cpus * s.num_workers)
     return resources.Request(
         job="train", workers=s.num_workers, cpus_per_worker=s.cpus_per_worker, gpus_per_worker=1 if s.gpu else 0,
         task_cpus=task, task_share=share, worker_name="training worker",
