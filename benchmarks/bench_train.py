@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--ingest-epochs", type=int, default=2, help="timed ingest-only epochs per path")
     ap.add_argument("--epochs", type=int, default=2, help="timed training epochs per feed")
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--shuffle-buffer", type=int, default=8, help="local shuffle buffer (both paths; keep it "
+                    "well under an epoch, as 64 is under a real one)")
     ap.add_argument("--model", default="unet")
     ap.add_argument("--base-channels", type=int, default=8)
     ap.add_argument("--device", default="cpu")
@@ -162,7 +164,7 @@ def ingest_and_training(args) -> dict:
 
     def old_epoch(idx, epoch):
         ds = old_ingest.train_dataset(data, ingest.plan_epoch(idx, 1, 0, epoch)[0], seed=0, epoch=epoch, **aug)
-        return old_ingest.iter_train_batches(ds, args.batch_size, 32, seed=epoch)
+        return old_ingest.iter_train_batches(ds, args.batch_size, args.shuffle_buffer, seed=epoch)
 
     def new_stream(idx, sized):
         clock = feed.epoch_clock()
@@ -172,7 +174,7 @@ def ingest_and_training(args) -> dict:
 
         def epoch_batches(epoch):
             feed.start_epoch(clock, epoch)
-            return feed.train_batches(split["train"], args.batch_size, sized, shuffle_buffer=32, seed=epoch)
+            return feed.train_batches(split["train"], args.batch_size, sized, args.shuffle_buffer, seed=epoch)
         return epoch_batches
 
     all_cpus = ingest.size_feed(args.cpus, 1, 0.0, gpu=False, rows=args.batch_size)  # ingest only: every CPU
@@ -240,20 +242,40 @@ def interleaved_training(args, feeds: dict) -> dict:
         return model, opt, sched, scaler
 
     state = {name: fresh() for name in feeds}
-    images, seconds = dict.fromkeys(feeds, 0), dict.fromkeys(feeds, 0.0)
+    images, seconds, waited = dict.fromkeys(feeds, 0), dict.fromkeys(feeds, 0.0), dict.fromkeys(feeds, 0.0)
     for epoch in range(0, args.epochs + 1):  # epoch 0: warm-up, not timed
         for name, batches_for_epoch in feeds.items():
             model, opt, sched, scaler = state[name]
+            wait = [0.0]
             t0 = time.perf_counter()
-            n = loop.train_one_epoch(model, batches_for_epoch(epoch + 1), opt, sched, scaler, device,
+            n = loop.train_one_epoch(model, timed(batches_for_epoch(epoch + 1), wait), opt, sched, scaler, device,
                                      amp=amp)["images"]
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if epoch:
                 images[name] += n
                 seconds[name] += time.perf_counter() - t0
+                waited[name] += wait[0]
         print(f"  measured training epoch {epoch}{' (warm-up)' if not epoch else ''}", flush=True)
-    return {name: images[name] / seconds[name] for name in feeds}
+    rates = {name: images[name] / seconds[name] for name in feeds}
+    rates.update({f"{name}_wait": waited[name] / seconds[name] for name in feeds})
+    return rates
+
+
+def timed(batches, wait: list):
+    """The batches; ``wait[0]`` accumulates the seconds the training loop waited for the next one."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        finally:
+            wait[0] += time.perf_counter() - t0
+        yield batch
+
+
 
 
 def report(args, f: dict) -> None:
@@ -287,6 +309,7 @@ def report(args, f: dict) -> None:
           f"{args.epochs} timed epochs, {args.device}): in-memory tensors {t['memory']:.2f} images/s")
     row("training, streamed: images/s", t["old"], t["new"], "{:.2f}")
     row("  ratio streamed / in-memory (goal >= 0.95)", t["old"] / t["memory"], t["new"] / t["memory"], "{:.2f}")
+    row("  share of the epoch waiting for a batch", t["old_wait"], t["new_wait"], "{:.1%}")
     print(f"new path's ingest beside one training worker: {f['job_feed'].describe(1)}")
 
 

@@ -189,10 +189,10 @@ def test_to_model_input_normalises():
 
 
 def test_feed_defaults_leave_room_for_both_on_two_cores_and_feed_gpus():
-    # 2 cores, 2 CPU workers of 0.5 (auto): 0.5 CPU of decode each, one task of 1 CPU, one batch ahead
+    # 2 cores, 2 CPU workers of 0.5 (auto): 0.5 CPU of decode each, one task of 1 CPU, two batches ahead
     assert ingest.worker_share(2, 2, gpu=False) == 0.5
     feed = ingest.size_feed(2, 2, 0.5, gpu=False)
-    assert (feed.ingest_cpus, feed.task_cpus, feed.prefetch_batches, feed.pin_memory) == (0.5, 1.0, 1, False)
+    assert (feed.ingest_cpus, feed.task_cpus, feed.prefetch_batches, feed.pin_memory) == (0.5, 1.0, 2, False)
     assert 2 * 0.5 + 2 * feed.ingest_cpus <= 2
     # a node of 8 GPUs and 96 CPUs: 2 CPUs per GPU worker, the other 80 decode (10 per GPU)
     share = ingest.worker_share(96, 8, gpu=True)

@@ -130,7 +130,7 @@ def size_feed(cpus: float, workers: int, cpus_per_worker: float, *, gpu: bool, i
     Tasks of 1 CPU (OpenCV runs single-threaded in them), smaller only when the whole ingest has less:
     more tasks than cores make Ray keep more worker processes than the node's soft limit, and it kills
     the idle ones between epochs, so every epoch starts new processes (measured on 2 cores: 64 CPU-ms a
-    sample with 0.5-CPU tasks, 37 with 1-CPU tasks). Prefetch: 4 batches on GPUs, 1 on CPUs (the step
+    sample with 0.5-CPU tasks, 37 with 1-CPU tasks). Prefetch: 4 batches on GPUs, 2 on CPUs (the step
     is slow there), at most 512 MiB a worker.
     """
     if ingest_cpus == "auto":
@@ -140,7 +140,7 @@ def size_feed(cpus: float, workers: int, cpus_per_worker: float, *, gpu: bool, i
     total = ingest_cpus * workers
     task_cpus = round(min(1.0, total), 2)
     if prefetch == "auto":
-        prefetch = 4 if gpu else 1
+        prefetch = 4 if gpu else 2
         if batch_bytes:
             prefetch = max(1, min(prefetch, MAX_PREFETCH_BYTES // batch_bytes))
     return Feed(ingest_cpus=round(ingest_cpus, 2), task_cpus=task_cpus, prefetch_batches=int(prefetch),

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -241,7 +240,7 @@ def worker_model(s, world: int, device: torch.device) -> tuple[torch.nn.Module, 
 
 
 def start_tracking(job: Job) -> None:
-    """Rank 0: the TensorBoard/MLflow tracker, the best mIoU so far (after a restore), status running."""
+    """Rank 0: the TensorBoard/MLflow tracker and the best mIoU so far (after a restore)."""
     from roadseg_dist.train.tracking import Tracker
 
     job.tracker = Tracker(job.run_dir, job.s, mlflow_uri=job.s.mlflow, experiment=job.s.mlflow_experiment)

@@ -58,7 +58,7 @@ class TrainSettings:
         help="Decode/augment CPUs per training worker (Ray Data tasks anywhere in the cluster); auto: the "
              "CPUs the workers leave, shared by them.")
     prefetch_batches: int | str = field(AUTO, parse=lambda v: _auto_int(v, "prefetch_batches"), metavar="N|auto",
-                                        help="Batches each worker fetches ahead; auto: 4 on GPUs, 1 on CPUs.")
+                                        help="Batches each worker fetches ahead; auto: 4 on GPUs, 2 on CPUs.")
     shuffle_buffer: int = field(64, help="Samples in each worker's local shuffle buffer.")
     val_batch_size: int = field(4, help="Images per validation batch (full resolution).")
     keep: int = field(3, help="Keep the last K checkpoints (the best by val mIoU is kept as well).")
