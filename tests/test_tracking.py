@@ -207,7 +207,7 @@ def test_runs_show_what_is_resumable_a_gone_driver_and_a_bad_file(tmp_path):
     storage.write_text(storage.join(killed, run.STATUS), json.dumps(
         {"status": "running", "updated": stopped, "heartbeat_s": run.HEARTBEAT_S, "epoch": 2, "epochs": 3}))
     live = storage.join(root, "live")
-    run.Heartbeat(live, epoch=0, resumable_epoch=0, epochs=5, model="unet").beat(force=True)
+    run.Heartbeat(live, epoch=0, epochs=5, model="unet").beat(force=True)
     bad = storage.join(root, "bad")
     storage.write_text(storage.join(bad, run.METRICS), '{"epoch": 1}\n{"epoch": 2, "val_mi\n')
     run.write_status(bad, "running", epoch=1, epochs=4, model="unet")

@@ -214,7 +214,7 @@ def train(s: TrainSettings, echo=None) -> dict:
         f"{s.crop[0]}x{s.crop[1]}" + (" (resuming)" if s.resume else ""))
     out(plan.summary())
     out(feed.describe(s.num_workers))
-    status = run.Heartbeat(run_dir, epoch=restored, resumable_epoch=restored, epochs=s.epochs, model=s.model)
+    status = run.Heartbeat(run_dir, epoch=restored, epochs=s.epochs, model=s.model)
     outcome = follow(s, trainer, run_dir, steps, board, status, echo)
     ray.kill(board)
     ray.kill(clock)
@@ -222,7 +222,7 @@ def train(s: TrainSettings, echo=None) -> dict:
         reason = failure_reason(outcome["error"])
         unsaved = status.end("failed", error=reason[:1000])
         raise JobError(f"training failed: {reason}" + (f" ({unsaved})" if unsaved else ""))
-    unsaved = status.end("finished", epoch=s.epochs, resumable_epoch=s.epochs)
+    unsaved = status.end("finished", epoch=s.epochs)
     if unsaved:
         out(f"warning: {unsaved}")
     return summarize(run_dir, outcome["seconds"], out)
