@@ -42,8 +42,8 @@ run() {  # NAME WORKERS AMP EPOCHS [more flags]: one `roadseg train`, nvidia-smi
   nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
     > "$OUT/$name-smi.csv" & local smi=$!
   timeout "${RUN_S:-150}" $PY -m roadseg_dist.cli train --data $W/shards --storage $W/runs --name "$name" $DEVICE \
-    --num-workers "$workers" --amp "$amp" --channels-last --epochs "$epochs" --batch-size 8 --crop 512x1024 \
-    --model unet --base-channels 32 "$@" > "$OUT/$name.txt" 2>&1
+    --num-workers "$workers" --amp "$amp" --channels-last --epochs "$epochs" --batch-size 8 --crop "${CROP:-512x1024}" \
+    --model unet --base-channels "${BASE:-32}" "$@" > "$OUT/$name.txt" 2>&1
   echo "exit $?" >> "$OUT/$name.txt"; kill $smi
   $PY - "$W/runs/$name" "$OUT/$name" "$workers" <<'EOF'
 import csv, json, pathlib, sys
@@ -58,8 +58,8 @@ print(f"{run.name}: {log[-1]}; epochs {[r['epoch'] for r in records]}"
 print(f"  GPU utilisation (nvidia-smi, every 0.5 s, all GPUs): mean {sum(util) / max(1, len(util)):.0f} % over the whole "
       f"command, {sum(busy) / max(1, len(busy)):.0f} % while busy, {len(busy)}/{len(util)} samples busy")
 print("  " + next((l for l in log if l.startswith("ingest:")), "no ingest line") + f" (workers = GPUs = {workers})")
-print("  " + next((l for l in log if l.startswith("resume:")), "").strip()
-      + " ".join(l for l in log if "failed" in l or "Error" in l)[:600])
+for line in [l for l in log if l.startswith("resume:") or "Error" in l or l.startswith("training failed")][:4]:
+    print("  " + line[:600])
 EOF
 }
 {
