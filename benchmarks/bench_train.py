@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--crop", default="512x1024", help="training crop HxW (the default recipe's)")
-    ap.add_argument("--ingest-epochs", type=int, default=2, help="timed ingest-only epochs per path")
+    ap.add_argument("--ingest-epochs", type=int, default=1, help="timed ingest-only epochs per path and size")
     ap.add_argument("--epochs", type=int, default=2, help="timed training epochs per feed")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--shuffle-buffer", type=int, default=8, help="local shuffle buffer (both paths; keep it "
@@ -178,12 +178,16 @@ def ingest_and_training(args) -> dict:
         return epoch_batches
 
     all_cpus = ingest.size_feed(args.cpus, 1, 0.0, gpu=False, rows=args.batch_size)  # ingest only: every CPU
-    paths = {"old": lambda e: old_epoch(index, e), "new": new_stream(index, all_cpus)}
+    small = index[index["key"].isin(sorted(index["key"])[:len(index) // 4])]
+    paths = {"old": (lambda e: old_epoch(small, e), lambda e: old_epoch(index, e)),
+             "new": (new_stream(small, all_cpus), new_stream(index, all_cpus))}
     figures = {"load_before": os.getloadavg()[0]}
-    for name, epoch_batches in paths.items():
-        count = lambda epochs: sum(len(b["key"]) for e in epochs for b in epoch_batches(e))
-        count([0])  # warm-up: worker processes, imports
-        figures[f"ingest_{name}"] = measured(meter, lambda: count(range(1, args.ingest_epochs + 1)))
+    for name, (small_epochs, full_epochs) in paths.items():
+        count = lambda epochs, e: sum(len(b["key"]) for b in epochs(e))
+        count(small_epochs, 0), count(full_epochs, 0)  # warm-up: worker processes, imports
+        for size, epochs in (("small", small_epochs), ("full", full_epochs)):
+            figures[f"ingest_{name}_{size}"] = [measured(meter, lambda: count(epochs, e))
+                                                for e in range(1, args.ingest_epochs + 1)]
         print(f"  measured ingest, {name} path", flush=True)
     figures["plain_old"] = measured(meter, lambda: plain_loop(data, index, aug, old=True))
     figures["plain_new"] = measured(meter, lambda: plain_loop(data, index, aug, old=False))
@@ -278,32 +282,50 @@ def timed(batches, wait: list):
 
 
 
+def epoch_costs(f: dict, path: str) -> dict:
+    """Per-epoch means of the two epoch sizes, and the straight line through them: wall seconds and CPU
+    ms per sample beyond an epoch's start-up (the slope), and the start-up itself (the intercept)."""
+    def mean(runs):
+        n = sum(r[0] for r in runs) / len(runs)
+        return n, sum(r[1] for r in runs) / len(runs), {k: sum(r[2][k] for r in runs) / len(runs) for k in runs[0][2]}
+    (ns, ws, cs), (nf, wf, cf) = mean(f[f"ingest_{path}_small"]), mean(f[f"ingest_{path}_full"])
+    slope = (wf - ws) / (nf - ns)
+    cpu = {k: 1000 * (cf[k] - cs[k]) / (nf - ns) for k in cf}
+    return {"n": nf, "rate": nf / wf, "cpu_ms": {k: 1000 * v / nf for k, v in cf.items()},
+            "steady_rate": 1 / slope, "steady_cpu_ms": cpu, "startup_s": wf - nf * slope,
+            "startup_cpu_s": sum(cf.values()) - nf * sum(cpu.values()) / 1000}
+
+
 def report(args, f: dict) -> None:
-    cores = args.cpus
+    cores, paths = args.cpus, ("old", "new")
     print(f"\n{args.train} samples ({args.distinct} distinct synthetic {args.height}x{args.width} JPEGs) in 32-sample "
           f"shards on a loopback S3, crop {args.crop[0]}x{args.crop[1]} (scale 0.5-2, flip, jitter), local Ray with "
           f"{cores} CPUs; load average {f['load_before']:.1f} before, {f['load_after']:.1f} after (a busy machine "
           f"distorts samples/s, CPU ms per sample far less)")
-    print(f"{'':56}{'old path (main)':>17}{'new path':>12}")
-    row = lambda label, old, new, fmt: print(f"{label:56}{fmt.format(old):>17}{fmt.format(new):>12}")
-    paths = ("old", "new")
-    rate = {k: f[f"ingest_{k}"][0] / f[f"ingest_{k}"][1] for k in paths}
+    print(f"{'':60}{'old path (main)':>17}{'new path':>12}")
+    row = lambda label, old, new, fmt: print(f"{label:60}{fmt.format(old):>17}{fmt.format(new):>12}")
+    e = {k: epoch_costs(f, k) for k in paths}
     plain = {k: f[f"plain_{k}"][0] / f[f"plain_{k}"][1] for k in paths}
-    cpu_ms = {k: {kind: 1000 * v / f[f"ingest_{k}"][0] for kind, v in f[f"ingest_{k}"][2].items()} for k in paths}
     plain_ms = {k: 1000 * f[f"plain_{k}"][2]["driver"] / f[f"plain_{k}"][0] for k in paths}
-    row("ingest only, Ray Data: samples/s", rate["old"], rate["new"], "{:.1f}")
-    row(f"  per CPU core ({cores} cores)", rate["old"] / cores, rate["new"] / cores, "{:.1f}")
-    row("ingest only, one plain process: samples/s per core", plain["old"], plain["new"], "{:.1f}")
-    row("  ratio Ray Data per core / plain (goal >= 0.8)", rate["old"] / cores / plain["old"],
-        rate["new"] / cores / plain["new"], "{:.2f}")
-    total = {k: sum(cpu_ms[k].values()) for k in paths}
-    row("CPU ms per sample, Ray Data: all processes", total["old"], total["new"], "{:.1f}")
+    row("one plain process, decode + augment: samples/s per core", plain["old"], plain["new"], "{:.1f}")
+    row("  CPU ms per sample", plain_ms["old"], plain_ms["new"], "{:.1f}")
+    row(f"ingest only, Ray Data, epochs of {e['new']['n']:.0f}: samples/s", e["old"]["rate"], e["new"]["rate"], "{:.1f}")
+    row(f"  per CPU core ({cores} cores)", e["old"]["rate"] / cores, e["new"]["rate"] / cores, "{:.1f}")
+    row("  ratio per core / plain (goal >= 0.8)", *(e[k]["rate"] / cores / plain[k] for k in paths), "{:.2f}")
+    row("  CPU ms per sample, all processes", *(sum(e[k]["cpu_ms"].values()) for k in paths), "{:.1f}")
+    row("  ratio plain / Ray Data CPU per sample", *(plain_ms[k] / sum(e[k]["cpu_ms"].values()) for k in paths),
+        "{:.2f}")
+    print(f"ingest only, per sample beyond each epoch's start-up (from epochs of {e['new']['n'] / 4:.0f} and "
+          f"{e['new']['n']:.0f}; what a BDD100K epoch of 7,000 costs):")
+    row("  samples/s per core", *(e[k]["steady_rate"] / cores for k in paths), "{:.1f}")
+    row("  ratio per core / plain (goal >= 0.8)", *(e[k]["steady_rate"] / cores / plain[k] for k in paths), "{:.2f}")
     for kind, what in (("workers", "Ray workers (tasks, coordinator)"), ("driver", "the consuming process"),
                        ("daemons", "Ray's daemons (raylet, GCS, ...)")):
-        row(f"  of which {what}", cpu_ms["old"][kind], cpu_ms["new"][kind], "{:.1f}")
-    row("CPU ms per sample, plain process (decode + augment)", plain_ms["old"], plain_ms["new"], "{:.1f}")
-    row("  ratio plain / Ray Data CPU per sample", plain_ms["old"] / total["old"], plain_ms["new"] / total["new"],
+        row(f"  CPU ms per sample, {what}", *(e[k]["steady_cpu_ms"][kind] for k in paths), "{:.1f}")
+    row("  ratio plain / Ray Data CPU per sample", *(plain_ms[k] / sum(e[k]["steady_cpu_ms"].values()) for k in paths),
         "{:.2f}")
+    row("  an epoch's start-up: seconds, CPU seconds", *(f"{e[k]['startup_s']:.1f}, {e[k]['startup_cpu_s']:.1f}"
+                                                          for k in paths), "{}")
     t = f["training"]
     print(f"training ({args.model}, base {args.base_channels}, batch {args.batch_size}, {args.train_images} samples, "
           f"{args.epochs} timed epochs, {args.device}): in-memory tensors {t['memory']:.2f} images/s")

@@ -102,7 +102,8 @@ def resource_request(s: TrainSettings, cpus: float) -> resources.Request:
     from roadseg_dist.data import ingest
 
     if s.ingest_cpus == resources.AUTO:
-        share, task = ingest.worker_share(cpus, s.num_workers, s.gpu), 0.5
+        share = ingest.worker_share(cpus, s.num_workers, s.gpu)
+        task = min(1.0, share * cpus)  # the task size ingest.size_feed will choose
     else:
         share = min(1.0, s.ingest_cpus * s.num_workers / max(cpus, 1e-9))
         task = min(1.0, s.ingest_cpus * s.num_workers)
@@ -260,10 +261,10 @@ def failure_reason(exc: BaseException) -> str:
     failures = getattr(exc, "worker_failures", None) or {}
     for _, failure in sorted(failures.items()):
         cause = getattr(failure, "cause", None) or failure
-        text = str(cause).strip()
-        if text:
-            lines = [line for line in text.splitlines() if line.strip()]
-            return storage.redact(f"{type(cause).__name__}: {lines[-1]}" if len(lines) > 1 else text)[:2000]
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        if lines:  # a traceback's first line says where, its last what (Ray's OOM kill: the other way round)
+            text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+            return storage.redact(f"{type(cause).__name__}: {text}")[:2000]
     return storage.redact(str(exc))[:2000]
 
 
