@@ -309,7 +309,7 @@ def report(args, f: dict) -> None:
     plain_ms = {k: 1000 * f[f"plain_{k}"][2]["driver"] / f[f"plain_{k}"][0] for k in paths}
     row("one plain process, decode + augment: samples/s per core", plain["old"], plain["new"], "{:.1f}")
     row("  CPU ms per sample", plain_ms["old"], plain_ms["new"], "{:.1f}")
-    row(f"ingest only, Ray Data, epochs of {e['new']['n']:.0f}: samples/s", e["old"]["rate"], e["new"]["rate"], "{:.1f}")
+    row(f"ingest only, Ray Data, epochs of {e['new']['n']:.0f}: samples/s", *(e[k]["rate"] for k in paths), "{:.1f}")
     row(f"  per CPU core ({cores} cores)", e["old"]["rate"] / cores, e["new"]["rate"] / cores, "{:.1f}")
     row("  ratio per core / plain (goal >= 0.8)", *(e[k]["rate"] / cores / plain[k] for k in paths), "{:.2f}")
     row("  CPU ms per sample, all processes", *(sum(e[k]["cpu_ms"].values()) for k in paths), "{:.1f}")

@@ -124,7 +124,8 @@ def old_augment(rgb, label, d: augment.Draw):
     """The float path the warp replaced: resize the whole image, pad, crop, flip, jitter in float32."""
     if d.scaled != label.shape:
         size = (d.scaled[1], d.scaled[0])
-        rgb, label = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR), cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
     (ch, cw), (h, w) = d.crop, label.shape
     rgb = np.pad(rgb, ((0, max(ch - h, 0)), (0, max(cw - w, 0)), (0, 0)))
     label = np.pad(label, ((0, max(ch - h, 0)), (0, max(cw - w, 0))), constant_values=IGNORE_INDEX)
