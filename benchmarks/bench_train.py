@@ -142,6 +142,7 @@ def ingest_and_training(args) -> dict:
 
     import cv2
     import ray
+    import torch
     from ray import cloudpickle
 
     import old_ingest
@@ -197,7 +198,8 @@ def ingest_and_training(args) -> dict:
     worker_cpus = args.cpus * (1 - ingest.worker_share(args.cpus, 1, args.device == "cuda"))  # auto, one worker
     job_feed = ingest.size_feed(args.cpus, 1, worker_cpus,
                                 gpu=args.device == "cuda", rows=args.batch_size)
-    figures["job_feed"] = job_feed
+    figures["job_feed"], figures["torch_threads"] = job_feed, max(1, round(worker_cpus))
+    torch.set_num_threads(figures["torch_threads"])  # the CPUs the job reserves for its worker, as Ray sets them
     new_train = new_stream(subset, job_feed)
     memory = [{"image": b["image"].clone(), "label": b["label"].clone()} for b in new_train(1)]
     figures["training"] = interleaved_training(args, {"memory": lambda epoch: memory,
@@ -328,7 +330,8 @@ def report(args, f: dict) -> None:
                                                           for k in paths), "{}")
     t = f["training"]
     print(f"training ({args.model}, base {args.base_channels}, batch {args.batch_size}, {args.train_images} samples, "
-          f"{args.epochs} timed epochs, {args.device}): in-memory tensors {t['memory']:.2f} images/s")
+          f"{args.epochs} timed epochs, {args.device}, {f['torch_threads']} torch thread(s)): in-memory tensors "
+          f"{t['memory']:.2f} images/s")
     row("training, streamed: images/s", t["old"], t["new"], "{:.2f}")
     row("  ratio streamed / in-memory (goal >= 0.95)", t["old"] / t["memory"], t["new"] / t["memory"], "{:.2f}")
     row("  share of the epoch waiting for a batch", t["old_wait"], t["new_wait"], "{:.1%}")

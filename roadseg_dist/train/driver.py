@@ -216,7 +216,12 @@ def train(s: TrainSettings, echo=None) -> dict:
     out(plan.summary())
     out(feed.describe(s.num_workers))
     status = run.Heartbeat(run_dir, epoch=restored, epochs=s.epochs, model=s.model)
-    outcome = follow(s, trainer, run_dir, steps, board, status, echo)
+    try:
+        outcome = follow(s, trainer, run_dir, steps, board, status, echo)
+    except BaseException as exc:  # Ctrl-C or a stall: the run stops here, and status.json says so
+        why = "stopped by the user (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc).split("\n")[0]
+        status.end("failed", error=storage.redact(why)[:1000])
+        raise
     ray.kill(board)
     ray.kill(clock)
     if "error" in outcome:
