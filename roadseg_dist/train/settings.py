@@ -101,7 +101,8 @@ class TrainSettings:
         settings.at_least(self, 0, "max_failures", "warmup_epochs", "weight_decay", "poly_power", "dice_weight",
                           "seed", "stall_timeout")
         settings.at_least(self, 1, "shuffle_buffer", "num_cpus")
-        settings.positive(self, "ingest_cpus")
+        if self.ingest_cpus != AUTO:
+            settings.positive(self, "ingest_cpus")
         settings.within(self, "jitter", 0, 1)
         settings.within(self, "momentum", 0, 1)
         settings.within(self, "base_channels", 1, 128)  # what a checkpoint's meta.json may hold
