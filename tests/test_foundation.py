@@ -105,7 +105,7 @@ def test_yaml_values_that_are_what_they_say_are_taken(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--max-failures", "-1"], "--max-failures must be at least 0, got -1"),
-    (["--ingest-cpus", "0"], "--ingest-cpus must be more than 0, got 0.0"),
+    (["--ingest-cpus", "0"], "a CPU reservation must be positive (or auto), got '0'"),
     (["--jitter", "-1"], "--jitter must be within 0..1, got -1.0"),
     (["--warmup-epochs", "-1"], "--warmup-epochs must be at least 0, got -1.0"),
     (["--shuffle-buffer", "0"], "--shuffle-buffer must be at least 1, got 0"),

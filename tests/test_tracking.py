@@ -183,3 +183,43 @@ def test_status_is_checked_and_old_runs_read_as_unknown(tmp_path):
     with pytest.raises(ValueError, match="status must be one of"):
         run.write_status(str(tmp_path), "paused")
     assert run.read_status(str(tmp_path / "old"))["status"] == "unknown"
+
+
+def test_runs_show_what_is_resumable_a_gone_driver_and_a_bad_file(tmp_path):
+    """Issue 26/11: a run killed in epoch 2 (metrics of epoch 2, checkpoint of epoch 1 only, heartbeat
+    stopped) reads as interrupted and resumable from 1; an unreadable metrics.jsonl is that run's
+    problem, named, and the other runs are still listed."""
+    import datetime as dt
+
+    from click.testing import CliRunner
+
+    from roadseg_dist.cli import main
+    from roadseg_dist.models.checkpoint import save_checkpoint
+    from roadseg_dist.models.zoo import build_model
+
+    root = str(tmp_path / "runs")
+    killed = storage.join(root, "killed")
+    for epoch in (1, 2):
+        run.append_metrics(killed, {"epoch": epoch, "val_miou": 0.1 * epoch})
+    save_checkpoint(storage.join(killed, run.checkpoint_name(1)), build_model("unet", base_channels=4), epoch=1,
+                    metrics={"val_miou": 0.1}, train_config={"epochs": 3})
+    stopped = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)).isoformat(timespec="seconds")
+    storage.write_text(storage.join(killed, run.STATUS), json.dumps(
+        {"status": "running", "updated": stopped, "heartbeat_s": run.HEARTBEAT_S, "epoch": 2, "epochs": 3}))
+    live = storage.join(root, "live")
+    run.Heartbeat(live, epoch=0, epochs=5, model="unet").beat(force=True)
+    bad = storage.join(root, "bad")
+    storage.write_text(storage.join(bad, run.METRICS), '{"epoch": 1}\n{"epoch": 2, "val_mi\n')
+    run.write_status(bad, "running", epoch=1, epochs=4, model="unet")
+
+    rows = {r["name"]: r for r in run.list_runs(root)}
+    assert sorted(rows) == ["bad", "killed", "live"]
+    assert (rows["killed"]["status"], rows["killed"]["epochs"], rows["killed"]["resumable_epoch"],
+            rows["killed"]["planned_epochs"]) == ("interrupted", 2, 1, 3)
+    assert (rows["live"]["status"], rows["live"]["problem"]) == ("running", None)
+    assert rows["bad"]["problem"].startswith(f"{bad}/metrics.jsonl line 2 is not JSON")
+    result = CliRunner().invoke(main, ["runs", root])
+    assert result.exit_code == 0, result.output
+    assert "interrupted" in result.output and "killed" in result.output and "live" in result.output
+    assert "metrics.jsonl line 2 is not JSON" in result.output.replace("\n", "")
+    assert rows["bad"]["epochs"] is None and rows["killed"]["problem"] is None

@@ -8,7 +8,7 @@ import torch
 
 from roadseg_dist import settings
 from roadseg_dist.labels import IGNORE_INDEX
-from roadseg_dist.train import losses, loop, run
+from roadseg_dist.train import losses, loop, run, saving
 from roadseg_dist.train.plots import render_curves
 from roadseg_dist.train.settings import TrainSettings
 
@@ -116,7 +116,7 @@ def test_restore_brings_back_weights_optimizer_schedule_and_scaler(tmp_path):
                     input_size=[32, 32], train_state=state)
 
     model2, opt2, sched2, scaler2 = setup()
-    assert loop.restore(str(tmp_path / "ck"), model2, opt2, sched2, scaler2) == 4
+    assert saving.restore(str(tmp_path / "ck"), model2, opt2, sched2, scaler2) == 4
     assert sched2.last_epoch == 3 and sched2.get_last_lr() == sched.get_last_lr()
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
@@ -144,3 +144,19 @@ def test_class_weights_from_stats_in_class_order():
     assert w.tolist() == [float(i) for i in range(19)]
     with pytest.raises(ValueError, match="road"):
         loop.class_weight_tensor({"sky": 1.0})
+
+
+def test_default_resources_leave_room_for_workers_and_decoding():
+    """The defaults themselves fit: 2 cores and 2 CPU workers leave a whole decode task; a GPU node gives
+    each GPU worker 2 CPUs and the decoding the rest."""
+    from roadseg_dist.resources import Offer
+    from roadseg_dist.train import driver
+
+    s = settings.build(TrainSettings, None, data="d", storage="s", name="n")
+    plan, feed = driver.size_feed(s, Offer(cpus=2, largest_node_cpus=2, where="the local Ray"))
+    assert (plan.cpus_per_worker, feed.ingest_cpus, feed.task_cpus) == (0.5, 0.5, 1.0)
+    assert 2 * plan.cpus_per_worker + feed.task_cpus <= 2 and feed.pin_memory is False
+    gpu = settings.build(TrainSettings, None, data="d", storage="s", name="n", gpu=True, num_workers=8)
+    plan, feed = driver.size_feed(gpu, Offer(cpus=96, gpus=8, largest_node_cpus=96))
+    assert (plan.cpus_per_worker, feed.ingest_cpus, feed.task_cpus, feed.prefetch_batches) == (2.0, 10.0, 1.0, 4)
+    assert feed.pin_memory and "10 CPU of decode/augment per worker" in feed.describe(8)

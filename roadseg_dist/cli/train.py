@@ -30,10 +30,13 @@ def train(config, **values):
 @click.argument("storage_url", metavar="STORAGE")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per run) instead of a table.")
 def runs(storage_url: str, as_json: bool) -> None:
-    """List the training runs under STORAGE (local, file:// or s3://): status, epochs, model, best mIoU.
+    """List the training runs under STORAGE (local, file:// or s3://): status, epochs, what can be
+    resumed, model, best mIoU.
 
-    The status comes from each run's status.json: running (rank 0 is training, or the job died
-    without a word), finished, or failed (the driver saw fit() fail); unknown for older runs.
+    The status comes from each run's status.json, which the driver rewrites while it runs: running,
+    interrupted (the driver stopped writing it: killed, or its machine gone; --resume continues),
+    finished, failed (with the reason); unknown for older runs. "resume from" is the newest epoch whose
+    checkpoint was finished. A run whose files cannot be read is listed with the file named.
     """
     import json as json_mod
 
@@ -51,21 +54,34 @@ def runs(storage_url: str, as_json: bool) -> None:
     if not rows:
         click.echo(f"no runs under {storage.redact(storage_url)}")
         return
+    print_runs(rows, f"runs under {storage.redact(storage_url)}")
+
+
+def print_runs(rows: list[dict], title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"runs under {storage.redact(storage_url)}")
-    for col, justify in (("run", "left"), ("status", "left"), ("epochs", "right"), ("model", "left"),
-                         ("best val mIoU", "right"), ("best epoch", "right"), ("updated", "left")):
-        table.add_column(col, justify=justify)
-    colours = {"running": "yellow", "finished": "green", "failed": "red"}
+    table = Table(title=escape(title))
+    for col, justify in (("run", "left"), ("status", "left"), ("epochs", "right"), ("resume", "right"),
+                         ("model", "left"), ("best mIoU (epoch)", "right"), ("updated", "left")):
+        table.add_column(col, justify=justify, no_wrap=col in ("status", "updated"))
+    colours = {"running": "yellow", "finished": "green", "failed": "red", "interrupted": "magenta"}
     for r in rows:
         planned = f"/{r['planned_epochs']}" if r["planned_epochs"] else ""
-        miou = f"{100 * r['best_val_miou']:.1f} %" if r["best_val_miou"] is not None else "-"
+        best = f"{100 * r['best_val_miou']:.1f} % ({r['best_epoch']})" if r["best_val_miou"] is not None else "-"
         status = f"[{colours.get(r['status'], 'white')}]{r['status']}[/]"
-        table.add_row(r["name"], status, f"{r['epochs']}{planned}", r["model"] or "-", miou,
-                      str(r["best_epoch"] or "-"), r["updated"] or "-")
-    Console().print(table)
+        epochs = "?" if r["epochs"] is None else f"{r['epochs']}{planned}"
+        updated = (r["updated"] or "-")[5:16].replace("T", " ") if r["updated"] else "-"
+        table.add_row(escape(r["name"]), status, epochs, str(r["resumable_epoch"] or "-"),
+                      escape(r["model"] or "-"), best, updated)
+    console = Console()
+    console.print(table)
+    for r in rows:
+        if r["problem"]:
+            console.print(f"[red]{escape(r['name'])}[/]: {escape(r['problem'])}", highlight=False)
+        elif r["status"] == "failed" and r["error"]:
+            console.print(f"{r['name']} failed: {r['error']}", markup=False, highlight=False)
 
 # --- eval / compare / demo -----------------------------------------------------------------------
 

@@ -1,40 +1,35 @@
-"""Reading shards for training: the epoch plan, decode + augment, and the Ray Data pipeline.
+"""Reading shards for training, as plain code: the epoch plan, the sizing of the feed, the read body.
 
-Flow of one epoch on one training worker::
+Flow of one epoch (the Ray side is ``data/feed.py``)::
 
-    plan_epoch(index, world_size, seed, epoch)[rank]      plain code: which samples this rank sees
-      -> ReadTask(shard, keys) ...                         grouped by shard, in a new order each epoch
-      -> Ray Data: flat_map(read_decode_augment)           CPU tasks anywhere in the cluster, streaming
-                                                           each tar from storage (never a local copy)
-      -> iter_batches(local shuffle)                       uint8 batches to the worker
-      -> to_model_input                                    normalised float on the worker's device
+    epoch_reads(index, world, seed, epoch)    this epoch's samples: N % world left out (a different
+                                              tail each epoch), grouped by shard, shards shuffled
+      -> read_blocks(ReadTask)                 in Ray Data read tasks anywhere in the cluster: stream
+                                              the tar, decode + augment (data/augment.py), blocks of
+                                              ``rows`` samples in numpy arrays (no row-by-row records)
+      -> streaming_split(world, equal=True)    Ray Train's data path: each block to one rank, equal
+                                              counts, so every sample at most once per epoch
+      -> batches on the worker                 uint8, prefetched, pinned on CUDA; normalised on the device
 
-Why the plan is plain code rather than ``streaming_split``: the issue asks that every training
-sample is seen exactly once per epoch, in a new but seeded order, with equal splits (DDP needs the
-same number of steps everywhere). Deciding the assignment up front from the index makes that a
-pure, testable function and the run repeatable; Ray Data still does the expensive part (reading,
-decoding, augmenting) in parallel CPU tasks that may run on nodes other than the GPUs. Each rank
-reads whole shards except at most two boundary shards it shares with its neighbours.
-
-Validation is split by shard across ranks in plain code (``val_shards_for_rank``): every val sample
-exactly once, unequal counts allowed because no gradient is synchronised there.
+``plan_epoch`` (a rank's part when ranks read by a fixed plan) stays as the definition of "this epoch's
+samples": ``epoch_reads`` is the union of its parts. ``size_feed`` turns the node's CPUs and GPUs into
+the ingest's defaults. Validation is split by shard across ranks (``val_shards_for_rank``), decoded in
+the worker at full resolution: every val sample exactly once, unequal counts allowed (no gradients).
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import zlib
+import math
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 
 from roadseg_dist import storage
 from roadseg_dist.data.shards import decode_sample, read_samples
-from roadseg_dist.labels import IGNORE_INDEX, MEAN, STD
-
+from roadseg_dist.labels import MEAN, STD
 
 # --- the epoch plan (pure) -----------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ReadTask:
@@ -55,6 +50,16 @@ def epoch_order(index, seed: int, epoch: int) -> list[tuple[str, str]]:
     return order
 
 
+def _grouped(pairs: Sequence[tuple[str, str]]) -> list[ReadTask]:
+    tasks: list[ReadTask] = []
+    for shard, key in pairs:
+        if tasks and tasks[-1].shard == shard:
+            tasks[-1] = ReadTask(shard, tasks[-1].keys + (key,))
+        else:
+            tasks.append(ReadTask(shard, (key,)))
+    return tasks
+
+
 def plan_epoch(index, world_size: int, seed: int, epoch: int) -> list[list[ReadTask]]:
     """Split one epoch's samples into ``world_size`` equal, disjoint, contiguous parts.
 
@@ -66,17 +71,21 @@ def plan_epoch(index, world_size: int, seed: int, epoch: int) -> list[list[ReadT
     if per_rank == 0:
         raise ValueError(f"the train split has {len(order)} samples, fewer than the {world_size} "
                          f"workers: use fewer workers or more data")
-    parts = []
-    for rank in range(world_size):
-        chunk = order[rank * per_rank:(rank + 1) * per_rank]
-        tasks: list[ReadTask] = []
-        for shard, key in chunk:
-            if tasks and tasks[-1].shard == shard:
-                tasks[-1] = ReadTask(shard, tasks[-1].keys + (key,))
-            else:
-                tasks.append(ReadTask(shard, (key,)))
-        parts.append(tasks)
-    return parts
+    return [_grouped(order[rank * per_rank:(rank + 1) * per_rank]) for rank in range(world_size)]
+
+
+def epoch_reads(index, world_size: int, seed: int, epoch: int) -> list[ReadTask]:
+    """The read tasks of one epoch for all ranks together: one per shard, the epoch's shard order.
+
+    The same samples as the union of ``plan_epoch``'s parts; which rank trains on which block is then
+    decided by Ray Data's streaming split (equal counts), not by the plan.
+    """
+    parts = plan_epoch(index, world_size, seed, epoch)
+    merged: dict[str, list[str]] = {}
+    for part in parts:
+        for task in part:
+            merged.setdefault(task.shard, []).extend(task.keys)
+    return [ReadTask(shard, tuple(keys)) for shard, keys in merged.items()]
 
 
 def val_shards_for_rank(index, rank: int, world_size: int) -> list[str]:
@@ -84,61 +93,70 @@ def val_shards_for_rank(index, rank: int, world_size: int) -> list[str]:
     return sorted(index["shard"].unique())[rank::world_size]
 
 
-# --- decode and augment (pure) -------------------------------------------------------------------
+# --- sizing the feed (pure) ----------------------------------------------------------------------
 
-def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
-    """Per-sample randomness from (seed, epoch, key): the same augmentation wherever the task runs."""
-    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
-
-
-def random_scale(rgb: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                 scale_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = scale_range
-    s = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
-    if s == 1.0:
-        return rgb, label
-    h, w = label.shape
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    return (cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR),
-            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+GPU_WORKER_CPUS = 2.0     # a GPU worker's own process: the Python loop, NCCL, copies to the device
+MAX_PREFETCH_BYTES = 512 * 2**20
 
 
-def random_crop(rgb: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Crop HxW at a random place; images smaller than the crop are padded (label 255 = not scored)."""
-    ch, cw = crop
-    h, w = label.shape
-    ph, pw = max(ch - h, 0), max(cw - w, 0)
-    if ph or pw:
-        rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)))
-        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        h, w = label.shape
-    y = int(rng.integers(0, h - ch + 1))
-    x = int(rng.integers(0, w - cw + 1))
-    return rgb[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    """How the ingest runs beside the training workers (``size_feed``)."""
+    ingest_cpus: float        # decode/augment CPUs per training worker: Ray Data's limit is this x workers
+    task_cpus: float          # CPUs one decode/augment task reserves
+    prefetch_batches: int     # batches each worker fetches ahead
+    pin_memory: bool          # page-locked host batches (CUDA): asynchronous copies to the GPU
+    rows: int                 # samples per block that a read task hands over
+
+    def describe(self, workers: int) -> str:
+        return (f"ingest: {self.ingest_cpus:g} CPU of decode/augment per worker ({self.ingest_cpus * workers:g} "
+                f"in all, tasks of {self.task_cpus:g} CPU), prefetch {self.prefetch_batches} batch(es)"
+                + (", pinned host memory" if self.pin_memory else ""))
 
 
-def photometric_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s]."""
-    if strength <= 0:
-        return rgb
-    b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
-    x = rgb.astype(np.float32) * b
-    x = (x - x.mean()) * c + x.mean()
-    gray = x.mean(axis=2, keepdims=True)
-    x = (x - gray) * s + gray
-    return np.clip(x, 0, 255).astype(np.uint8)
+def worker_share(cpus: float, workers: int, gpu: bool) -> float:
+    """``--cpus-per-worker auto``'s share of the CPUs left to the ingest: half on CPUs (the workers
+    compute too), on GPUs all but ``GPU_WORKER_CPUS`` per worker (the GPU computes)."""
+    if not gpu or cpus <= 0:
+        return 0.5
+    return max(0.5, 1.0 - GPU_WORKER_CPUS * workers / cpus)
 
 
-def augment(rgb: np.ndarray, label: np.ndarray, rng: np.random.Generator, *, crop: tuple[int, int],
-            scale_range=(0.5, 2.0), flip: bool = True, jitter: float = 0.2):
-    """Training augmentation: random scale, crop, horizontal flip, photometric jitter."""
-    rgb, label = random_scale(rgb, label, rng, scale_range)
-    rgb, label = random_crop(rgb, label, rng, crop)
-    if flip and rng.random() < 0.5:
-        rgb, label = rgb[:, ::-1], label[:, ::-1]
-    rgb = photometric_jitter(rgb, rng, jitter)
-    return np.ascontiguousarray(rgb), np.ascontiguousarray(label)
+def size_feed(cpus: float, workers: int, cpus_per_worker: float, *, gpu: bool, ingest_cpus="auto",
+              prefetch="auto", batch_bytes: int = 0, rows: int = 8) -> Feed:
+    """The ingest's defaults from what the cluster offers and what the workers took.
+
+    auto ingest: what the workers leave, shared by them (2 cores, 2 CPU workers of 0.5: 0.5 each).
+    Tasks of 1 CPU (OpenCV runs single-threaded in them), smaller only when the whole ingest has less:
+    more tasks than cores make Ray keep more worker processes than the node's soft limit, and it kills
+    the idle ones between epochs, so every epoch starts new processes (measured on 2 cores: 64 CPU-ms a
+    sample with 0.5-CPU tasks, 37 with 1-CPU tasks). Prefetch: 4 batches on GPUs, 2 on CPUs (the step
+    is slow there), at most 512 MiB a worker.
+    """
+    if ingest_cpus == "auto":
+        ingest_cpus = max(0.0, cpus - workers * cpus_per_worker) / workers
+        ingest_cpus = math.floor(ingest_cpus / 0.05 + 1e-9) * 0.05
+    ingest_cpus = float(ingest_cpus)
+    total = ingest_cpus * workers
+    task_cpus = round(min(1.0, total), 2)
+    if prefetch == "auto":
+        prefetch = 4 if gpu else 2
+        if batch_bytes:
+            prefetch = max(1, min(prefetch, MAX_PREFETCH_BYTES // batch_bytes))
+    return Feed(ingest_cpus=round(ingest_cpus, 2), task_cpus=task_cpus, prefetch_batches=int(prefetch),
+                pin_memory=gpu, rows=rows)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def read_blocks(shard_url: str, keys: Sequence[str], **augment_kwargs) -> Iterator[dict]:
+    """One read task's body: stream a shard, decode + augment its ``keys`` into numpy blocks."""
+    import cv2
+
+    from roadseg_dist.data.augment import decode_augment
+
+    cv2.setNumThreads(1)  # a task reserves its CPUs; OpenCV's own threads would take others'
+    yield from decode_augment(read_samples(shard_url, list(keys)), **augment_kwargs)
 
 
 def to_model_input(images, device=None):
@@ -146,42 +164,6 @@ def to_model_input(images, device=None):
     from roadseg_dist.models.predict import normalize
 
     return normalize(images, MEAN, STD, device)
-
-
-# --- reading shards ------------------------------------------------------------------------------
-
-def read_decode_augment(row: dict, *, seed: int, epoch: int, crop, scale_range, flip,
-                        jitter) -> Iterator[dict]:
-    """Ray Data ``flat_map`` body: one ReadTask row -> its augmented samples, one at a time (flat memory)."""
-    for key, jpg, png in read_samples(row["shard"], list(row["keys"])):
-        rgb, label = decode_sample(jpg, png)
-        rgb, label = augment(rgb, label, sample_rng(seed, epoch, key), crop=tuple(crop),
-                             scale_range=tuple(scale_range), flip=flip, jitter=jitter)
-        yield {"key": key, "image": rgb, "label": label}
-
-
-# --- Ray Data pipeline ---------------------------------------------------------------------------
-
-def train_dataset(data_url: str, tasks: Sequence[ReadTask], *, seed: int, epoch: int, crop,
-                  scale_range=(0.5, 2.0), flip: bool = True, jitter: float = 0.2,
-                  ingest_cpus: float = 0.5):
-    """A Ray Dataset of one rank's augmented samples for one epoch (rows: key, image, label)."""
-    import ray.data
-
-    rows = [{"shard": storage.join(data_url, t.shard), "keys": list(t.keys)} for t in tasks]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    body = functools.partial(read_decode_augment, seed=seed, epoch=epoch, crop=tuple(crop),
-                             scale_range=tuple(scale_range), flip=flip, jitter=jitter)
-    return ds.flat_map(body, num_cpus=ingest_cpus)
-
-
-def iter_train_batches(dataset, batch_size: int, shuffle_buffer: int, seed: int) -> Iterator[dict]:
-    """numpy batches {key, image (N,H,W,3) uint8, label (N,H,W) uint8}, locally shuffled."""
-    kwargs = {}
-    if shuffle_buffer > 1:
-        kwargs = dict(local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=seed)
-    yield from dataset.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False,
-                                    prefetch_batches=2, **kwargs)
 
 
 def iter_val_batches(data_url: str, shards: Sequence[str], batch_size: int) -> Iterator[dict]:

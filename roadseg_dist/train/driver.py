@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 import time
 
 from roadseg_dist import progress, resources, settings, storage, watchdog
 from roadseg_dist.errors import JobError
 from roadseg_dist.settings import SettingsError
-from roadseg_dist.train import run
+from roadseg_dist.train import checkpoints, run
 from roadseg_dist.train.settings import TrainSettings
 
 
@@ -43,45 +44,84 @@ def check_inputs(s: TrainSettings) -> str:
     if exists and not s.resume:
         raise SettingsError(f"run {storage.redact(run_dir)} already exists: pass --resume to continue "
                             f"it, or choose another --name")
-    if s.resume and not run.checkpoint_dirs(run_dir):
-        raise SettingsError(f"--resume: {storage.redact(run_dir)} holds no checkpoint to continue from; "
-                            f"start it without --resume (remove the folder first if it exists)")
     return run_dir
 
 
-def build_trainer(s: TrainSettings, board=None):
-    """The ``TorchTrainer``; the workers get the settings resolved here (absolute paths, CPUs)."""
+def resume_point(run_dir: str, out) -> tuple[str, int]:
+    """--resume: the newest checkpoint that loads, saying which newer ones were skipped and why."""
+    url, epoch, skipped = checkpoints.resume_point(run_dir)
+    for folder, why in skipped:
+        out(f"resume: skipping {storage.redact(folder)}: {why}")
+    if url is None:
+        raise SettingsError(f"--resume: {storage.redact(run_dir)} holds no checkpoint to continue from"
+                            + (" that loads" if skipped else "")
+                            + "; start it without --resume (remove the folder first if it exists)")
+    out(f"resume: from {storage.redact(url)} (epoch {epoch})")
+    return url, epoch
+
+
+def build_trainer(s: TrainSettings, feed, clock, resume_from: str | None = None, board=None):
+    """The ``TorchTrainer``: the workers get the settings resolved here (absolute paths, CPUs), the train
+    split as a Ray Dataset that Ray Train splits (``data/feed.py``) and where to resume from."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
 
     from roadseg_dist.cluster import storage_settings
+    from roadseg_dist.data import feed as feed_mod
+    from roadseg_dist.data import shards
     from roadseg_dist.train.loop import train_func
 
     resources = {"CPU": s.cpus_per_worker}
     if s.gpu:
         resources["GPU"] = 1
     fs, path = storage.arrow_filesystem(s.storage)
+    dataset = feed_mod.train_dataset(s.data, shards.read_index(s.data, "train"), s.num_workers, clock, feed,
+                                     seed=s.seed, crop=s.crop, scale_range=s.scale_range, flip=s.flip,
+                                     jitter=s.jitter)
     return TorchTrainer(
         train_func,
-        train_loop_config={"settings": s, "board": board},
+        train_loop_config={"settings": s, "board": board, "clock": clock, "feed": feed, "resume_from": resume_from},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.gpu, resources_per_worker=resources,
                                      placement_strategy=s.placement_strategy),
+        datasets={"train": dataset},
+        dataset_config=feed_mod.data_config(feed, s.num_workers),
         run_config=RunConfig(
             name=s.name, storage_path=path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=s.keep),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),  # train/checkpoints.py prunes (--keep)
             failure_config=FailureConfig(max_failures=s.max_failures),
             worker_runtime_env={"env_vars": storage_settings()},  # never keys
             logging_config=LoggingConfig(log_level="WARNING")),
     )
 
 
-def resource_request(s: TrainSettings) -> resources.Request:
-    """Workers x CPUs (auto or given) plus one decode task: what must fit the Ray cluster."""
+def resource_request(s: TrainSettings, cpus: float) -> resources.Request:
+    """Workers x CPUs (auto or given) plus one decode task: what must fit the Ray cluster.
+
+    ``cpus``: the cluster's CPUs, which decide auto's split (``ingest.worker_share``)."""
+    from roadseg_dist.data import ingest
+
+    if s.ingest_cpus == resources.AUTO:
+        share = ingest.worker_share(cpus, s.num_workers, s.gpu)
+        task = min(1.0, share * cpus)  # the task size ingest.size_feed will choose
+    else:
+        share = min(1.0, s.ingest_cpus * s.num_workers / max(cpus, 1e-9))
+        task = min(1.0, s.ingest_cpus * s.num_workers)
     return resources.Request(
         job="train", workers=s.num_workers, cpus_per_worker=s.cpus_per_worker, gpus_per_worker=1 if s.gpu else 0,
-        task_cpus=s.ingest_cpus, task_share=0.5, worker_name="training worker",
+        task_cpus=task, task_share=share, worker_name="training worker",
         task_name="decode/augment task", task_flag="--ingest-cpus")
+
+
+def size_feed(s: TrainSettings, offer: resources.Offer):
+    """Resolve ``--cpus-per-worker`` and the ingest's auto settings against what Ray offers."""
+    from roadseg_dist.data import ingest
+
+    plan = resources.plan(resource_request(s, offer.capacity("CPU")), offer)
+    feed = ingest.size_feed(offer.capacity("CPU"), s.num_workers, plan.cpus_per_worker, gpu=s.gpu,
+                            ingest_cpus=s.ingest_cpus, prefetch=s.prefetch_batches,
+                            batch_bytes=s.batch_size * s.crop[0] * s.crop[1] * 4, rows=s.batch_size)
+    return plan, feed
 
 
 def format_epoch(r: dict, epochs: int) -> str:
@@ -97,8 +137,9 @@ def epoch_key(r: dict) -> tuple:
 class Follower:
     """The driver's view of a run: epoch lines from metrics.jsonl, batches from the workers' board."""
 
-    def __init__(self, s: TrainSettings, run_dir: str, steps_per_epoch: int, board, bar, dog):
+    def __init__(self, s: TrainSettings, run_dir: str, steps_per_epoch: int, board, bar, dog, status):
         self.s, self.run_dir, self.steps, self.board, self.bar, self.dog = s, run_dir, steps_per_epoch, board, bar, dog
+        self.status = status  # run.Heartbeat
         self.printed = {epoch_key(r) for r in run.read_metrics(run_dir)}
         self.board_version = 0  # the board's version before any post
 
@@ -130,6 +171,7 @@ class Follower:
                 self.printed.add(epoch_key(r))
                 self.dog.beat(f"epoch {r['epoch']} finished")
                 self.bar.log(format_epoch(r, self.s.epochs))
+        self.status.beat(epoch=max((r["epoch"] for r in records), default=self.status.fields.get("epoch", 0)))
         try:
             posts = self._posts()
         except Exception:  # noqa: BLE001 - the board is a view; training goes on without it
@@ -146,28 +188,54 @@ def train(s: TrainSettings, echo=None) -> dict:
     """Run (or resume) a training run to the end; returns the summary that is also printed.
 
     ``echo``: where lines go (default: stdout, with a bar on a terminal and plain lines otherwise).
-    Raises ResourceError before starting when the job cannot fit, StallError when it stops moving.
+    Raises ResourceError before starting when the job cannot fit, StallError when it stops moving,
+    JobError (naming the file and what to do) when the workers failed.
     """
     import ray
 
     from roadseg_dist.cluster import init_ray
+    from roadseg_dist.data import feed as feed_mod
     from roadseg_dist.data import shards
 
+    out = echo or progress.plain_echo
     s = settings.absolute_paths(s)  # the workers run in Ray's session folder, not in this cwd
     run_dir = check_inputs(s)
-    request = resource_request(s)
-    resources.check_before_start(request, s.address, s.num_cpus)
+    resume_from, restored = resume_point(run_dir, out) if s.resume else (None, 0)
+    local_cpus = float(int(s.num_cpus or os.cpu_count() or 2))
+    resources.check_before_start(resource_request(s, local_cpus), s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
-    plan = resources.plan(request, resources.offer_from_ray(resources.is_local(s.address), s.num_cpus))
+    plan, feed = size_feed(s, resources.offer_from_ray(resources.is_local(s.address), s.num_cpus))
     s = dataclasses.replace(s, cpus_per_worker=plan.cpus_per_worker)
-    board = progress.remote_board()
-    trainer = build_trainer(s, board)
+    checkpoints.forget_ray_snapshot(run_dir)  # resuming: our resume point, not Ray's list
+    board, clock = progress.remote_board(), feed_mod.epoch_clock(restored + 1)
+    trainer = build_trainer(s, feed, clock, resume_from, board)
     steps = math.ceil((len(shards.read_index(s.data, "train")) // s.num_workers) / s.batch_size)
-    out = echo or progress.plain_echo
     out(f"run {storage.redact(run_dir)}: {s.model}, {s.num_workers} worker(s) on "
         f"{'GPU' if s.gpu else 'CPU'}, {s.epochs} epochs, batch {s.batch_size}/worker, crop "
         f"{s.crop[0]}x{s.crop[1]}" + (" (resuming)" if s.resume else ""))
     out(plan.summary())
+    out(feed.describe(s.num_workers))
+    status = run.Heartbeat(run_dir, epoch=restored, epochs=s.epochs, model=s.model)
+    try:
+        outcome = follow(s, trainer, run_dir, steps, board, status, echo)
+    except BaseException as exc:  # Ctrl-C or a stall: the run stops here, and status.json says so
+        why = "stopped by the user (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc).split("\n")[0]
+        status.end("failed", error=storage.redact(why)[:1000])
+        raise
+    ray.kill(board)
+    ray.kill(clock)
+    if "error" in outcome:
+        reason = failure_reason(outcome["error"])
+        unsaved = status.end("failed", error=reason[:1000])
+        raise JobError(f"training failed: {reason}" + (f" ({unsaved})" if unsaved else ""))
+    unsaved = status.end("finished", epoch=s.epochs)
+    if unsaved:
+        out(f"warning: {unsaved}")
+    return summarize(run_dir, outcome["seconds"], out)
+
+
+def follow(s: TrainSettings, trainer, run_dir: str, steps: int, board, status, echo) -> dict:
+    """Run ``fit()`` in a thread; print epochs and batches, beat status.json, watch for stalls."""
     done, outcome = threading.Event(), {}
 
     def fit():
@@ -180,19 +248,29 @@ def train(s: TrainSettings, echo=None) -> dict:
 
     t0 = time.time()
     dog = watchdog.Watchdog("train", s.stall_timeout)
+    status.beat(force=True)
     with progress.Progress("train", s.epochs * steps, "batches", echo=echo) as bar:
-        follower = Follower(s, run_dir, steps, board, bar, dog)
+        follower = Follower(s, run_dir, steps, board, bar, dog, status)
         dog.pending = follower.pending
         threading.Thread(target=fit, name="roadseg-fit", daemon=True).start()
         while not done.wait(1.0):
             follower.poll()
             dog.check()
         follower.poll()
-    ray.kill(board)
-    if "error" in outcome:
-        run.write_status(run_dir, "failed", error=storage.redact(str(outcome["error"]))[:1000])
-        raise JobError(f"training failed: {storage.redact(str(outcome['error']))[:2000]}")
-    return summarize(run_dir, time.time() - t0, out)
+    outcome["seconds"] = time.time() - t0
+    return outcome
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The worker's own error when Ray Train reports one (our errors say what to do), else Ray's."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for _, failure in sorted(failures.items()):
+        cause = getattr(failure, "cause", None) or failure
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        if lines:  # a traceback's first line says where, its last what (Ray's OOM kill: the other way round)
+            text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+            return storage.redact(f"{type(cause).__name__}: {text}")[:2000]
+    return storage.redact(str(exc))[:2000]
 
 
 def summarize(run_dir: str, seconds: float, echo=progress.plain_echo) -> dict:

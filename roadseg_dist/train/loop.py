@@ -5,10 +5,12 @@ Reads top to bottom like torchvision's reference script: ``ddp_loss``, ``poly_sc
 
     setup(config)            settings, model (DDP, channels_last, compile), optimizer, schedule,
                              loss (train/losses.py), restore from Ray's checkpoint, rank 0's tracker
-    run_epoch(job, epoch)    plan this rank's samples -> Ray Data decode/augment -> train_one_epoch
-                             -> evaluate (val shards of this rank, confusion matrix all-reduced)
-    save_epoch(job, ...)     rank 0: metrics.jsonl, curves.png, status.json, TensorBoard/MLflow,
-                             checkpoint (and a copy of the best) -> ray.train.report on every rank
+    run_epoch(job, epoch)    rank 0 sets the epoch clock -> this rank's split of the train dataset
+                             (Ray Train's data path, data/feed.py) -> train_one_epoch -> evaluate
+                             (val shards of this rank, confusion matrix all-reduced)
+    save_epoch(job, ...)     rank 0: metrics.jsonl, curves.png, TensorBoard/MLflow, checkpoint (and a
+                             copy of the best) -> ray.train.report on every rank; Ray's copy of the
+                             checkpoint goes through train/checkpoints.commit (meta.json last)
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ from roadseg_dist.labels import CLASSES, NUM_CLASSES
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.models.predict import as_input, autocast  # bf16/fp16 on GPU, float32 on CPU
 from roadseg_dist.train import losses, run
-from roadseg_dist.train.plots import render_curves
+from roadseg_dist.train.saving import restore_point, save_epoch
 
 
 # --- loss and schedule ---------------------------------------------------------------------------
@@ -157,6 +158,9 @@ class Job:
     weight: torch.Tensor | None
     train_index: Any
     val_index: Any
+    train_shard: Any = None      # this rank's DataIterator of the train dataset (Ray Train's split)
+    clock: Any = None            # data/feed.EpochClock handle: rank 0 sets the epoch being read
+    feed: Any = None             # data/ingest.Feed: prefetch, pinning
     start_epoch: int = 1
     restored_from: int = 0
     best_miou: float = -1.0
@@ -176,7 +180,6 @@ def train_func(config: dict) -> None:
         raise
     if job.tracker is not None:
         job.tracker.close()
-        run.write_status(job.run_dir, "finished", epoch=job.s.epochs, epochs=job.s.epochs, model=job.s.model)
 
 
 def setup(config: dict) -> Job:
@@ -207,12 +210,10 @@ def setup(config: dict) -> Job:
               criterion=losses.build_criterion(s.loss, ohem_thresh=s.ohem_thresh, ohem_min_kept=s.ohem_min_kept,
                                                dice_weight=s.dice_weight),
               weight=weight, train_index=train_index, val_index=shards.read_index(s.data, "val"),
-              post=Poster(config.get("board"), rank))
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            job.restored_from = restore(folder, plain, optimizer, scheduler, job.scaler)
-        job.start_epoch = job.restored_from + 1
+              post=Poster(config.get("board"), rank), train_shard=ray.train.get_dataset_shard("train"),
+              clock=config["clock"], feed=config["feed"])
+    job.restored_from = restore_point(job, ray.train.get_checkpoint(), config.get("resume_from"))
+    job.start_epoch = job.restored_from + 1
     if s.record_keys:
         storage.write_text(storage.join(job.run_dir, "debug", f"worker-rank{rank}.json"),
                            json.dumps({"pid": os.getpid(), "restored_from": job.restored_from}))
@@ -239,29 +240,31 @@ def worker_model(s, world: int, device: torch.device) -> tuple[torch.nn.Module, 
 
 
 def start_tracking(job: Job) -> None:
-    """Rank 0: the TensorBoard/MLflow tracker, the best mIoU so far (after a restore), status running."""
+    """Rank 0: the TensorBoard/MLflow tracker and the best mIoU so far (after a restore)."""
     from roadseg_dist.train.tracking import Tracker
 
     job.tracker = Tracker(job.run_dir, job.s, mlflow_uri=job.s.mlflow, experiment=job.s.mlflow_experiment)
     best = run.best_checkpoint(job.run_dir) if job.restored_from else None
     job.best_miou = (best[1].get("metrics") or {}).get("val_miou", -1.0) if best else -1.0
-    run.write_status(job.run_dir, "running", epoch=job.restored_from, epochs=job.s.epochs, model=job.s.model)
 
 
 def run_epoch(job: Job, epoch: int) -> tuple[dict, list]:
     """Train on this rank's part of the epoch, then score the val split; (metrics record, val samples)."""
+    from roadseg_dist.data import feed as feed_mod
+
     s, t0 = job.s, time.time()
     steps = math.ceil((len(job.train_index) // job.world) / s.batch_size)
     job.post(force=True, epoch=epoch, batches=0)
-    tasks = ingest.plan_epoch(job.train_index, job.world, s.seed, epoch)[job.rank]
-    ds = ingest.train_dataset(s.data, tasks, seed=s.seed, epoch=epoch, crop=s.crop, scale_range=s.scale_range,
-                              flip=s.flip, jitter=s.jitter, ingest_cpus=s.ingest_cpus)
+    if job.rank == 0:
+        feed_mod.start_epoch(job.clock, epoch)
     seen: list[str] = []
-    batches = ingest.iter_train_batches(ds, s.batch_size, s.shuffle_buffer, seed=s.seed * 1000 + epoch)
+    batches = feed_mod.train_batches(job.train_shard, s.batch_size, job.feed, s.shuffle_buffer,
+                                     seed=s.seed * 1000 + epoch)
     batches = each(batches, lambda i: job.post(epoch=epoch, batches=i - 1))
+    keep_keys = (lambda b: seen.extend(feed_mod.batch_keys(b))) if s.record_keys else None
     stats = train_one_epoch(job.model, batches, job.optimizer, job.scheduler, job.scaler, job.device, amp=s.amp,
                             weight=job.weight, criterion=job.criterion, channels_last=s.channels_last,
-                            on_batch=lambda b: seen.extend(map(str, b["key"])))
+                            on_batch=keep_keys)
     job.post(force=True, epoch=epoch, batches=steps, stage="validation")
     train_seconds = time.time() - t0
     if s.record_keys:
@@ -287,50 +290,8 @@ def run_epoch(job: Job, epoch: int) -> tuple[dict, list]:
     return record, samples
 
 
-def save_epoch(job: Job, record: dict, samples: list) -> None:
-    """Rank 0 writes the epoch's files, checkpoint and tracking; every rank reports to Ray Train."""
-    import ray.train
-
-    from roadseg_dist.models import checkpoint as ckpt_format
-    from roadseg_dist.train.tracking import epoch_scalars, overlay_panel
-
-    s, epoch = job.s, record["epoch"]
-    report_checkpoint = None
-    with tempfile.TemporaryDirectory(prefix="roadseg-ckpt-") as tmp:
-        if job.rank == 0:
-            records = run.append_metrics(job.run_dir, record)
-            curves = render_curves(records, s.name)
-            storage.write_bytes(storage.join(job.run_dir, run.CURVES), curves)
-            metrics = {k: record[k] for k in ("train_loss", "val_miou", "val_pixel_acc", "val_pixels")}
-            state = {"optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
-                     "scaler": job.scaler.state_dict(), "epoch": epoch}
-            ckpt_format.save_checkpoint(tmp, job.plain, epoch=epoch, metrics=metrics, train_config=s,
-                                        input_size=list(s.crop), train_state=state)
-            if record["val_miou"] > job.best_miou:
-                run.keep_best(job.run_dir, tmp, epoch)
-                job.best_miou = record["val_miou"]
-                job.tracker.best(tmp, epoch, record["val_miou"])
-            job.tracker.log_epoch(record, [overlay_panel(*t) for t in samples], curves)
-            run.write_status(job.run_dir, "running", epoch=epoch, epochs=s.epochs, model=s.model)
-            report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        metrics = {"epoch": epoch, "val_miou": record["val_miou"], **epoch_scalars(record)}
-        ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=run.checkpoint_name(epoch))
-
-
 def each(batches, on_each):
     """The batches, calling ``on_each(i)`` before handing out the i-th (progress for the driver)."""
     for i, batch in enumerate(batches, 1):
         on_each(i)
         yield batch
-
-
-def restore(folder: str, model, optimizer, scheduler, scaler) -> int:
-    """Load weights and optimizer/schedule/scaler state from a checkpoint folder; returns its epoch."""
-    from roadseg_dist.models import checkpoint as ckpt_format
-
-    model.load_state_dict(ckpt_format.read_weights(folder))
-    state = ckpt_format.load_train_state(folder)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    return int(state["epoch"])

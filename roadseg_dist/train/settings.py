@@ -48,12 +48,17 @@ class TrainSettings:
     compile: bool = field(False, help="torch.compile the model (slow first steps, faster later ones).")
     cpus_per_worker: float | str = field(
         AUTO, parse=parse_cpus, metavar="CPUS|auto",
-        help="CPUs reserved per training worker; auto: the workers share what is left after "
-             "max(--ingest-cpus, half the CPUs) for the decode/augment tasks.")
+        help="CPUs reserved per training worker; auto: on CPUs the workers share half the CPUs (the decode/"
+             "augment tasks get the other half), on GPUs each worker takes 2 and the tasks get the rest.")
     placement_strategy: str = field("PACK", choices=("PACK", "SPREAD", "STRICT_SPREAD"),
                                     help="How workers are placed on nodes: PACK fills nodes first, SPREAD "
                                          "spreads them (one GPU per node clusters want SPREAD).")
-    ingest_cpus: float = field(0.5, help="CPUs per Ray Data decode/augment task (fractions let them share cores).")
+    ingest_cpus: float | str = field(
+        AUTO, parse=parse_cpus, metavar="CPUS|auto",
+        help="Decode/augment CPUs per training worker (Ray Data tasks anywhere in the cluster); auto: the "
+             "CPUs the workers leave, shared by them.")
+    prefetch_batches: int | str = field(AUTO, parse=lambda v: _auto_int(v, "prefetch_batches"), metavar="N|auto",
+                                        help="Batches each worker fetches ahead; auto: 4 on GPUs, 2 on CPUs.")
     shuffle_buffer: int = field(64, help="Samples in each worker's local shuffle buffer.")
     val_batch_size: int = field(4, help="Images per validation batch (full resolution).")
     keep: int = field(3, help="Keep the last K checkpoints (the best by val mIoU is kept as well).")
@@ -96,7 +101,8 @@ class TrainSettings:
         settings.at_least(self, 0, "max_failures", "warmup_epochs", "weight_decay", "poly_power", "dice_weight",
                           "seed", "stall_timeout")
         settings.at_least(self, 1, "shuffle_buffer", "num_cpus")
-        settings.positive(self, "ingest_cpus")
+        if self.ingest_cpus != AUTO:
+            settings.positive(self, "ingest_cpus")
         settings.within(self, "jitter", 0, 1)
         settings.within(self, "momentum", 0, 1)
         settings.within(self, "base_channels", 1, 128)  # what a checkpoint's meta.json may hold
@@ -109,6 +115,18 @@ class TrainSettings:
     def to_config(self) -> dict:
         """The settings as a plain dict for the workers; ``meta.json`` gets ``checkpoint.scrub`` of it."""
         return settings.to_dict(self)
+
+
+def _auto_int(value, name):
+    if value is None or str(value).strip().lower() == AUTO:
+        return AUTO
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name}: expected a whole number or auto, got {value!r}") from None
+    if n < 1:
+        raise SettingsError(f"{name} must be >= 1 (or auto), got {n}")
+    return n
 
 
 def _pair(value, cast, name):
