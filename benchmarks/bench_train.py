@@ -169,7 +169,7 @@ def ingest_and_training(args) -> dict:
 
     def new_stream(idx, sized):
         clock = feed.epoch_clock()
-        ds = feed.train_dataset(data, idx, 1, clock, sized, seed=0, **aug)
+        ds = feed.train_dataset(ingest.train_sets([(data, idx)]), 1, clock, sized, seed=0, **aug)
         [split] = feed.data_config(sized, 1).configure(datasets={"train": ds}, world_size=1, worker_handles=None,
                                                       worker_node_ids=None)
 

@@ -51,6 +51,41 @@ def test_plan_epoch_too_few_samples():
         ingest.plan_epoch(make_index([3]), 4, 0, 1)
 
 
+def test_sets_mix_by_their_weights_each_epoch():
+    a, b = make_index([6, 4]), make_index([4])
+    index = ingest.train_sets([("s3://x/bdd", a), ("/data/labelled", b)])
+    assert index["shard"].iloc[0] == "s3://x/bdd/train-000000.tar" and set(index["set"]) == {0, 1}
+    weights = (0.5, 2.5)
+    assert ingest.epoch_size(index, weights) == 5 + 10
+    order = ingest.epoch_order(index, seed=1, epoch=1, weights=weights)
+    from_a = [k for shard, k in order if shard.startswith("s3://x/bdd/")]
+    from_b = [k for shard, k in order if shard.startswith("/data/labelled")]
+    assert len(from_a) == len(set(from_a)) == 5  # a random half, each once
+    assert len(from_b) == 10 and len(set(from_b)) == 10  # each of b's 4 at least twice, as distinct keys
+    assert sorted({k.split(ingest.COPY)[0] for k in from_b}) == sorted(b["key"])
+    assert all(sum(k.split(ingest.COPY)[0] == base for k in from_b) >= 2 for base in b["key"])
+    again = [k for shard, k in ingest.epoch_order(index, seed=1, epoch=2, weights=weights) if "bdd" in shard]
+    assert set(again) != set(from_a)  # another half of a next epoch
+    parts = ingest.plan_epoch(index, 2, seed=1, epoch=1, weights=weights)
+    assert [sum(len(t.keys) for t in p) for p in parts] == [7, 7]
+
+
+def test_a_copy_is_read_once_and_augmented_as_its_own_sample(tmp_path):
+    import webdataset as wds
+
+    rgb, label = scene(48, 64)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (tmp_path / "k1.jpg").write_bytes(cv2.imencode(".jpg", rgb[..., ::-1])[1].tobytes())
+    (tmp_path / "k1.png").write_bytes(cv2.imencode(".png", label)[1].tobytes())
+    with wds.TarWriter(str(folder / "train-000000.tar")) as tar:
+        tar.write({"__key__": "k1", "jpg": (tmp_path / "k1.jpg").read_bytes(), "png": (tmp_path / "k1.png").read_bytes()})
+    kw = dict(seed=3, epoch=2, crop=(32, 48), scale_range=(0.5, 1.5), jitter=0.2, rows=8)
+    [block] = ingest.read_blocks(str(folder / "train-000000.tar"), ["k1", "k1#copy1"], **kw)
+    assert list(block["key"]) == ["k1", "k1#copy1"]
+    assert not (block["image"][0] == block["image"][1]).all()  # two samples, two augmentations
+
+
 def test_val_shards_cover_each_shard_once():
     index = make_index([2, 2, 2, 2, 2])
     parts = [ingest.val_shards_for_rank(index, r, 3) for r in range(3)]

@@ -27,7 +27,6 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from roadseg_dist import storage
 from roadseg_dist.data import ingest
 
 
@@ -64,12 +63,13 @@ def _read(shard_url: str, keys: tuple, kwargs: dict):
 
 
 class EpochSamples(Datasource):
-    """This epoch's samples of the train split, one read task per shard, asked anew at each epoch."""
+    """This epoch's samples of the train split (one or several shard sets, ``ingest.train_sets``: shard
+    column = full URLs), one read task per shard, asked anew at each epoch; ``weights`` mix the sets."""
 
-    def __init__(self, data_url: str, index, world: int, clock, *, seed: int, crop, scale_range=(0.5, 2.0),
-                 flip: bool = True, jitter: float = 0.2, rows: int = 8):
-        self.data_url, self.world, self.clock, self.seed = data_url, world, clock, seed
-        self.index = index[["shard", "key"]].reset_index(drop=True)
+    def __init__(self, index, world: int, clock, *, seed: int, crop, scale_range=(0.5, 2.0),
+                 flip: bool = True, jitter: float = 0.2, rows: int = 8, weights: tuple = ()):
+        self.world, self.clock, self.seed, self.weights = world, clock, seed, tuple(weights)
+        self.index = index[["shard", "key", "set"]].reset_index(drop=True)
         self.kwargs = dict(crop=tuple(crop), scale_range=tuple(scale_range), flip=flip, jitter=jitter, rows=rows)
         self.row_bytes = int(crop[0]) * int(crop[1]) * 4  # RGB + label, uint8
 
@@ -77,26 +77,27 @@ class EpochSamples(Datasource):
         return "TrainShards"
 
     def estimate_inmemory_data_size(self) -> int:
-        return (len(self.index) // self.world) * self.world * self.row_bytes
+        return (ingest.epoch_size(self.index, self.weights) // self.world) * self.world * self.row_bytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         import ray
 
         epoch = ray.get(self.clock.get.remote())
-        tasks = ingest.epoch_reads(self.index, self.world, self.seed, epoch)
+        tasks = ingest.epoch_reads(self.index, self.world, self.seed, epoch, self.weights)
         kwargs = {**self.kwargs, "seed": self.seed, "epoch": epoch}
-        return [ReadTask(functools.partial(_read, storage.join(self.data_url, t.shard), t.keys, kwargs),
+        return [ReadTask(functools.partial(_read, t.shard, t.keys, kwargs),
                          BlockMetadata(num_rows=len(t.keys), size_bytes=len(t.keys) * self.row_bytes,
                                        input_files=None, exec_stats=None),
                          per_task_row_limit=per_task_row_limit)
                 for t in tasks]
 
 
-def train_dataset(data_url: str, index, world: int, clock, feed: ingest.Feed, **augment):
-    """The Ray Dataset of the train split that Ray Train splits across ``world`` ranks, every epoch anew."""
+def train_dataset(index, world: int, clock, feed: ingest.Feed, **augment):
+    """The Ray Dataset of the train split (``ingest.train_sets``) that Ray Train splits across ``world``
+    ranks, every epoch anew."""
     import ray.data
 
-    source = EpochSamples(data_url, index, world, clock, rows=feed.rows, **augment)
+    source = EpochSamples(index, world, clock, rows=feed.rows, **augment)
     return ray.data.read_datasource(source, num_cpus=feed.task_cpus)
 
 

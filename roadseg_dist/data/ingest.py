@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -38,9 +38,47 @@ class ReadTask:
     keys: tuple[str, ...]
 
 
-def epoch_order(index, seed: int, epoch: int) -> list[tuple[str, str]]:
-    """All (shard, key) pairs of a split in this epoch's order: shards shuffled, keys shuffled within."""
+COPY = "#copy"  # a sample's key in its n-th extra copy of an epoch: "key#copy1" (its own augmentation)
+
+
+def train_sets(sets: Sequence[tuple[str, Any]]):
+    """Several shard sets' train indexes (url, index) as one: ``shard`` the shard's full URL, ``set``
+    the set's position (what ``weights`` count by)."""
+    import pandas as pd
+
+    return pd.concat([index.assign(shard=[storage.join(url, sh) for sh in index["shard"]], set=i)
+                      for i, (url, index) in enumerate(sets)], ignore_index=True)
+
+
+def weighted(index, weights: Sequence[float], rng: np.random.Generator):
+    """This epoch's rows of each set: ``round(weight x its size)`` of them, a random subset under 1,
+    whole extra copies (keys ``key#copyN``) and a random rest above it."""
+    import pandas as pd
+
+    parts = []
+    for i, w in enumerate(weights):
+        rows = index[index["set"] == i]
+        n, want = len(rows), int(round(w * len(rows)))
+        for copy in range(want // n + 1 if n else 0):
+            take = rows if (copy + 1) * n <= want else rows.iloc[np.sort(rng.permutation(n)[:want - copy * n])]
+            parts.append(take.assign(key=take["key"] + f"{COPY}{copy}") if copy else take)
+    return pd.concat(parts, ignore_index=True) if parts else index.iloc[:0]
+
+
+def epoch_size(index, weights: Sequence[float] = ()) -> int:
+    """Samples in one epoch of the train split (before the ``N % world`` tail is left out)."""
+    if not weights:
+        return len(index)
+    counts = index["set"].value_counts()
+    return sum(int(round(w * counts.get(i, 0))) for i, w in enumerate(weights))
+
+
+def epoch_order(index, seed: int, epoch: int, weights: Sequence[float] = ()) -> list[tuple[str, str]]:
+    """All (shard, key) pairs of a split in this epoch's order: shards shuffled, keys shuffled within;
+    with ``weights``, the sets of a ``train_sets`` index mixed by them first (``weighted``)."""
     rng = np.random.default_rng([seed, epoch])
+    if weights:
+        index = weighted(index, weights, rng)
     by_shard = {s: sorted(g) for s, g in index.groupby("shard")["key"]}
     shards = sorted(by_shard)
     order: list[tuple[str, str]] = []
@@ -60,13 +98,13 @@ def _grouped(pairs: Sequence[tuple[str, str]]) -> list[ReadTask]:
     return tasks
 
 
-def plan_epoch(index, world_size: int, seed: int, epoch: int) -> list[list[ReadTask]]:
+def plan_epoch(index, world_size: int, seed: int, epoch: int, weights: Sequence[float] = ()) -> list[list[ReadTask]]:
     """Split one epoch's samples into ``world_size`` equal, disjoint, contiguous parts.
 
     ``N % world_size`` samples (the tail of this epoch's order, so different ones each epoch) are left
     out so that every rank runs the same number of steps.
     """
-    order = epoch_order(index, seed, epoch)
+    order = epoch_order(index, seed, epoch, weights)
     per_rank = len(order) // world_size
     if per_rank == 0:
         raise ValueError(f"the train split has {len(order)} samples, fewer than the {world_size} "
@@ -74,13 +112,13 @@ def plan_epoch(index, world_size: int, seed: int, epoch: int) -> list[list[ReadT
     return [_grouped(order[rank * per_rank:(rank + 1) * per_rank]) for rank in range(world_size)]
 
 
-def epoch_reads(index, world_size: int, seed: int, epoch: int) -> list[ReadTask]:
+def epoch_reads(index, world_size: int, seed: int, epoch: int, weights: Sequence[float] = ()) -> list[ReadTask]:
     """The read tasks of one epoch for all ranks together: one per shard, the epoch's shard order.
 
     The same samples as the union of ``plan_epoch``'s parts; which rank trains on which block is then
     decided by Ray Data's streaming split (equal counts), not by the plan.
     """
-    parts = plan_epoch(index, world_size, seed, epoch)
+    parts = plan_epoch(index, world_size, seed, epoch, weights)
     merged: dict[str, list[str]] = {}
     for part in parts:
         for task in part:
@@ -156,7 +194,11 @@ def read_blocks(shard_url: str, keys: Sequence[str], **augment_kwargs) -> Iterat
     from roadseg_dist.data.augment import decode_augment
 
     cv2.setNumThreads(1)  # a task reserves its CPUs; OpenCV's own threads would take others'
-    yield from decode_augment(read_samples(shard_url, list(keys)), **augment_kwargs)
+    asked: dict[str, list[str]] = {}  # a sample read once, augmented once per copy asked for
+    for key in keys:
+        asked.setdefault(key.split(COPY)[0], []).append(key)
+    samples = ((k, jpg, png) for key, jpg, png in read_samples(shard_url, list(asked)) for k in asked[key])
+    yield from decode_augment(samples, **augment_kwargs)
 
 
 def to_model_input(images, device=None):

@@ -23,16 +23,15 @@ from roadseg_dist.train.settings import TrainSettings
 
 def check_inputs(s: TrainSettings) -> str:
     """Fail early, on the driver, with an error that says what to do; returns the run dir."""
-    from roadseg_dist.data import shards
+    from roadseg_dist.data import ingest
 
-    for split in ("train", "val"):
-        try:
-            index = shards.read_index(s.data, split)
-        except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-            raise JobError(f"--data: cannot read the {split} index: {storage.redact(str(exc))}") from None
-        if split == "train" and len(index) < s.num_workers:
-            raise JobError(f"the train split has {len(index)} samples, fewer than "
-                           f"--num-workers {s.num_workers}")
+    for url, split in [(url, "train") for url in s.data] + [(s.main_data, "val")]:
+        read_index(url, split)
+    samples = ingest.epoch_size(train_index(s), s.weights)
+    if samples < s.num_workers:
+        raise JobError(f"the train split has {samples} samples an epoch, fewer than --num-workers {s.num_workers}")
+    if s.init_from:
+        check_init_from(s)
     if s.mlflow:
         from roadseg_dist.train.tracking import mlflow_client
         try:
@@ -45,6 +44,39 @@ def check_inputs(s: TrainSettings) -> str:
         raise SettingsError(f"run {storage.redact(run_dir)} already exists: pass --resume to continue "
                             f"it, or choose another --name")
     return run_dir
+
+
+def read_index(url: str, split: str):
+    from roadseg_dist.data import shards
+
+    try:
+        return shards.read_index(url, split)
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+        raise JobError(f"--data: cannot read the {split} index of {storage.redact(url)}: "
+                       f"{storage.redact(str(exc))}") from None
+
+
+def train_index(s: TrainSettings):
+    """The train split of every --data set as one index (``ingest.train_sets``)."""
+    from roadseg_dist.data import ingest
+
+    return ingest.train_sets([(url, read_index(url, "train")) for url in s.data])
+
+
+def check_init_from(s: TrainSettings) -> None:
+    """--init-from must hold the model this run builds: its arch, width and classes."""
+    from roadseg_dist.labels import NUM_CLASSES
+    from roadseg_dist.models.checkpoint import read_meta
+
+    meta = read_meta(s.init_from)
+    want = {"arch": s.model, "arch_kwargs": {"base_channels": s.base_channels} if s.base_channels else {},
+            "num_classes": NUM_CLASSES}
+    have = {k: meta.get(k) or ({} if k == "arch_kwargs" else None) for k in want}
+    if have != want:
+        raise SettingsError(f"--init-from {storage.redact(meta['checkpoint'])} holds {have['arch']} "
+                            f"{have['arch_kwargs'] or ''} with {have['num_classes']} classes, but this run builds "
+                            f"{want['arch']} {want['arch_kwargs'] or ''} with {want['num_classes']}: pass the "
+                            f"checkpoint's --model (and --base-channels), or start without --init-from")
 
 
 def resume_point(run_dir: str, out) -> tuple[str, int]:
@@ -69,19 +101,21 @@ def build_trainer(s: TrainSettings, feed, clock, resume_from: str | None = None,
 
     from roadseg_dist.cluster import storage_settings
     from roadseg_dist.data import feed as feed_mod
-    from roadseg_dist.data import shards
+    from roadseg_dist.data import ingest
     from roadseg_dist.train.loop import train_func
 
     resources = {"CPU": s.cpus_per_worker}
     if s.gpu:
         resources["GPU"] = 1
     fs, path = storage.arrow_filesystem(s.storage)
-    dataset = feed_mod.train_dataset(s.data, shards.read_index(s.data, "train"), s.num_workers, clock, feed,
+    index = train_index(s)
+    dataset = feed_mod.train_dataset(index, s.num_workers, clock, feed, weights=s.weights,
                                      seed=s.seed, crop=s.crop, scale_range=s.scale_range, flip=s.flip,
                                      jitter=s.jitter)
     return TorchTrainer(
         train_func,
-        train_loop_config={"settings": s, "board": board, "clock": clock, "feed": feed, "resume_from": resume_from},
+        train_loop_config={"settings": s, "board": board, "clock": clock, "feed": feed, "resume_from": resume_from,
+                           "epoch_samples": ingest.epoch_size(index, s.weights)},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.gpu, resources_per_worker=resources,
                                      placement_strategy=s.placement_strategy),
         datasets={"train": dataset},
@@ -195,7 +229,7 @@ def train(s: TrainSettings, echo=None) -> dict:
 
     from roadseg_dist.cluster import init_ray
     from roadseg_dist.data import feed as feed_mod
-    from roadseg_dist.data import shards
+    from roadseg_dist.data import ingest
 
     out = echo or progress.plain_echo
     s = settings.absolute_paths(s)  # the workers run in Ray's session folder, not in this cwd
@@ -209,7 +243,7 @@ def train(s: TrainSettings, echo=None) -> dict:
     checkpoints.forget_ray_snapshot(run_dir)  # resuming: our resume point, not Ray's list
     board, clock = progress.remote_board(), feed_mod.epoch_clock(restored + 1)
     trainer = build_trainer(s, feed, clock, resume_from, board)
-    steps = math.ceil((len(shards.read_index(s.data, "train")) // s.num_workers) / s.batch_size)
+    steps = math.ceil((ingest.epoch_size(train_index(s), s.weights) // s.num_workers) / s.batch_size)
     out(f"run {storage.redact(run_dir)}: {s.model}, {s.num_workers} worker(s) on "
         f"{'GPU' if s.gpu else 'CPU'}, {s.epochs} epochs, batch {s.batch_size}/worker, crop "
         f"{s.crop[0]}x{s.crop[1]}" + (" (resuming)" if s.resume else ""))

@@ -156,7 +156,7 @@ class Job:
     scaler: Any
     criterion: Callable
     weight: torch.Tensor | None
-    train_index: Any
+    epoch_samples: int
     val_index: Any
     train_shard: Any = None      # this rank's DataIterator of the train dataset (Ray Train's split)
     clock: Any = None            # data/feed.EpochClock handle: rank 0 sets the epoch being read
@@ -195,21 +195,21 @@ def setup(config: dict) -> Job:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    train_index = shards.read_index(s.data, "train")
-    steps_per_epoch = math.ceil((len(train_index) // world) / s.batch_size)
+    epoch_samples = config["epoch_samples"]  # of every --data set, weighted: the driver counted them
+    steps_per_epoch = math.ceil((epoch_samples // world) / s.batch_size)
     model, plain = worker_model(s, world, device)
     optimizer = build_optimizer(model, s.optimizer, s.lr, s.weight_decay, s.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(
         s.epochs * steps_per_epoch, round(s.warmup_epochs * steps_per_epoch), s.poly_power))
     weight = None
     if s.class_weights:
-        weight = class_weight_tensor(shards.read_stats(s.data, "train")["class_weights"]).to(device)
+        weight = class_weight_tensor(shards.read_stats(s.main_data, "train")["class_weights"]).to(device)
     job = Job(s=s, rank=rank, world=world, device=device, run_dir=storage.join(s.storage, s.name),
               model=model, plain=plain, optimizer=optimizer, scheduler=scheduler,
               scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and s.amp == "fp16"),
               criterion=losses.build_criterion(s.loss, ohem_thresh=s.ohem_thresh, ohem_min_kept=s.ohem_min_kept,
                                                dice_weight=s.dice_weight),
-              weight=weight, train_index=train_index, val_index=shards.read_index(s.data, "val"),
+              weight=weight, epoch_samples=epoch_samples, val_index=shards.read_index(s.main_data, "val"),
               post=Poster(config.get("board"), rank), train_shard=ray.train.get_dataset_shard("train"),
               clock=config["clock"], feed=config["feed"])
     job.restored_from = restore_point(job, ray.train.get_checkpoint(), config.get("resume_from"))
@@ -233,6 +233,10 @@ def worker_model(s, world: int, device: torch.device) -> tuple[torch.nn.Module, 
     torch.manual_seed(s.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     arch_kwargs = {"base_channels": s.base_channels} if s.base_channels else {}
     model = build_model(s.model, num_classes=NUM_CLASSES, pretrained=s.pretrained, **arch_kwargs)
+    if s.init_from:  # fine-tuning: the weights of an earlier model (the driver checked they fit); a resume
+        from roadseg_dist.models.checkpoint import load_model  # then loads its own checkpoint over them
+
+        model.load_state_dict(load_model(s.init_from, num_classes=NUM_CLASSES)[0].state_dict())
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # no CPU kernel for SyncBN
     model = ray.train.torch.prepare_model(optimize(model, channels_last=s.channels_last))
@@ -253,7 +257,7 @@ def run_epoch(job: Job, epoch: int) -> tuple[dict, list]:
     from roadseg_dist.data import feed as feed_mod
 
     s, t0 = job.s, time.time()
-    steps = math.ceil((len(job.train_index) // job.world) / s.batch_size)
+    steps = math.ceil((job.epoch_samples // job.world) / s.batch_size)
     job.post(force=True, epoch=epoch, batches=0)
     if job.rank == 0:
         feed_mod.start_epoch(job.clock, epoch)
@@ -270,7 +274,7 @@ def run_epoch(job: Job, epoch: int) -> tuple[dict, list]:
     if s.record_keys:
         storage.write_text(storage.join(job.run_dir, "debug", f"keys-epoch{epoch:04d}-rank{job.rank}.json"),
                            json.dumps(seen))
-    val = ingest.iter_val_batches(s.data, ingest.val_shards_for_rank(job.val_index, job.rank, job.world),
+    val = ingest.iter_val_batches(s.main_data, ingest.val_shards_for_rank(job.val_index, job.rank, job.world),
                                   s.val_batch_size)
     val = each(val, lambda i: job.post(epoch=epoch, batches=steps, stage=f"validation batch {i}"))
     samples: list = []

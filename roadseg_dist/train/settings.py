@@ -5,7 +5,7 @@ import dataclasses
 
 from roadseg_dist import settings
 from roadseg_dist.resources import AUTO, parse_cpus
-from roadseg_dist.settings import SettingsError, field, parse_size
+from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
 from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
 
 LOSSES = ("ce", "ohem", "dice_ce")  # the names train/losses.build_criterion knows
@@ -13,11 +13,20 @@ LOSSES = ("ce", "ohem", "dice_ce")  # the names train/losses.build_criterion kno
 
 @dataclasses.dataclass
 class TrainSettings:
-    data: str = field(help="Shard folder (local, file:// or s3://) holding train-*.tar and val-*.tar with indexes.",
-                      path=True)
+    data: tuple = field(parse=parse_list, path=True,
+                        help="Shard folder(s) (local, file:// or s3://), comma-separated: the first holds "
+                             "train-*.tar and val-*.tar with indexes (validation, class weights); the others "
+                             "add their train split (e.g. newly labelled frames), mixed by --data-weights.")
     storage: str = field(help="Where run directories live (local, file:// or s3://); the run is STORAGE/NAME.",
                          path=True)
     name: str = field(help="Run name: the run directory is STORAGE/NAME.")
+    data_weights: tuple = field((), parse=lambda v: tuple(float(x) for x in parse_list(v)), metavar="W,W,...",
+                                help="Samples of each --data set per epoch, as a multiple of its size (default "
+                                     "1 each): 0.5 takes a random half, 3 each sample three times (each copy "
+                                     "its own augmentation).")
+    init_from: str | None = field(None, path=True,
+                                  help="Start from this checkpoint's weights (or a run's best): fine-tuning. The "
+                                       "optimizer, schedule and epochs start anew; --model must match it.")
     model: str = field("unet", help="Model name from the zoo (roadseg models).")
     pretrained: bool = field(False, help="Start the encoder from pretrained weights.")
     base_channels: int | None = field(None, help="Width of the classic U-Net (unet only; smaller is faster).")
@@ -103,6 +112,13 @@ class TrainSettings:
         settings.at_least(self, 1, "shuffle_buffer", "num_cpus")
         if self.ingest_cpus != AUTO:
             settings.positive(self, "ingest_cpus")
+        if not self.data:
+            raise SettingsError("--data: give at least one shard folder")
+        if self.data_weights and len(self.data_weights) != len(self.data):
+            raise SettingsError(f"--data-weights: {len(self.data_weights)} weight(s) for {len(self.data)} --data "
+                                "set(s): give one per set, in the same order")
+        if any(not 0 < w < float("inf") for w in self.data_weights):
+            raise SettingsError(f"--data-weights must be positive numbers, got {list(self.data_weights)}")
         settings.within(self, "jitter", 0, 1)
         settings.within(self, "momentum", 0, 1)
         settings.within(self, "base_channels", 1, 128)  # what a checkpoint's meta.json may hold
@@ -111,6 +127,21 @@ class TrainSettings:
         if self.model not in list_models():
             raise SettingsError(f"--model {self.model!r} is not in the zoo; choose one of {', '.join(list_models())} "
                                 "(roadseg models)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):  # built directly, not through settings.build: one folder or a list
+            self.data = parse_list(self.data)
+
+    @property
+    def main_data(self) -> str:
+        """The first --data set: its val split and class weights are the run's."""
+        return self.data[0]
+
+    @property
+    def weights(self) -> tuple:
+        """The sampling weight of each --data set (1 each unless given); () when there is one set at 1."""
+        weights = tuple(self.data_weights) or (1.0,) * len(self.data)
+        return () if weights == (1.0,) else weights
 
     def to_config(self) -> dict:
         """The settings as a plain dict for the workers; ``meta.json`` gets ``checkpoint.scrub`` of it."""
