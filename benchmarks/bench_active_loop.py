@@ -2,15 +2,15 @@
 than one fine-tuned on as many frames chosen at random? Side by side in one run, on synthetic data
 where the ground truth of every clip frame is known (`roadseg synth`'s video_labels/):
 
+  the archive       a fleet's clips, most in daylight (what the model was trained on), some at night
   before            a model trained on daylight scenes, scored on held-out night clips (mIoU over
                     the clips' frames, against their ground truth)
-  least confident   the archive's night clips segmented (`roadseg infer`), the N frames with the lowest
-                    confidence exported (`roadseg frames --order-by confidence --per-source K
-                    --min-gap T --export`), "labelled" with their ground truth, sharded, and the model
-                    fine-tuned on them beside its own data (`roadseg train --init-from --data A,B
-                    --data-weights`)
+  least confident   the archive segmented (`roadseg infer`), the N frames with the lowest confidence
+                    exported (`roadseg frames --order-by confidence --per-source K --min-gap T
+                    --export`), "labelled" with their ground truth, sharded, and the model fine-tuned on
+                    them beside its own data (`roadseg train --init-from --data A,B --data-weights`)
   random            the same with N frames drawn at random under the same spread rules
-  the goal          least confident > random
+  the goal          least confident > random: the budget goes where the model is wrong
 
     .venv/bin/python benchmarks/bench_active_loop.py [--budget 16] [--seed 0]
 """
@@ -41,12 +41,12 @@ SIZE = (96, 160)
 MODEL = dict(model="unet", base_channels=8, batch_size=4, crop=SIZE, num_workers=1, val_batch_size=4)
 
 
-def clips(folder: str, labels: str, n: int, frames: int, seed: int) -> None:
-    """``n`` night clips and their frames' ground truth (labels/<clip>/NNNNNN.png)."""
+def clips(folder: str, labels: str, n: int, frames: int, seed: int, light: str) -> None:
+    """``n`` clips under ``light`` and their frames' ground truth (labels/<clip>/NNNNNN.png)."""
     for k in range(n):
-        name = f"night{seed}-{k:02d}"
+        name = f"{light}{seed}-{k:02d}"
         synth.write_video(os.path.join(folder, name + ".mp4"), np.random.default_rng([seed, k]), *SIZE, frames, 10.0,
-                          "coarse", "night", os.path.join(labels, name))
+                          "coarse", light, os.path.join(labels, name))
 
 
 def score(out: str, labels: str) -> float:
@@ -85,7 +85,9 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=16, help="frames labelled (N)")
     ap.add_argument("--per-source", type=int, default=2)
     ap.add_argument("--min-gap", type=float, default=0.5, help="seconds between frames of one clip")
-    ap.add_argument("--epochs", type=int, default=6, help="epochs of the daylight model")
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of the daylight model")
+    ap.add_argument("--day-clips", type=int, default=9, help="daylight clips in the archive")
+    ap.add_argument("--night-clips", type=int, default=3, help="night clips in the archive")
     ap.add_argument("--tune-epochs", type=int, default=3)
     ap.add_argument("--tune-lr", type=float, default=3e-4)
     ap.add_argument("--weight", type=float, default=4.0, help="--data-weights of the labelled frames")
@@ -96,15 +98,16 @@ def main() -> int:
     try:
         init_ray()
         data, shards, runs = os.path.join(root, "day"), os.path.join(root, "shards"), os.path.join(root, "runs")
-        synth.generate(data, train=48, val=8, height=SIZE[0], width=SIZE[1], videos=0, seed=args.seed,
+        synth.generate(data, train=64, val=8, height=SIZE[0], width=SIZE[1], videos=0, seed=args.seed,
                        detail="coarse", light="day")
         for split in ("train", "val"):
             shard_job.run_shard(shard_job.ShardSettings(root=data, dest=shards, split=split))
         train(settings.build(TrainSettings, data=shards, storage=runs, name="day", epochs=args.epochs, seed=args.seed,
                              **MODEL), echo=lambda line: None)
         archive, held = os.path.join(root, "archive"), os.path.join(root, "held-out")
-        clips(archive, archive + "-labels", 8, 24, seed=100 + args.seed)
-        clips(held, held + "-labels", 4, 24, seed=200 + args.seed)
+        clips(archive, archive + "-labels", args.day_clips, 24, seed=100 + args.seed, light="day")
+        clips(archive, archive + "-labels", args.night_clips, 24, seed=300 + args.seed, light="night")
+        clips(held, held + "-labels", 4, 24, seed=200 + args.seed, light="night")
         segmented = os.path.join(root, "segmented")
         segment(os.path.join(runs, "day"), archive, segmented)
         rows = query.search(segmented, "true", "confidence", limit=100_000)
@@ -121,12 +124,15 @@ def main() -> int:
             segment(run, held, out)
             results[name] = score(out, held + "-labels")
         mean = lambda rs: float(np.nanmean([r["confidence"] for r in rs]))
-        print(f"{args.budget} labelled frames of 8 night clips (at most {args.per_source} a clip, {args.min_gap} s apart); "
-              f"mIoU on 4 held-out night clips of a model trained on daylight scenes ({time.time() - t0:.0f} s):")
+        night = lambda rs: sum(r["video"].startswith("night") for r in rs)
+        print(f"{args.budget} labelled frames of an archive of {args.day_clips} day and {args.night_clips} night clips "
+              f"(at most {args.per_source} a clip, {args.min_gap} s apart); mIoU on 4 held-out night clips of a model "
+              f"trained on daylight scenes ({time.time() - t0:.0f} s):")
         print(f"  before fine-tuning        {100 * results['before']:6.2f} %")
-        print(f"  least confident frames    {100 * results['least confident']:6.2f} %   (their mean confidence "
-              f"{mean(chosen):.3f})")
-        print(f"  random frames             {100 * results['random']:6.2f} %   (their mean confidence {mean(drawn):.3f})")
+        print(f"  least confident frames    {100 * results['least confident']:6.2f} %   ({night(chosen)} of them at "
+              f"night, mean confidence {mean(chosen):.3f})")
+        print(f"  random frames             {100 * results['random']:6.2f} %   ({night(drawn)} of them at night, "
+              f"mean confidence {mean(drawn):.3f})")
         gain = results["least confident"] - results["random"]
         print(f"least confident - random: {100 * gain:+.2f} points of mIoU ({'chosen beat random' if gain > 0 else 'NOT better than random'})")
         print(json.dumps({k: round(v, 4) for k, v in results.items()}))

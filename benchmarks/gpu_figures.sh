@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU figure of the project in one run, for a short lease of a bare CUDA machine:
-#   issue 11: bench_infer --gpu (model-only, sequential loop, roadseg infer; e2e / model-only)
+#   issue 21: bench_infer --gpu --hd on 720p H.264 (vtest's frames scaled up, B-frames): unet-resnet18 at
+#             360x640 and the classic U-Net at 576x768; model-only, sequential loop, roadseg infer,
+#             e2e / model-only, frames/s per GPU, the hops' bytes, the actor's CPU per frame, GPU
+#             utilisation sampled by nvidia-smi every 0.5 s while each runs
 #   issue 13: bench_train speed options on CUDA (bf16, channels_last, torch.compile)
 #   issue 27: `roadseg train --gpu` through Ray Train: 1 GPU with bf16 and with fp16 AMP, channels_last,
 #             a checkpoint resumed on the GPU, and DDP over all GPUs when there are several; for each
@@ -24,9 +27,19 @@ NGPU=$(nvidia-smi -L | grep -c GPU)
 $PY -c "import torch, ray, av; print('torch', torch.__version__, 'ray', ray.__version__, 'av', av.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
 
 if [ -z "${SKIP_BENCH:-}" ]; then
-  echo "== infer on the GPU (issue 11)"
-  timeout "${INFER_S:-120}" $PY benchmarks/bench_infer.py --gpu --video "$VIDEO" --frames 400 --copies 2 \
-    --model unet --base-channels 64 --size 576x768 --batch-size 16 --no-s3 --no-peer 2>&1 | tee "$OUT/infer.txt"
+  infer() {  # NAME [bench_infer flags]: one bench_infer --gpu --hd run, nvidia-smi sampled meanwhile
+    local name=$1; shift
+    nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$OUT/$name-smi.csv" & local smi=$!
+    timeout "${INFER_S:-150}" $PY benchmarks/bench_infer.py --gpu --hd --video "$VIDEO" --frames 400 --copies 2 \
+      --no-s3 --no-peer "$@" > "$OUT/$name.txt" 2>&1
+    echo "exit $?" >> "$OUT/$name.txt"; kill $smi
+    cat "$OUT/$name.txt"
+    $PY -c "import sys; u=[float(x) for x in open(sys.argv[1]) if x.strip().replace('.','').isdigit()]; b=[x for x in u if x>0]; \
+print(f'  GPU utilisation: mean {sum(u)/max(1,len(u)):.0f} % over the bench, {sum(b)/max(1,len(b)):.0f} % while busy')" "$OUT/$name-smi.csv"
+  }
+  echo "== infer on the GPU (issue 21): 720p H.264 input"
+  infer infer-r18 --model unet-resnet18 --size 360x640 --batch-size 16 2>&1 | tee "$OUT/infer.txt"
+  infer infer-unet --model unet --base-channels 64 --size 576x768 --batch-size 16 2>&1 | tee -a "$OUT/infer.txt"
   echo "== training speed options on the GPU (issue 13)"
   timeout "${TRAIN_S:-100}" $PY benchmarks/bench_train.py --gpu --amp bf16 --channels-last --compile --model unet \
     --base-channels 64 --height 512 --width 1024 --batch-size 8 --steps 15 --warmup 3 2>&1 | tee "$OUT/train.txt"
