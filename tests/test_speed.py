@@ -96,30 +96,37 @@ def test_compare_timing_runs_with_the_speed_options():
 
 
 def test_infer_actor_with_channels_last_writes_the_plain_masks(tmp_path):
+    from roadseg_dist.infer.render import model_input
     from roadseg_dist.infer.segment import Segmenter
     from roadseg_dist.models.checkpoint import save_checkpoint
 
     save_checkpoint(str(tmp_path / "ckpt"), tiny(), input_size=[48, 64])
     frames = np.random.default_rng(0).integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
-    rows = {"index": np.array([0, 1, 2]), "frame": frames}
-    plain = Segmenter(str(tmp_path / "ckpt"), None, amp="off")(dict(rows))["mask"]
-    fast = Segmenter(str(tmp_path / "ckpt"), None, channels_last=True, amp="off")(dict(rows))["mask"]
+    inputs = model_input(list(frames), (48, 64))
+    plain, _ = Segmenter(str(tmp_path / "ckpt"), None, amp="off").predict(inputs)
+    fast, _ = Segmenter(str(tmp_path / "ckpt"), None, channels_last=True, amp="off").predict(inputs)
     assert plain.shape == (3, 48, 64)
     assert (plain == fast).mean() > 0.999
 
 
-def test_infer_actor_uses_the_frames_resized_by_the_decode_tasks(tmp_path):
-    """The ``input`` column (frames at the model's size) gives the masks of resizing in the actor,
-    and does not travel on to the writers; end rows get an empty mask."""
-    from roadseg_dist.infer import rows as rows_mod
-    from roadseg_dist.infer.segment import Segmenter, model_input
-    from roadseg_dist.models.checkpoint import save_checkpoint
+def test_infer_actor_takes_the_model_input_alone_and_names_the_size_it_wants(tmp_path):
+    """The decode side resizes (render.model_input); the actor's masks are the model's argmax at that
+    size, and a frame of any other size is refused with the size it takes."""
+    from roadseg_dist.infer.render import model_input
+    from roadseg_dist.infer.segment import Segmenter
+    from roadseg_dist.models.checkpoint import input_normalization, load_model, save_checkpoint
 
     save_checkpoint(str(tmp_path / "ckpt"), tiny(), input_size=[48, 64])
     frames = np.random.default_rng(0).integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
     seg = Segmenter(str(tmp_path / "ckpt"), (48, 64), amp="off")
-    here = seg({"index": np.array([0, 1, rows_mod.END]), "frame": frames})
-    given = seg({"index": np.array([0, 1, rows_mod.END]), "frame": frames,
-                 rows_mod.INPUT: model_input(list(frames), (48, 64))})
-    assert np.array_equal(here["mask"], given["mask"]) and rows_mod.INPUT not in given
-    assert not given["mask"][2].any()
+    inputs = model_input(list(frames), (48, 64))
+    masks, confidence = seg.predict(inputs)
+    model, meta = load_model(str(tmp_path / "ckpt"))
+    mean, std = input_normalization(meta)
+    x = (torch.from_numpy(inputs).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
+        / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model.eval()(x).argmax(1).numpy()
+    assert (masks == expected).mean() > 0.999 and confidence.shape == (3, 2)
+    with pytest.raises(ValueError, match="48x64"):
+        seg.predict(frames)
