@@ -6,7 +6,8 @@ import sys
 import click
 
 from roadseg_dist import settings
-from roadseg_dist.cli import main
+from roadseg_dist.cli import build, main
+from roadseg_dist.extras import require
 from roadseg_dist.submit import SubmitSettings
 
 # --- cluster -------------------------------------------------------------------------------------
@@ -26,5 +27,6 @@ def submit(args, config, **values):
     """
     from roadseg_dist import submit as submit_mod
 
-    s = settings.build(SubmitSettings, config, **values)
+    s = build(SubmitSettings, config, **values)
+    require("cluster", "roadseg submit")
     sys.exit(submit_mod.submit(s, args))

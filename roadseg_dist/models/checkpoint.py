@@ -16,13 +16,13 @@ import datetime as _dt
 import io
 import json
 import logging
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
 from roadseg_dist import __version__, labels, storage
+from roadseg_dist.settings import SECRET_KEY
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,13 @@ class CheckpointError(ValueError):
 
 # --- writing ---------------------------------------------------------------------------------------
 
-_SECRET_KEY = re.compile(r"(?i)(secret|token|passw|credential|access_key|private_key|api_key|apikey|auth)")
-
-
 def scrub(config: Any) -> Any:
     """A JSON-ready copy of a training config with secret-looking keys dropped and URLs redacted."""
     if hasattr(config, "__dataclass_fields__"):
         import dataclasses
         config = dataclasses.asdict(config)
     if isinstance(config, dict):
-        return {str(k): scrub(v) for k, v in config.items() if not _SECRET_KEY.search(str(k))}
+        return {str(k): scrub(v) for k, v in config.items() if not SECRET_KEY.search(str(k))}
     if isinstance(config, (list, tuple)):
         return [scrub(v) for v in config]
     if isinstance(config, str):
