@@ -19,7 +19,8 @@ TRAIN = ["--data", "shards", "--storage", "runs", "--name", "r1", "--epochs", "3
 
 
 @pytest.fixture(autouse=True)
-def keep_log_level():
+def keep_log_level(monkeypatch):
+    monkeypatch.delenv("ROADSEG_VERBOSE", raising=False)  # -v exports it for local Ray workers: not past a test
     root = logging.getLogger()
     level = root.level
     yield

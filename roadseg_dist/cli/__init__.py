@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import traceback
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ def set_verbose(ctx: click.Context | None, param: Any, verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
     if ctx is not None and verbose:
         ctx.meta["roadseg.verbose"] = True
+        os.environ["ROADSEG_VERBOSE"] = "1"  # the workers of a local Ray inherit it (cluster.setup_worker)
 
 
 def verbose_option() -> click.Option:
