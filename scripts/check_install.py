@@ -27,7 +27,7 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TORCH = ("2.14.1", "0.29.1")
 CORE_TESTS = ["tests/test_packaging.py", "tests/test_checkpoint.py", "tests/test_models.py", "tests/test_predict.py",
-              "tests/test_foundation.py", "-k", "not s3 and not the_lock"]  # no moto, no dev extras here
+              "tests/test_foundation.py", "-k", "not s3"]  # no moto, no dev extras here
 MAKE_CHECKPOINT = ("import torch, sys; from roadseg_dist import build_model; "
                    "from roadseg_dist.models.checkpoint import save_checkpoint; torch.manual_seed(0); "
                    "save_checkpoint(sys.argv[1], build_model('unet', base_channels=4), input_size=(64, 96))")
@@ -47,27 +47,41 @@ def step(what: str, cmd: list[str], cwd: pathlib.Path, env: dict, show: int = 12
     return out.stdout
 
 
-def lowest_constraints(extras: list[str]) -> str:
-    """``name==lower`` for every requirement of the core (and ``extras``) that has a lower bound."""
+def lowest_constraints(py: str, extras: list[str], env: dict) -> str:
+    """``name==V`` for every requirement of the core (and ``extras``) that has a lower bound, V the oldest
+    release the index has within the declared range (``>=4.9`` may first be 4.9.0.80): "lowest-direct"."""
     try:
         from packaging.requirements import Requirement
+        from packaging.version import InvalidVersion, Version
     except ImportError:  # a bare interpreter: pip carries a copy
         from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.version import InvalidVersion, Version
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     texts = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
     pins = {}
     for req in map(Requirement, texts):
-        floors = [s.version for s in req.specifier if s.operator in (">=", "~=", "==")]
-        if floors and req.name not in ("torch", "torchvision"):
-            pins[req.name] = max(floors, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()))
+        if req.name in ("torch", "torchvision") or not any(s.operator in (">=", "~=", "==") for s in req.specifier):
+            continue
+        out = subprocess.run([py, "-m", "pip", "index", "versions", req.name], capture_output=True, text=True, env=env)
+        listed = next((ln.split(":", 1)[1] for ln in out.stdout.splitlines() if ln.startswith("Available versions:")), "")
+        versions = []
+        for text in listed.split(","):
+            try:
+                versions.append(Version(text.strip()))
+            except InvalidVersion:
+                pass
+        inside = [v for v in versions if req.specifier.contains(v)]
+        if not inside:
+            sys.exit(f"no release of {req} on the index: {out.stdout[-300:]}{out.stderr[-300:]}")
+        pins[req.name] = min(inside)
     return "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
 
 
 def install(py: str, venv: pathlib.Path, spec: str, lowest: bool, extras: list[str], env: dict) -> None:
     if lowest:
         floor = venv / "lowest.txt"
-        floor.write_text(lowest_constraints(extras))
+        floor.write_text(lowest_constraints(py, extras, env))
         print(f"  lowest-direct: {floor.read_text().strip().replace(chr(10), ', ')}")
         pins = ["-c", str(floor)]
     else:

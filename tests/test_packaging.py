@@ -122,7 +122,7 @@ extras.installed = lambda m: m.split(".")[0] not in BLOCKED
 import roadseg_dist.infer.pipeline, roadseg_dist.results.page, roadseg_dist.models.checkpoint  # what infer runs
 from click.testing import CliRunner
 from roadseg_dist.cli import main
-print(json.dumps([(r.exit_code, r.stdout, r.stderr) for r in (CliRunner().invoke(main, json.loads(a))
+print(json.dumps([(r.exit_code, r.stdout, r.stderr) for r in (CliRunner().invoke(main, json.loads(a), prog_name="roadseg")
                                                               for a in sys.argv[2:])]))
 """
 CASES = [([], None), (["infer", "--help"], None), (["train", "--data", "d", "--storage", "s", "--name", "n"], "train"),
