@@ -3,6 +3,11 @@
 ``address="local"`` is passed explicitly for the embedded case so that a stale cluster file left
 by a stopped ``ray start`` cannot hijack a local run.
 
+What Ray workers log reaches the user: Ray forwards their output to this process (``log_to_driver``),
+where it goes to stderr. Each worker process first runs ``setup_worker`` (Ray's
+``worker_process_setup_hook``): its log records are redacted, the notices of ``RAY_NOTICES`` dropped, and
+its stdout joins its stderr, so nothing a worker prints lands among a command's results on stdout.
+
 Credentials never go into a Ray ``runtime_env``: Ray writes a runtime_env into its logs on every
 node and serves it from the job API. A local Ray inherits this process's environment (its raylet
 and workers are our children); the nodes of a cluster get S3 access from their own environment
@@ -25,7 +30,11 @@ STORAGE_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 # we start and stop. Their warnings and errors about anything else still show.
 RAY_NOTICES = {"ray.data._internal.progress": "Progress bars",
                "ray.data._internal.execution.streaming_executor": "execution finished in",
-               "ray._private.authentication.authentication_token_setup": "Token authentication is enabled"}
+               "ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
+               # Ray Train's placement-group cleaner asks the state API every few seconds; the embedded Ray
+               # runs no dashboard to answer it (a cluster does), and the run is not affected
+               "ray.train.v2._internal.execution.controller.placement_group_cleaner":
+                   "Failed to query Ray Train Controller actor state"}
 # The libraries that log every S3 request, its headers (a session token, the access key id) included, at
 # DEBUG: `-v` is for our own debug lines, and these would bury them (~200 lines a command).
 WIRE_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec", "urllib3", "aiohttp", "asyncio")
@@ -46,16 +55,23 @@ def storage_credentials() -> dict[str, str]:
     return {k: os.environ[k] for k in STORAGE_SECRETS if os.environ.get(k)}
 
 
+WORKER_SETUP = "roadseg_dist.cluster.setup_worker"  # Ray imports it by name in every worker process
+
+
 def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True) -> None:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray with ``num_cpus`` CPUs."""
+    """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray with ``num_cpus`` CPUs.
+
+    ``quiet``: Ray's own driver-side logs at WARNING (else INFO); workers' warnings and errors always show."""
     import ray
 
     if ray.is_initialized():
         return
     drop_ray_notices()
+    if not sys.stderr.isatty():  # worker lines in a log file or a pipe: no colour codes around their prefix
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     address = address or os.environ.get("RAY_ADDRESS") or None
-    common = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
-                  ignore_reinit_error=True)
+    common = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True,
+                  ignore_reinit_error=True, runtime_env={"worker_process_setup_hook": WORKER_SETUP})
     if address and address != "local":
         ray.init(address=address, **common)
     else:
@@ -77,6 +93,20 @@ def _start_local(num_cpus: float | None, common: dict, attempts: int = 3) -> Non
                 raise
             logging.getLogger(__name__).warning("local Ray did not start in time (%s); retrying", exc)
             ray.shutdown()
+
+
+def setup_worker() -> None:
+    """Run by Ray in each worker process before any task: redacted log records without Ray's notices,
+    warnings and errors only (all with -v: ``ROADSEG_VERBOSE``), and stdout into stderr, whose lines Ray
+    forwards to the driver's stderr."""
+    import ray
+
+    drop_ray_notices()
+    if not os.environ.get("ROADSEG_VERBOSE"):
+        logging.disable(logging.INFO)  # Ray Train logs every report at INFO in each worker; the driver says it once
+    # Ray's own state-API calls in this worker (Ray Train's) ask this cluster, not whichever the machine runs
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    sys.stdout = sys.stderr
 
 
 def quiet_ray_data() -> None:

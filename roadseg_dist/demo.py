@@ -174,13 +174,14 @@ def copy_tree(src: str, dest: str) -> None:
 
 
 def run_demo(s: DemoSettings, console=None) -> dict:
-    """Run every stage; returns the summary (also written to WORKDIR/summary.json)."""
+    """Run every stage, telling how they go on ``console`` (default: stderr); returns the summary (also
+    written to WORKDIR/summary.json), which ``print_summary`` shows."""
     import ray
     from rich.console import Console
 
     from roadseg_dist.cluster import init_ray, shutdown_ray
 
-    console = console or Console()
+    console = console or Console(stderr=True)
     titles = ["synthetic data", "shards", "training", "evaluation", "video segmentation"]
     display = StageDisplay(console, titles)
     display.plan()
@@ -199,8 +200,7 @@ def run_demo(s: DemoSettings, console=None) -> dict:
     summary.update(seconds=round(time.time() - t0, 1), stage_seconds={k: round(v, 1) for k, v in display.times.items()},
                    storage="loopback S3 (moto), gone after the demo" if s.s3 else "local disk")
     storage.write_text(storage.join(work, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    print_summary(summary, console)
-    return summary
+    return summary  # `roadseg demo` prints it (print_summary) to stdout, the stages went to stderr
 
 
 def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, console) -> dict:

@@ -1,6 +1,7 @@
 """Progress of a long job, readable where jobs actually run.
 
-On a terminal: a rich bar. Anywhere else (``roadseg submit``, RayJob logs, CI, ``| tee``): a plain
+Progress goes to stderr, never stdout: stdout holds a command's results, for scripts to parse. On a
+terminal: a rich bar. Anywhere else (``roadseg submit``, RayJob logs, CI, ``2>&1 | tee``): a plain
 line every ``interval`` seconds (``ROADSEG_PROGRESS_SECONDS``, default 15) and at each milestone
 (start, every quarter, each new failure, the end)::
 
@@ -28,12 +29,12 @@ def interval_s() -> float:
         return DEFAULT_INTERVAL_S
 
 
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
 
 
 def plain_echo(line: str) -> None:
-    print(line, flush=True)  # flushed: a pipe would otherwise hold the line until the end
+    print(line, file=sys.stderr, flush=True)  # flushed: a pipe would otherwise hold the line until the end
 
 
 def _duration(seconds: float) -> str:
@@ -55,7 +56,7 @@ class Progress:
         self.done, self.failures, self.note = 0, 0, ""
         self.clock, self.start = clock, clock()
         self.interval = interval_s() if interval is None else interval
-        self.terminal = (echo is None and stdout_is_terminal()) if terminal is None else terminal
+        self.terminal = (echo is None and stderr_is_terminal()) if terminal is None else terminal
         self.echo = echo or plain_echo
         self._last_line_at: float | None = None
         self._milestone = -1
@@ -131,12 +132,13 @@ class Progress:
     # -- context ----------------------------------------------------------------------------------
     def __enter__(self) -> "Progress":
         if self.terminal:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, \
                 TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn())
+                                     TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
             self._bar.__enter__()
             self._task = self._bar.add_task(self.label, total=self.total)
         else:

@@ -185,15 +185,23 @@ def offer_from_ray(local: bool, num_cpus: float | None = None) -> Offer:
     total = ray.cluster_resources()
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     largest = max((n.get("CPU", 0.0) for n in nodes), default=None)
-    max_cpus = max_gpus = None
-    try:
-        from ray._private.state import state
-
-        most = state.get_max_resources_from_cluster_config() or {}
-        max_cpus, max_gpus = most.get("CPU") or None, most.get("GPU") or None
-    except Exception:  # noqa: BLE001 - no autoscaler config: the current resources are the offer
-        pass
+    most = autoscaler_maximum()
+    max_cpus, max_gpus = most.get("CPU") or None, most.get("GPU") or None
     where = _local_where(num_cpus) if local else "the Ray cluster"
     return Offer(cpus=float(total.get("CPU", 0.0)), gpus=float(total.get("GPU", 0.0)), largest_node_cpus=largest,
                  max_cpus=float(max_cpus) if max_cpus else None, max_gpus=float(max_gpus) if max_gpus else None,
                  where=where)
+
+
+def autoscaler_maximum() -> dict[str, float]:
+    """The most of each resource the autoscaler may reach ({}: no autoscaler, the current resources count).
+
+    Ray 2.60 has no public API for it (``ray.util.state`` describes what exists, not what may be added):
+    Ray Train v2's worker group and Ray Data's shuffle read this same private call. It is here alone, so
+    one function changes when Ray publishes one."""
+    try:
+        from ray._private.state import state
+
+        return dict(state.get_max_resources_from_cluster_config() or {})
+    except Exception:  # noqa: BLE001 - no autoscaler config, or Ray moved it: the current resources are the offer
+        return {}

@@ -76,7 +76,7 @@ def parse_list(text: str | list | tuple | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in str(text).split(",") if p.strip())
 
 
-def _base_type(tp: Any) -> Any:
+def base_type(tp: Any) -> Any:
     """Optional[int] -> int; other unions are left alone."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -86,7 +86,7 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
-def _hints(cls) -> dict[str, Any]:
+def hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -102,7 +102,7 @@ def _convert(cls, name: str, value: Any) -> Any:
             return parse(value)
         except (TypeError, ValueError) as exc:  # SettingsError too: name the setting
             raise SettingsError(f"{_shown(cls, name)}: {exc}") from None
-    value = _typed(cls, name, _base_type(_hints(cls)[name]), value)
+    value = _typed(cls, name, base_type(hints(cls)[name]), value)
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise SettingsError(f"{_shown(cls, name)}: got {value!r}, expected one of {', '.join(map(str, choices))}")
@@ -254,46 +254,29 @@ def to_dict(settings: Any) -> dict[str, Any]:
 
 
 def cli_options(cls) -> Callable:
-    """Decorator: add one click argument/option per dataclass field, plus ``--config``.
+    """Decorator: one click option (or argument) per field, plus ``--config`` and ``--print-config``.
 
-    Every option defaults to None so that ``build`` can tell a flag given on the command line
-    from one left out, and the YAML value can win over the dataclass default.
-    """
-    import click  # only the command line needs click: Ray workers build settings without it
+    The option builder lives with the command line (``cli/options.py``): Ray workers build settings
+    without ever importing click."""
+    from roadseg_dist.cli.options import cli_options as options
 
-    def decorate(fn):
-        params = []
-        for f in dataclasses.fields(cls):
-            meta = f.metadata
-            tp = _base_type(_hints(cls)[f.name])
-            help_text = meta.get("help", "") + (f" {PATH_HELP}" if meta.get("path") else "")
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            if default not in (None, "", (), []) and not meta.get("argument"):
-                shown = "x".join(map(str, default)) if meta.get("parse") is parse_size and default else (
-                    ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default)
-                help_text = f"{help_text} [default: {shown}]".strip()
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if meta.get("argument"):
-                # never required by click: the value may come from --config; ``build`` checks it
-                params.append(click.argument(f.name, required=False,
-                                             metavar=f.name.upper() if required else f"[{f.name.upper()}]"))
-                continue
-            if required:
-                help_text = f"{help_text} [required]"
-            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-            if tp is bool:
-                decl = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
-                params.append(click.option(decl, f.name, default=None, help=help_text))
-                continue
-            ptype = click.Choice(meta["choices"]) if meta.get("choices") else (
-                tp if tp in (int, float) and not meta.get("parse") else str)
-            metavar = meta.get("metavar") or (
-                "HxW" if meta.get("parse") is parse_size else "PATH" if meta.get("path") else None)
-            params.append(click.option(flag, f.name, type=ptype, default=None, help=help_text, metavar=metavar))
-        params.append(click.option("--config", "config", type=str, default=None,
-                                   help="YAML file of settings; flags given here win over it."))
-        for p in reversed(params):
-            fn = p(fn)
-        return fn
-    return decorate
+    return options(cls)
+
+
+# A key that names a secret: its text value is never printed or stored (checkpoint meta, --print-config).
+SECRET_KEY = re.compile(r"(?i)(secret|token|passw|credential|access_key|private_key|api_key|apikey|auth)")
+
+
+def printable(obj: Any) -> dict[str, Any]:
+    """Settings -> the plain dict ``--print-config`` writes as YAML: every text value redacted
+    (``storage.redact``: credentials in URLs), and a text value under a secret-looking name left out.
+    Anything else stays, so the YAML reloads (``--config``) into the same settings."""
+    from roadseg_dist import storage
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, str):
+            return storage.redact(v)
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return {k: clean(v) for k, v in to_dict(obj).items() if not (isinstance(v, str) and SECRET_KEY.search(k))}

@@ -43,7 +43,8 @@ from roadseg_dist.settings import SettingsError, at_least, field
 
 JOBS = ("train", "infer", "shard", "eval", "compare", "check")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-# Job status -> exit code of `roadseg submit`: a script can tell success, failure and a stop apart.
+# Job status -> exit code of `roadseg submit` when the job's own exit code is unknown (a job that
+# never started, a stop): a script can tell success, failure and a stop apart.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 2}
 
 
@@ -148,8 +149,20 @@ def describe(runtime_env: dict) -> str:
     return f"working_dir={runtime_env.get('working_dir')} (allow-listed copy) env_vars=[{names}]"
 
 
-def exit_code(status: str) -> int:
-    return EXIT_CODES.get(str(status), 1)
+def exit_code(status: str, driver_exit_code: int | None = None) -> int:
+    """What `roadseg submit` exits with: the job's own exit code when Ray knows it (``JobInfo.driver_exit_code``,
+    so `infer` with failed sources is 3 here as it is locally), else ``EXIT_CODES`` by status.
+
+    A job killed by a signal exits 128 + its number, as a shell says; a FAILED job is never 0."""
+    status = str(status)
+    if status == "STOPPED" or driver_exit_code is None:
+        return EXIT_CODES.get(status, 1)
+    code = int(driver_exit_code)
+    if code < 0:
+        return 128 - code
+    if status == "FAILED" and code == 0:
+        return EXIT_CODES["FAILED"]
+    return code
 
 
 # --- talking to the cluster --------------------------------------------------------------------
@@ -265,8 +278,9 @@ def submit(s: SubmitSettings, args: tuple[str, ...] | list[str],
         return 130
     info = job_client.get_job_info(job_id)
     detail = f": {storage.redact(info.message)}" if status != "SUCCEEDED" and info.message else ""
-    log(f"roadseg submit: job {job_id} {status}{detail}")
-    return exit_code(status)
+    code = exit_code(status, getattr(info, "driver_exit_code", None))
+    log(f"roadseg submit: job {job_id} {status}{detail}" + (f" (exit code {code})" if code else ""))
+    return code
 
 
 # --- the `check` job: runs on the cluster --------------------------------------------------------

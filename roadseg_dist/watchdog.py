@@ -6,7 +6,8 @@ runs the job's body with a checker thread: after ``timeout_s`` without a beat it
 and interrupts the main thread, which leaves the body as ``StallError(diagnosis)``. Loops that poll
 anyway (the training driver) call ``dog.check()`` instead and need no interruption.
 
-``Watchdog`` is pure (an injectable clock); ``ray_diagnosis`` is the only part that asks Ray.
+``Watchdog`` is pure (an injectable clock); ``ray_diagnosis`` is the only part that asks Ray, through its
+public APIs (``ray.util.state``, the autoscaler's ``get_cluster_status``).
 """
 from __future__ import annotations
 
@@ -138,13 +139,22 @@ def ray_diagnosis() -> str:
                      "(a read that never returns? a full object store?)"))
     except Exception as exc:  # noqa: BLE001 - older/odd clusters: say so and go on
         lines.append(f"(no autoscaler status: {exc})")
-    try:
-        from ray._private.state import state
+    lines.append(pending_actors())
+    return "\n".join(line for line in lines if line)
 
-        pending = sorted({a.get("ActorClassName", "?") for a in state.actor_table(None).values()
-                          if a.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")})
-        if pending:
-            lines.append("actors not yet placed: " + ", ".join(pending))
-    except Exception:  # noqa: BLE001 - the actor table is a nicety of the diagnosis
-        pass
-    return "\n".join(lines)
+
+def pending_actors(timeout_s: float = 3.0) -> str:
+    """The actors waiting to be placed, by class, from Ray's public state API (served by the dashboard:
+    a cluster, ``ray start``; the embedded local Ray runs without one, and the pending demand above says it)."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address  # this cluster, not whichever else the machine runs
+    try:
+        actors = [a for state in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")
+                  for a in list_actors(address=address, filters=[("state", "=", state)], timeout=timeout_s,
+                                       raise_on_missing_output=False)]
+    except Exception:  # noqa: BLE001 - no dashboard, or it is slow: the actor list is a nicety of the diagnosis
+        return ""
+    names = sorted({a.class_name or "?" for a in actors})
+    return "actors not yet placed: " + ", ".join(names) if names else ""

@@ -102,7 +102,8 @@ def test_overwriting_removes_old_meta_first(tmp_path):
     ckpt.save_checkpoint(url, tiny_unet(), epoch=1)
     ckpt.save_checkpoint(url, tiny_unet(seed=1), epoch=2)
     assert ckpt.read_meta(url)["epoch"] == 2
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["meta.json", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "config.json", "meta.json", "model.pt", "model.safetensors"]
 
 
 # --- errors a user can meet -------------------------------------------------------------------------
@@ -135,8 +136,13 @@ def test_different_number_of_classes(saved):
 
 
 def test_corrupt_files(saved):
+    weights = storage.join(saved, "model.safetensors")
+    storage.write_bytes(weights, storage.read_bytes(weights)[:500])  # truncated upload
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+        load_model(saved)
+    storage.remove(weights)  # an earlier roadseg_dist's checkpoint: model.pt alone
     model_pt = storage.join(saved, "model.pt")
-    storage.write_bytes(model_pt, storage.read_bytes(model_pt)[:500])  # truncated upload
+    storage.write_bytes(model_pt, storage.read_bytes(model_pt)[:500])
     with pytest.raises(CheckpointError, match="model.pt is corrupt"):
         load_model(saved)
     storage.write_text(storage.join(saved, "meta.json"), '{"arch": "unet", "num_cl')
@@ -145,8 +151,9 @@ def test_corrupt_files(saved):
 
 
 def test_missing_and_empty(tmp_path, saved):
-    storage.remove(storage.join(saved, "model.pt"))
-    with pytest.raises(CheckpointError, match="model.pt is missing"):
+    for name in ("model.pt", "model.safetensors"):
+        storage.remove(storage.join(saved, name))
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
         load_model(saved)
     storage.remove(storage.join(saved, "meta.json"))
     (tmp_path / "ckpt" / "model.pt").write_bytes(b"x")
@@ -176,3 +183,50 @@ def test_a_folder_of_runs_is_refused_and_lists_them(root):
         with pytest.raises(CheckpointError, match=r"holds 3 run\(s\): .*run-a, .*run-b, .*run-c; pick one"):
             load_model(folder)
     assert ckpt.resolve_checkpoint(storage.join(root, "team/run-a")).endswith("team/run-a/checkpoint_000001")
+
+
+# --- the files other tools read ---------------------------------------------------------------------
+
+def test_smp_from_pretrained_and_load_model_give_identical_outputs(tmp_path):
+    """model.safetensors + config.json: smp's own loader rebuilds the network, ours the whole model."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(2)
+    model = build_model("unet-resnet18", decoder_channels=(32, 16, 16, 8, 8))
+    model.train()(torch.randn(2, 3, 64, 64))  # BatchNorm statistics off their defaults
+    model.eval()
+    url = str(tmp_path / "ckpt")
+    ckpt.save_checkpoint(url, model, epoch=3, input_size=(64, 96))
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert (config["_model_class"], config["encoder_name"], config["classes"]) == ("Unet", "resnet18", 19)
+    assert config["_roadseg"]["arch"] == "unet-resnet18" and config["_roadseg"]["multiple"] == 32
+    (tmp_path / "ckpt" / "model.pt").unlink()  # the new files alone
+    theirs = smp.from_pretrained(url).eval()
+    ours, _ = load_model(url)
+    x = torch.randn(2, 3, 96, 128)  # smp's bare net wants sides divisible by 32
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(ours(x), model(x), rtol=0, atol=0)
+        y = torch.randn(1, 3, 45, 77)  # ours pads any size, as before
+        torch.testing.assert_close(ours(y), model(y), rtol=0, atol=0)
+
+
+def test_the_classic_unet_and_earlier_checkpoints_load_identically(tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny_unet()
+    model.train()(torch.randn(2, 3, 32, 32))
+    model.eval()
+    new, old = str(tmp_path / "new"), str(tmp_path / "old")
+    ckpt.save_checkpoint(new, model, epoch=1)
+    assert set(load_file(tmp_path / "new" / "model.safetensors")) == set(model.net.state_dict())
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["_class"] == "roadseg_dist.models.unet.UNet" and config["base_channels"] == 4
+    ckpt.save_checkpoint(old, model, epoch=1)  # as an earlier roadseg_dist wrote it: model.pt + meta.json
+    for name in ("model.safetensors", "config.json"):
+        (tmp_path / "old" / name).unlink()
+    x = torch.randn(2, 3, 37, 53)
+    with torch.no_grad():
+        for url in (new, old):
+            torch.testing.assert_close(load_model(url)[0](x), model(x), rtol=0, atol=0)
+    assert ckpt.weights_url(new).endswith("model.safetensors") and ckpt.weights_url(old).endswith("model.pt")

@@ -386,3 +386,39 @@ def test_rayjob_entrypoints_parse_with_the_real_cli(path):
     command = main.get_command(click.Context(main), job)
     ctx = command.make_context(job, argv[2:])  # raises on an unknown flag or a missing argument
     assert ctx.params
+
+
+class FakeJobAPI:
+    """Ray's Job API for one job that ends with ``status`` and ``driver_exit_code`` (as JobInfo says)."""
+
+    def __init__(self, status: str, driver_exit_code: int | None):
+        from ray.job_submission import JobStatus
+
+        self.status, self.code, self.JobStatus = status, driver_exit_code, JobStatus
+
+    def submit_job(self, **request):
+        return "raysubmit_fake"
+
+    async def tail_job_logs(self, job_id):
+        yield "infer: 1/2 source(s) done\n"
+
+    def get_job_status(self, job_id):
+        return self.JobStatus(self.status)
+
+    def get_job_info(self, job_id):
+        from ray.job_submission import JobDetails
+
+        return JobDetails(type="SUBMISSION", entrypoint="python jobs/infer.py", status=self.JobStatus(self.status),
+                          message="Job entrypoint command failed with exit code 3", driver_exit_code=self.code)
+
+
+@pytest.mark.parametrize("status,driver_code,expected", [
+    ("FAILED", 3, 3),        # infer with failed sources: 3 locally, and now through submit too
+    ("SUCCEEDED", 0, 0), ("FAILED", 1, 1), ("FAILED", None, 1),  # never started: no driver code
+    ("FAILED", -9, 137), ("STOPPED", -15, 2)])
+def test_submit_exits_with_the_jobs_own_exit_code(monkeypatch, status, driver_code, expected):
+    monkeypatch.setattr(submit, "client", lambda address: FakeJobAPI(status, driver_code))
+    said = []
+    s = submit.SubmitSettings(job="infer", address="http://127.0.0.1:1")
+    assert submit.submit(s, ["ckpt", "in", "out"], log=said.append) == expected
+    assert said[-1].startswith(f"roadseg submit: job raysubmit_fake {status}")

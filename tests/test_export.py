@@ -1,5 +1,6 @@
-"""`roadseg export`: TorchScript and ONNX files that match the eager model to 1e-4 at sizes other
-than the one traced, with the checkpoint's description inside."""
+"""`roadseg export`: TorchScript, torch.export (.pt2) and ONNX files that match the eager model to 1e-4 at
+sizes other than the one traced, with the checkpoint's description inside; with --uint8-input they take
+decoded frames as they come, and ONNX Runtime alone reproduces `roadseg infer`'s masks on a real video."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,12 @@ from click.testing import CliRunner
 from roadseg_dist import build_model, load_model, storage
 from roadseg_dist.cli import main
 from roadseg_dist.models.checkpoint import save_checkpoint
+from roadseg_dist.models.checkpoint import input_normalization
 from roadseg_dist.models.export import export_checkpoint
+from roadseg_dist.models.predict import normalize
+
+VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"  # Debian's opencv-doc: 795 frames of 576x768
+EVERY = 200
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +88,72 @@ def test_export_errors_are_clear(unet_ckpt, tmp_path):
     result = runner.invoke(main, ["export", unet_ckpt, str(tmp_path / "m.x"), "--format", "tflite"])
     assert result.exit_code == 2 and "tflite" in result.output
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.x").exists()
+
+
+def test_pt2_takes_uint8_frames_and_normalises_inside(unet_ckpt, tmp_path):
+    out = tmp_path / "model.pt2"  # the format from the suffix
+    result = CliRunner().invoke(main, ["export", unet_ckpt, str(out), "--uint8-input"])
+    assert result.exit_code == 0, result.output
+    assert "(pt2, " in result.stdout and "takes uint8 RGB (N, H, W, 3)" in result.stdout
+    extra = {"meta.json": ""}
+    program = torch.export.load(str(out), extra_files=extra)
+    meta = json.loads(extra["meta.json"])
+    assert meta["export_input"] == {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": "RGB",
+                                    "normalized": False, "min_size": 17}
+    model, meta = load_model(unet_ckpt)
+    for size in [(50, 70), (181, 317)]:
+        frames = torch.randint(0, 256, (3, *size, 3), dtype=torch.uint8)
+        with torch.no_grad():
+            got, expected = program.module()(frames), model(normalize(frames, *input_normalization(meta)))
+        assert got.shape == (3, 19, *size) and (got - expected).abs().max() <= 1e-4
+
+
+def decoded_frames(every: int):
+    """(index, RGB uint8 frame) of VIDEO as `roadseg infer` decodes it (PyAV, one sequential pass)."""
+    import av
+
+    with av.open(VIDEO) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index % every == 0:
+                yield index, frame.to_ndarray(format="rgb24")
+
+
+def test_onnxruntime_alone_reproduces_infer_masks_on_a_real_video(ray_local, tmp_path):
+    """`roadseg infer --amp off` against ONNX Runtime on nothing but the exported file and decoded frames:
+    with --uint8-input no normalisation code at all; without it, the mean/std of the file's metadata."""
+    import cv2
+    import numpy as np
+
+    torch.manual_seed(3)
+    model = build_model("unet", base_channels=4)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.momentum = None  # statistics of these frames exactly: an untrained net whose argmax varies
+    with torch.no_grad():
+        model.train()(normalize(np.stack([rgb for _, rgb in decoded_frames(EVERY)][:2])))
+    ckpt = str(tmp_path / "ckpt")
+    save_checkpoint(ckpt, model, input_size=(576, 768))  # the video's size: infer resizes nothing
+    for flag, name in (("--uint8-input", "u8.onnx"), ("--no-uint8-input", "f32.onnx")):
+        result = CliRunner().invoke(main, ["export", ckpt, str(tmp_path / name), flag])
+        assert result.exit_code == 0, result.output
+    out = tmp_path / "segmented"
+    result = CliRunner().invoke(main, ["infer", ckpt, VIDEO, str(out), "--amp", "off", "--every", str(EVERY),
+                                       "--outputs", "mask", "--no-view"])
+    assert result.exit_code == 0, result.output
+    sessions = {name: ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+                for name in ("u8.onnx", "f32.onnx")}
+    meta = json.loads(onnx.load(str(tmp_path / "f32.onnx")).metadata_props[0].value)
+    mean = np.array(meta["normalization"]["mean"], np.float32)
+    std = np.array(meta["normalization"]["std"], np.float32)
+    same = {name: 0 for name in sessions}
+    total, classes = 0, np.zeros(19, np.int64)
+    for index, rgb in decoded_frames(EVERY):
+        mask = cv2.imread(str(out / "vtest" / "mask" / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        feeds = {"u8.onnx": rgb[None], "f32.onnx": ((rgb / np.float32(255) - mean) / std).transpose(2, 0, 1)[None]}
+        for name, session in sessions.items():
+            logits = session.run(["logits"], {"image": feeds[name].astype(feeds[name].dtype)})[0]
+            same[name] += int((logits[0].argmax(0) == mask).sum())
+        total += mask.size
+        classes += np.bincount(mask.ravel(), minlength=19)[:19]
+    assert total == 4 * 576 * 768
+    assert (classes > 0.01 * total).sum() >= 3, classes  # masks with several classes, not one colour
+    assert {name: n / total for name, n in same.items()} == {name: pytest.approx(1.0, abs=0.01) for name in same}

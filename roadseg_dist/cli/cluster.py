@@ -6,7 +6,8 @@ import sys
 import click
 
 from roadseg_dist import settings
-from roadseg_dist.cli import main
+from roadseg_dist.cli import build, main
+from roadseg_dist.extras import require
 from roadseg_dist.submit import SubmitSettings
 
 # --- cluster -------------------------------------------------------------------------------------
@@ -21,9 +22,11 @@ def submit(args, config, **values):
     Ships roadseg_dist/, jobs/, configs/, pyproject.toml (and README.md) as the job's working
     directory, printing what goes with sizes; sends the S3 endpoint and region of this environment
     but no keys (the nodes use their own; see --pass-credentials); follows the logs; exits with the
-    job's status (0 = SUCCEEDED).
+    job's own exit code (0 = SUCCEEDED; infer with failed sources: 3), or 1 FAILED / 2 STOPPED when
+    the job has none.
     """
     from roadseg_dist import submit as submit_mod
 
-    s = settings.build(SubmitSettings, config, **values)
+    s = build(SubmitSettings, config, **values)
+    require("cluster", "roadseg submit")
     sys.exit(submit_mod.submit(s, args))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from roadseg_dist import settings
-from roadseg_dist.cli import main
+from roadseg_dist.cli import build, main, result, results_console
 from roadseg_dist.data.shard_job import ShardSettings
 from roadseg_dist.data.synth import SynthSettings
 from roadseg_dist.models.export import ExportSettings
@@ -22,11 +22,11 @@ def synth(config, **values):
     from roadseg_dist import storage
     from roadseg_dist.data import synth as synth_mod
 
-    s = settings.build(SynthSettings, config, **values)
+    s = build(SynthSettings, config, **values)
     synth_mod.generate(s.root, train=s.train, val=s.val, height=s.height, width=s.width, videos=s.videos,
                        video_frames=s.video_frames, fps=s.fps, seed=s.seed, detail=s.detail, progress=True,
                        light=s.light, clip_light=s.clip_light)
-    click.echo(f"wrote {s.train} train + {s.val} val images ({s.height}x{s.width}) and {s.videos} clip(s) "
+    result(f"wrote {s.train} train + {s.val} val images ({s.height}x{s.width}) and {s.videos} clip(s) "
                f"with their frames' labels (video_labels/) under {storage.redact(storage.normalize(s.root))}")
 
 
@@ -42,10 +42,10 @@ def shard(config, **values):
     """
     from roadseg_dist.data import shard_job
 
-    s = settings.build(ShardSettings, config, **values)
+    s = build(ShardSettings, config, **values)
     summary = shard_job.run_shard(s)
     verified = f", verified {summary['verified_shards']} shard(s)" if "verified_shards" in summary else ""
-    click.echo(f"{summary['split']}: {summary['samples']} samples in {summary['shards']} shard(s) under "
+    result(f"{summary['split']}: {summary['samples']} samples in {summary['shards']} shard(s) under "
                f"{summary['dest']} ({summary['written']} written, {summary['skipped']} already complete"
                f"{verified}); {summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s")
 # --- models (issue: model zoo) -------------------------------------------------------------------
@@ -70,9 +70,8 @@ def models(as_json: bool) -> None:
         info.update(pretrained_weights=path, pretrained_available=present)
         rows.append(info)
     if as_json:
-        click.echo(json_mod.dumps(rows, indent=2))
+        result(json_mod.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="roadseg model zoo", caption=f"ImageNet weights are read from {pretrained.torch_hub_dir()}"
@@ -85,7 +84,7 @@ def models(as_json: bool) -> None:
             ("found " if r["pretrained_available"] else "missing ") + os.path.basename(r["pretrained_weights"]))
         table.add_row(r["name"], f"{r['parameters'] / 1e6:.1f}M", f"{r['gflops_720x1280']:.0f}",
                       r["encoder"] or "- (scratch)", weights)
-    Console().print(table)
+    results_console().print(table)
 
 
 @main.command("export")
@@ -93,19 +92,22 @@ def models(as_json: bool) -> None:
 def export_cmd(config, **values):
     """Export CHECKPOINT (a checkpoint dir, or a run dir: its best checkpoint) to OUT.
 
-    TorchScript (torch.jit.load) or ONNX (onnxruntime), with dynamic batch, height and width. The
-    export is run at an awkward size and compared with the eager model before OUT is written.
+    ONNX (onnxruntime; torch.onnx's dynamo exporter), torch.export (.pt2) or TorchScript, with dynamic
+    batch, height and width; --uint8-input puts the normalisation in the graph, so decoded RGB frames go
+    straight in. The export is run at an awkward size and compared with the eager model before OUT is
+    written.
     """
     from roadseg_dist import storage
     from roadseg_dist.models.export import export_checkpoint
 
-    s = settings.build(ExportSettings, config, **values)
+    s = build(ExportSettings, config, **values)
     try:
-        report = export_checkpoint(s.checkpoint, s.out, s.format, opset=s.opset, check=s.check,
-                                   tolerance=s.tolerance)
-    except (ValueError, RuntimeError, OSError) as exc:  # CheckpointError, bad URL, parity, S3 access
+        report = export_checkpoint(s.checkpoint, s.out, s.format, uint8_input=s.uint8_input, opset=s.opset,
+                                   check=s.check, tolerance=s.tolerance)
+    except (ValueError, RuntimeError, OSError) as exc:  # CheckpointError, bad URL, parity, S3 access, extra
         raise click.ClickException(storage.redact(str(exc))) from None
     parity = (f"; max |exported - eager| = {report['max_abs_diff']:.2g} at "
               f"{report['checked_at'][0]}x{report['checked_at'][1]}") if "max_abs_diff" in report else ""
-    click.echo(f"exported {report['arch']} from {report['checkpoint']} to {report['out']} "
-               f"({report['format']}, {report['bytes'] / 1e6:.1f} MB){parity}")
+    takes = "uint8 RGB (N, H, W, 3)" if s.uint8_input else "normalised float (N, 3, H, W)"
+    result(f"exported {report['arch']} from {report['checkpoint']} to {report['out']} "
+           f"({report['format']}, {report['bytes'] / 1e6:.1f} MB, takes {takes}){parity}")

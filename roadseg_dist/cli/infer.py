@@ -6,7 +6,8 @@ import sys
 import click
 
 from roadseg_dist import settings
-from roadseg_dist.cli import main
+from roadseg_dist.cli import build, main, result
+from roadseg_dist.extras import require
 from roadseg_dist.infer.settings import InferSettings
 from roadseg_dist.results.settings import FramesSettings, ViewSettings
 
@@ -28,9 +29,9 @@ def infer(config, **values):
     from roadseg_dist import storage
     from roadseg_dist.infer import pipeline
 
-    s = settings.build(InferSettings, config, **values)
+    s = build(InferSettings, config, **values)
     report = pipeline.run(s)
-    click.echo(f"{report['videos_done']}/{report['sources']} source(s) done "
+    result(f"{report['videos_done']}/{report['sources']} source(s) done "
                f"({report['videos_skipped']} already complete), {report['frames_this_run']} frame(s) "
                f"this run at {report['frames_per_second']:.2f} frames/s (model in {report['precision']}); report: "
                f"{storage.join(storage.redact(storage.normalize(s.output)), 'report.json')}")
@@ -49,7 +50,7 @@ def write_results_page(output: str) -> None:
     from roadseg_dist.results.page import write_site
 
     try:
-        click.echo(f"results page: {storage.redact(write_site(output))}")
+        result(f"results page: {storage.redact(write_site(output))}")
     except Exception as exc:  # noqa: BLE001 - the run's outputs stand without the page
         click.echo(f"WARNING: no results page ({storage.redact(str(exc))}); "
                    f"retry with: roadseg view {storage.redact(output)}", err=True)
@@ -68,12 +69,12 @@ def view(config, **values):
     from roadseg_dist.results.page import write_site
     from roadseg_dist.results.run import ResultsError
 
-    s = settings.build(ViewSettings, config, **values)
+    s = build(ViewSettings, config, **values)
     try:
         index = write_site(s.output, s.thumbnails)
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"results page: {storage.redact(index)}")
+    result(f"results page: {storage.redact(index)}")
 
 
 @main.command()
@@ -97,7 +98,8 @@ def frames(config, **values):
     from roadseg_dist import storage
     from roadseg_dist.results import export as export_mod, query, sheet
 
-    s = settings.build(FramesSettings, config, **values)
+    s = build(FramesSettings, config, **values)
+    require("infer", "roadseg frames")
     spreading = s.per_source is not None or s.min_gap > 0
     try:  # spreading skips rows: ask for more, then take --limit of them in order
         rows = query.search(s.output, s.where, s.order_by, max(s.limit * 50, 10_000) if spreading else s.limit)
@@ -108,9 +110,9 @@ def frames(config, **values):
     if spreading:
         rows = export_mod.spread(rows, s.per_source, s.min_gap, s.limit)
     if s.json_output:
-        click.echo(json_mod.dumps(rows, indent=1))
+        result(json_mod.dumps(rows, indent=1))
     else:
-        click.echo(query.format_table(rows, query.shown_columns(s.where, s.order_by)))
+        result(query.format_table(rows, query.shown_columns(s.where, s.order_by)))
         click.echo(f"{len(rows)} frame(s)" + (" (--limit reached)" if len(rows) == s.limit else ""), err=True)
     if s.sheet and not rows:
         click.echo("no frame matched: no contact sheet written", err=True)

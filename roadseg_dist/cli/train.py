@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from roadseg_dist import settings
-from roadseg_dist.cli import main
+from roadseg_dist.cli import build, main, result, results_console
+from roadseg_dist.extras import require
 from roadseg_dist.compare import CompareSettings
 from roadseg_dist.demo import DemoSettings
 from roadseg_dist.evaluate import EvalSettings
@@ -18,12 +19,21 @@ from roadseg_dist.train.settings import TrainSettings
 def train(config, **values):
     """Train a zoo model with Ray Train (DDP), streaming the shards of --data; the run goes to STORAGE/NAME.
 
-    Prints one line per epoch and, at the end, the best val mIoU and where its checkpoint is.
+    Prints one line per epoch (stderr) and, at the end, the best val mIoU and where its checkpoint is (stdout).
     """
+    s = build(TrainSettings, config, **values)
+    require("train", "roadseg train")
+    if s.mlflow:
+        require("tracking", "roadseg train --mlflow")
+    from roadseg_dist import storage
     from roadseg_dist.train import driver
 
-    s = settings.build(TrainSettings, config, **values)
-    driver.train(s)
+    summary = driver.train(s)
+    if summary.get("best_checkpoint"):
+        result(f"best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}: "
+               f"{storage.redact(summary['best_checkpoint'])}")
+    result(f"curves {storage.redact(summary['curves'])}, metrics {storage.redact(summary['metrics'])}, "
+           f"{len(summary['checkpoints'])} checkpoint folder(s), {summary['seconds']:.0f}s")
 
 
 @main.command()
@@ -49,16 +59,15 @@ def runs(storage_url: str, as_json: bool) -> None:
         raise click.ClickException(f"cannot list runs under {storage.redact(storage_url)}: "
                                    f"{storage.redact(str(exc))}") from None
     if as_json:
-        click.echo(json_mod.dumps(rows, indent=2))
+        result(json_mod.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo(f"no runs under {storage.redact(storage_url)}")
+        result(f"no runs under {storage.redact(storage_url)}")
         return
     print_runs(rows, f"runs under {storage.redact(storage_url)}")
 
 
 def print_runs(rows: list[dict], title: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -75,7 +84,7 @@ def print_runs(rows: list[dict], title: str) -> None:
         updated = (r["updated"] or "-")[5:16].replace("T", " ") if r["updated"] else "-"
         table.add_row(escape(r["name"]), status, epochs, str(r["resumable_epoch"] or "-"),
                       escape(r["model"] or "-"), best, updated)
-    console = Console()
+    console = results_console()
     console.print(table)
     for r in rows:
         if r["problem"]:
@@ -95,12 +104,13 @@ def eval_(config, **values):
     definitions, written to OUT/eval.json, eval.md and iou.png; --save-preds also writes the
     predicted train-id masks so the official toolkit can score them.
     """
+    s = build(EvalSettings, config, **values)
+    require("train", "roadseg eval")
     from roadseg_dist import eval_report, evaluate
 
-    s = settings.build(EvalSettings, config, **values)
-    result = evaluate.run_eval(s)
-    eval_report.print_summary(result)
-    click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
+    scores = evaluate.run_eval(s)
+    eval_report.print_summary(scores, results_console())
+    result(f"reports: {scores['reports']['markdown']}  {scores['reports']['chart']}")
 
 
 @main.command()
@@ -112,14 +122,15 @@ def compare(model_args, config, **values):
     Every model is scored on the same split and timed at the same input size on this machine;
     the table goes to the terminal and to OUT/compare.md, compare.json and compare.png.
     """
-    from roadseg_dist import compare as compare_mod
-
     if model_args:
         values["models"] = model_args
-    s = settings.build(CompareSettings, config, **values)
-    result = compare_mod.run_compare(s)
-    compare_mod.print_table(result)
-    click.echo(f"reports: {result['reports']['markdown']}  {result['reports']['chart']}")
+    s = build(CompareSettings, config, **values)
+    require("train", "roadseg compare")
+    from roadseg_dist import compare as compare_mod
+
+    scores = compare_mod.run_compare(s)
+    compare_mod.print_table(scores, results_console())
+    result(f"reports: {scores['reports']['markdown']}  {scores['reports']['chart']}")
 
 
 @main.command()
@@ -127,7 +138,11 @@ def compare(model_args, config, **values):
 def demo(config, **values):
     """The whole story on this machine: synthetic data -> shards -> 2-worker Ray training ->
     evaluation -> segmentation of driving clips; ends with the mIoU and where the outputs are."""
+    s = build(DemoSettings, config, **values)
+    require("train", "roadseg demo")
+    if s.s3:
+        require("dev", "roadseg demo --s3 (a loopback S3 server)")
     from roadseg_dist import demo as demo_mod
 
-    s = settings.build(DemoSettings, config, **values)
-    demo_mod.run_demo(s)
+    summary = demo_mod.run_demo(s)
+    demo_mod.print_summary(summary, results_console())

@@ -146,9 +146,10 @@ def generate(root: str, train: int = 8, val: int = 4, height: int = 180, width: 
             for fut in futures:
                 fut.result()
             return
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
+        with Progress(transient=True, console=Console(stderr=True)) as bar:
             task = bar.add_task("synth", total=len(futures))
             for fut in cf.as_completed(futures):
                 fut.result()

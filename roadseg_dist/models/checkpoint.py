@@ -2,7 +2,11 @@
 
 A checkpoint is a directory (local or ``s3://``) holding
 
-    model.pt          the model's state dict
+    model.safetensors the network's weights, and config.json how to build it: smp's own format for
+                      smp-based models, so ``segmentation_models_pytorch.from_pretrained(DIR)`` loads them
+                      (``weights.py``)
+    model.pt          the same weights as a torch state dict (keys ``net.*``): what earlier checkpoints
+                      hold alone, and still read when there is no model.safetensors
     train_state.pt    optional: optimizer / scheduler / scaler state, epoch ... (for resuming)
     meta.json         how to rebuild and feed the model (see ``meta_for``); written LAST, so a
                       directory without it is an unfinished checkpoint and is never loaded
@@ -16,18 +20,20 @@ import datetime as _dt
 import io
 import json
 import logging
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
 from roadseg_dist import __version__, labels, storage
+from roadseg_dist.models import weights
+from roadseg_dist.settings import SECRET_KEY
 
 log = logging.getLogger(__name__)
 
 FORMAT = "roadseg-checkpoint/1"
-MODEL_FILE = "model.pt"
+MODEL_FILE = weights.LEGACY  # model.pt
+WEIGHTS_FILES = (weights.SAFETENSORS, weights.LEGACY)  # what load_model reads, in order of preference
 META_FILE = "meta.json"
 TRAIN_STATE_FILE = "train_state.pt"
 
@@ -38,16 +44,13 @@ class CheckpointError(ValueError):
 
 # --- writing ---------------------------------------------------------------------------------------
 
-_SECRET_KEY = re.compile(r"(?i)(secret|token|passw|credential|access_key|private_key|api_key|apikey|auth)")
-
-
 def scrub(config: Any) -> Any:
     """A JSON-ready copy of a training config with secret-looking keys dropped and URLs redacted."""
     if hasattr(config, "__dataclass_fields__"):
         import dataclasses
         config = dataclasses.asdict(config)
     if isinstance(config, dict):
-        return {str(k): scrub(v) for k, v in config.items() if not _SECRET_KEY.search(str(k))}
+        return {str(k): scrub(v) for k, v in config.items() if not SECRET_KEY.search(str(k))}
     if isinstance(config, (list, tuple)):
         return [scrub(v) for v in config]
     if isinstance(config, str):
@@ -107,8 +110,8 @@ def save_checkpoint(url: str, model: nn.Module, *, epoch: int = 0, metrics: dict
     meta = meta_for(model, epoch=epoch, metrics=metrics, train_config=train_config, input_size=input_size)
     # Overwriting? Take the old meta.json away first, so a crash mid-write leaves an unfinished dir.
     storage.remove(storage.join(url, META_FILE))
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    storage.write_bytes(storage.join(url, MODEL_FILE), _torch_bytes(state))
+    for name, data in weights.files(unwrap(model), meta, _torch_bytes).items():
+        storage.write_bytes(storage.join(url, name), data)
     if train_state is not None:
         storage.write_bytes(storage.join(url, TRAIN_STATE_FILE), _torch_bytes(train_state))
     storage.write_text(storage.join(url, META_FILE), json.dumps(meta, indent=2) + "\n")
@@ -190,9 +193,10 @@ def resolve_checkpoint(url: str, pick: str = "best") -> str:
         return url
     if not storage.exists(url):
         raise CheckpointError(f"no checkpoint or run directory at {shown}")
-    if storage.exists(storage.join(url, MODEL_FILE)):
-        raise CheckpointError(f"{shown} has {MODEL_FILE} but no {META_FILE}: the checkpoint was not "
-                              "finished (interrupted save); use an earlier checkpoint")
+    for name in WEIGHTS_FILES:
+        if storage.exists(storage.join(url, name)):
+            raise CheckpointError(f"{shown} has {name} but no {META_FILE}: the checkpoint was not "
+                                  "finished (interrupted save); use an earlier checkpoint")
     found = _checkpoint_dirs_below(url)
     candidates = []
     for ckpt in found.get(url, []):
@@ -254,13 +258,29 @@ def _load_torch(url: str, what: str) -> Any:
                               f"{str(exc)[:200]}); re-save it or pick another checkpoint") from None
 
 
+def weights_url(ckpt: str) -> str:
+    """The weights file ``read_weights`` reads in a resolved checkpoint dir: model.safetensors, else model.pt
+    (a checkpoint of an earlier roadseg_dist); the first name when neither exists (it is then missing)."""
+    for name in WEIGHTS_FILES:
+        if storage.exists(storage.join(ckpt, name)):
+            return storage.join(ckpt, name)
+    return storage.join(ckpt, WEIGHTS_FILES[0])
+
+
 def read_weights(url: str) -> dict:
-    """model.pt of a checkpoint (or of a run's best checkpoint) as a state dict of CPU tensors."""
-    ckpt = resolve_checkpoint(url)
-    state = _load_torch(storage.join(ckpt, MODEL_FILE), "weights")
+    """The weights of a checkpoint (or of a run's best checkpoint) as the model's state dict (``net.*``)."""
+    path = weights_url(resolve_checkpoint(url))
+    if path.endswith(weights.SAFETENSORS):
+        try:
+            return weights.from_safetensors(storage.read_bytes(path))
+        except FileNotFoundError:
+            raise CheckpointError(f"{storage.redact(path)} is missing: the checkpoint is incomplete") from None
+        except Exception as exc:  # noqa: BLE001 - a cut or foreign file: safetensors' own errors
+            raise CheckpointError(f"{storage.redact(path)} is corrupt (weights unreadable: {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); re-save it or pick another checkpoint") from None
+    state = _load_torch(path, "weights")
     if not isinstance(state, dict):
-        raise CheckpointError(f"{storage.redact(ckpt)}/{MODEL_FILE} holds a {type(state).__name__}, "
-                              "not a state dict")
+        raise CheckpointError(f"{storage.redact(path)} holds a {type(state).__name__}, not a state dict")
     return state
 
 
@@ -295,7 +315,7 @@ def load_model(url: str, device: str | torch.device = "cpu",
         head = state.get("net.head.weight", state.get("net.segmentation_head.0.weight"))
         hint = (f" (its weights have {head.shape[0]} output classes, meta.json says {meta['num_classes']})"
                 if head is not None and head.shape[0] != int(meta["num_classes"]) else "")
-        raise CheckpointError(f"{shown}/{MODEL_FILE} does not match its meta.json{hint}: "
+        raise CheckpointError(f"{storage.redact(weights_url(ckpt))} does not match its meta.json{hint}: "
                               f"{str(exc).splitlines()[0][:300]}") from None
     return model.to(device).eval(), meta
 
