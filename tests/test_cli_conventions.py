@@ -63,7 +63,7 @@ def test_print_config_round_trip_runs_the_same_settings(tmp_path, monkeypatch):
     expected = settings.build(TrainSettings, data=str(tmp_path / "shards"), storage=str(tmp_path / "runs"),
                               name="r1", epochs=3, crop="64x96", lr=0.01)
     assert ran == [expected]
-    assert yaml.safe_load(printed.stdout)["data"] == str(tmp_path / "shards")  # absolute: reloads anywhere
+    assert yaml.safe_load(printed.stdout)["data"] == [str(tmp_path / "shards")]  # absolute: reloads anywhere
 
 
 def test_print_config_never_shows_a_credential():

@@ -244,7 +244,7 @@ def test_every_job_marks_its_paths():
     def paths(cls):
         return {f.name for f in dataclasses.fields(cls) if f.metadata.get("path")}
 
-    assert paths(TrainSettings) == {"data", "storage"}
+    assert paths(TrainSettings) == {"data", "storage", "init_from"}
     assert paths(EvalSettings) == {"checkpoint", "data", "out", "save_preds"}
     assert paths(CompareSettings) == {"data", "models", "out"}
     assert paths(ShardSettings) == {"root", "dest"}
