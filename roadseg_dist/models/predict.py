@@ -14,6 +14,7 @@ are a checkpoint's ``meta.normalization`` (``checkpoint.input_normalization``), 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
@@ -30,7 +31,14 @@ def normalize(images, mean=MEAN, std=STD, device=None) -> torch.Tensor:
 
     The uint8 batch moves to the device first: a quarter of the bytes of the float one.
     """
-    x = torch.as_tensor(images)
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        # Ray hands arrays out of its object store read-only; only read here, so share the memory
+        # without torch's warning (a copy would cost more than the normalisation)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(images)
+    else:
+        x = torch.as_tensor(images)
     if device is not None:
         x = x.to(device, non_blocking=True)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
