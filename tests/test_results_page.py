@@ -118,11 +118,15 @@ def test_results_page_in_chromium(browser, segmented, where, tmp_path):
     screenshot(page, str(tmp_path / f"index-{where}.png"))
     for url, (sid, frames) in zip(links, CLIPS.items()):
         page.goto(url, wait_until="load")
-        images = page.eval_on_selector_all(".strip img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        shown = "els => els.map(e => [e.complete, e.naturalWidth])"
+        images = page.eval_on_selector_all(".strip:not(.unsure) img", shown)
         assert len(images) == min(6, frames) and all(done and w > 0 for done, w in images), images
+        unsure = page.eval_on_selector_all(".strip.unsure img", shown)  # the least confident frames
+        assert 0 < len(unsure) <= 6 and all(done and w > 0 for done, w in unsure), unsure
         box = page.locator("svg.timeline").bounding_box()
         assert box and box["width"] > 500 and box["height"] > 200
-        assert page.locator("svg.timeline polygon").count() == 10
+        assert page.locator("svg.timeline polygon").count() == 11  # 10 classes + how unsure the model was
+        assert "model unsure" in page.locator("svg.timeline").text_content()
         assert page.locator("video").count() == 1
         screenshot(page, str(tmp_path / f"{sid.replace('/', '-')}-{where}.png"))
     assert not errors, errors
@@ -186,10 +190,12 @@ def archive_output(out, sources: int, parts: int = 5, frames: int = 3) -> list[s
         mine = ids[k::parts]
         n = len(mine) * frames
         mix = np.random.default_rng(k).dirichlet(np.full(19, 0.5), size=n).astype(np.float32)
-        cols = [pa.array(np.repeat(mine, frames)), pa.array(np.tile(np.arange(frames), len(mine)), pa.int64()),
-                pa.array(np.tile(np.arange(frames) / 10.0, len(mine)))]
-        cols += [pa.array(mix[:, c]) for c in range(19)] + [pa.nulls(n, pa.string())] * 3
-        pq.write_table(pa.Table.from_arrays(cols, schema=stats.schema()), str(out / "frames" / f"part-{k}.parquet"))
+        given = {"video": np.repeat(mine, frames), "frame": np.tile(np.arange(frames), len(mine)),
+                 "timestamp": np.tile(np.arange(frames) / 10.0, len(mine)),
+                 **{c: mix[:, i] for i, c in enumerate(stats.CLASS_COLUMNS)}}
+        schema = stats.schema()  # the rest (quality, file paths, model) left empty
+        cols = [pa.array(given[f.name], f.type) if f.name in given else pa.nulls(n, f.type) for f in schema]
+        pq.write_table(pa.Table.from_arrays(cols, schema=schema), str(out / "frames" / f"part-{k}.parquet"))
     report = {"sources": sources, "videos_done": sources, "videos_failed": 0, "failures": [], "frames_total": 0,
               "settings": {"outputs": ["stats"]}, "output": str(out)}
     (out / "report.json").write_text(json.dumps(report))

@@ -180,7 +180,7 @@ def _strip(src: SourceStats, picks: list[int], confidence: bool = False) -> str:
                    f'alt="frame {src.frames[i]}"><figcaption>frame {src.frames[i]}, {ts[i]:.2f} s'
                    + (f", confidence {src.confidence[i]:.2f}" if confidence else "") + "</figcaption></figure>"
                    for i in picks)
-    return f'<div class="strip">{figs}</div>'
+    return f'<div class="strip{" unsure" if confidence else ""}">{figs}</div>'
 
 
 def write_html(url: str, text: str) -> bool:
