@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from roadseg_dist import settings
-from roadseg_dist.cluster import init_ray
+from roadseg_dist.ops.cluster import init_ray
 from roadseg_dist.data import shard_job, synth
 from roadseg_dist.infer import pipeline
 from roadseg_dist.infer.settings import InferSettings

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from roadseg_dist import labels, settings, storage
-from roadseg_dist.cluster import init_ray, shutdown_ray
+from roadseg_dist.ops.cluster import init_ray, shutdown_ray
 from roadseg_dist.data import shard_job, shards, synth
 from roadseg_dist.evaluate import predict_masks, score_split
 from roadseg_dist.metrics import ConfusionMatrix

@@ -355,7 +355,7 @@ def main() -> int:
         fps_seq = sequential(model, videos, os.path.join(root, "seq"), size, mean, std, device)
         print(f"  sequential {fps_seq:.2f} frames/s", flush=True)
 
-        from roadseg_dist.cluster import init_ray
+        from roadseg_dist.ops.cluster import init_ray
 
         init_ray()  # started before timing: the jobs, not Ray's start-up, are measured
         os.makedirs(os.path.join(root, "peer"))

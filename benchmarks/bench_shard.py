@@ -63,7 +63,7 @@ def main() -> None:
 
     import boto3
 
-    from roadseg_dist.cluster import init_ray, shutdown_ray
+    from roadseg_dist.ops.cluster import init_ray, shutdown_ray
     from roadseg_dist.data import bdd100k, shard_job, synth
 
     proc, endpoint = start_s3()

@@ -146,7 +146,7 @@ def ingest_and_training(args) -> dict:
     from ray import cloudpickle
 
     import old_ingest
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
     from roadseg_dist.data import feed, ingest, shard_job, shards, synth
 
     cloudpickle.register_pickle_by_value(old_ingest)  # Ray's workers cannot import benchmarks/

@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 
-from roadseg_dist import labels, progress, reports, storage
+from roadseg_dist import labels, reports, storage
+from roadseg_dist.ops import progress
 from roadseg_dist.evaluate import plan_scoring, progress_echo, score_split
 from roadseg_dist.reports import percent
-from roadseg_dist.resources import AUTO, parse_cpus
+from roadseg_dist.ops.resources import AUTO, parse_cpus
 from roadseg_dist.settings import SettingsError, at_least, field, parse_list, parse_size
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT
 
 
 @dataclasses.dataclass

@@ -179,7 +179,7 @@ def run_demo(s: DemoSettings, console=None) -> dict:
     import ray
     from rich.console import Console
 
-    from roadseg_dist.cluster import init_ray, shutdown_ray
+    from roadseg_dist.ops.cluster import init_ray, shutdown_ray
 
     console = console or Console(stderr=True)
     titles = ["synthetic data", "shards", "training", "evaluation", "video segmentation"]

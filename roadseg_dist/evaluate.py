@@ -18,13 +18,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from roadseg_dist import progress, resources, storage, watchdog
+from roadseg_dist import storage
+from roadseg_dist.ops import progress, resources, watchdog
 from roadseg_dist.errors import JobError
 from roadseg_dist.eval_report import write_eval_reports
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.resources import AUTO, parse_cpus
+from roadseg_dist.ops.resources import AUTO, parse_cpus
 from roadseg_dist.settings import SettingsError, at_least, field, parse_size
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT
 
 READ_TASK_CPUS = 0.25  # a read task streams a tar: mostly waiting on storage
 
@@ -208,7 +209,7 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
 def plan_scoring(workers: int, cpus_per_worker, gpu: bool, address: str | None, num_cpus,
                  job: str = "eval") -> resources.Plan:
     """Model actors x CPUs (auto or given) plus one read task must fit; starts Ray if needed."""
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
 
     request = resources.Request(
         job=job, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=1 if gpu else 0,

@@ -91,7 +91,7 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
     """One local single-node Ray for the whole session (started after the S3 variables are set)."""
-    from roadseg_dist.cluster import init_ray, shutdown_ray
+    from roadseg_dist.ops.cluster import init_ray, shutdown_ray
 
     init_ray(num_cpus=4)
     yield

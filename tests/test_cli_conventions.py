@@ -11,7 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from roadseg_dist import progress, settings
+from roadseg_dist import settings
+from roadseg_dist.ops import progress
 from roadseg_dist.cli import main
 from roadseg_dist.train.settings import TrainSettings
 

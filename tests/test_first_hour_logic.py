@@ -12,9 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from roadseg_dist import progress, resources, settings, storage, watchdog
+from roadseg_dist import settings, storage
+from roadseg_dist.ops import progress, resources, watchdog
 from roadseg_dist.cli import Command
-from roadseg_dist.resources import Offer, Request, ResourceError
+from roadseg_dist.ops.resources import Offer, Request, ResourceError
 
 
 # --- resources -----------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from roadseg_dist.infer.pipeline import InputError
     from roadseg_dist.models.checkpoint import CheckpointError
     from roadseg_dist.images import ImageTooLarge
-    from roadseg_dist.resources import ResourceError
+    from roadseg_dist.ops.resources import ResourceError
     from roadseg_dist.retries import StorageError
-    from roadseg_dist.watchdog import StallError
+    from roadseg_dist.ops.watchdog import StallError
 
     return (DatasetError, CheckpointError, InputError, JobError, ResourceError, StallError, StorageError,
             ImageTooLarge, FileNotFoundError)
@@ -44,7 +44,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def set_verbose(ctx: click.Context | None, param: Any, verbose: bool) -> None:
     """``-v``, before the command or anywhere after it: our debug lines, not every S3 request's headers."""
-    from roadseg_dist.cluster import WIRE_LOGGERS, redact_log_records
+    from roadseg_dist.ops.cluster import WIRE_LOGGERS, redact_log_records
 
     redact_log_records()  # before anything logs: no key, token or signed header leaves in a log line
     if ctx is not None and ctx.meta.get("roadseg.verbose"):
@@ -102,7 +102,7 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context):
         from roadseg_dist import storage
-        from roadseg_dist.cluster import our_error
+        from roadseg_dist.ops.cluster import our_error
 
         ctx.meta.setdefault(RESULTS, sys.stdout)
         try:

@@ -26,9 +26,9 @@ from roadseg_dist.data import bdd100k
 from roadseg_dist.data.bdd100k import DatasetError
 from roadseg_dist.data.shard_writer import build_shard, index_bytes, plan_shards, split_stats
 from roadseg_dist.data.shards import SPLITS, check_shard, index_url, read_index, shard_name, stats_url
-from roadseg_dist.progress import Progress
+from roadseg_dist.ops.progress import Progress
 from roadseg_dist.settings import SettingsError
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
 
 TASK_CPUS = 0.5     # a shard task is mostly I/O and JPEG decoding; leave room for other Ray work
 MOVE_THREADS = 8    # staged shards moved into place at once (on S3 a server-side copy each)
@@ -105,7 +105,7 @@ def _run_tasks(remote_fn, calls: list[tuple], workers: int, description: str,
 
 def _check_resources(address: str | None) -> None:
     """One shard task (TASK_CPUS) must fit the connected Ray, or nothing would ever run."""
-    from roadseg_dist import resources
+    from roadseg_dist.ops import resources
 
     request = resources.Request(job="shard", workers=1, cpus_per_worker=TASK_CPUS, worker_name="shard task",
                                 workers_flag="--workers", cpus_flag="the shard task size")
@@ -115,7 +115,7 @@ def _check_resources(address: str | None) -> None:
 def _remote(fn):
     """``fn`` as a Ray task; it reaches the storage this driver sees even if that changed since Ray started."""
     import ray
-    from roadseg_dist.cluster import storage_settings
+    from roadseg_dist.ops.cluster import storage_settings
 
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=3)(fn)
     job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars", {}) or {}
@@ -152,7 +152,7 @@ def _publish_if_changed(url: str, data: bytes) -> bool:
 
 def verify(data_url: str, split: str, workers: int = 0, address: str | None = None) -> dict:
     """Re-read every shard of a finished split in Ray tasks; raise DatasetError on any mismatch."""
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
 
     index = read_index(data_url, split)
     init_ray(address)
@@ -197,7 +197,7 @@ def _publish(s: "ShardSettings", dest: str, results: list[dict]) -> tuple[int, l
 def run_shard(s: ShardSettings) -> dict:
     """Shard one split of a BDD100K root into ``s.dest``; returns a summary. Raises DatasetError,
     leaving ``s.dest`` as it was, when any sample of the split is bad."""
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
 
     root, dest = storage.normalize(s.root), storage.normalize(s.dest)
     init_ray(s.address)

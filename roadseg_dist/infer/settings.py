@@ -6,7 +6,7 @@ import dataclasses
 from roadseg_dist.infer.video_out import VIDEO_CODECS
 from roadseg_dist import settings
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT
 
 SPLIT_MODES = ("auto", "always", "never")
 OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")

@@ -14,7 +14,8 @@ import os
 import threading
 import time
 
-from roadseg_dist import progress, resources, settings, storage, watchdog
+from roadseg_dist import settings, storage
+from roadseg_dist.ops import progress, resources, watchdog
 from roadseg_dist.errors import JobError
 from roadseg_dist.settings import SettingsError
 from roadseg_dist.train import checkpoints, run
@@ -99,7 +100,7 @@ def build_trainer(s: TrainSettings, feed, clock, resume_from: str | None = None,
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
 
-    from roadseg_dist.cluster import storage_settings
+    from roadseg_dist.ops.cluster import storage_settings
     from roadseg_dist.data import feed as feed_mod
     from roadseg_dist.data import ingest
     from roadseg_dist.train.loop import train_func
@@ -227,7 +228,7 @@ def train(s: TrainSettings, echo=None) -> dict:
     """
     import ray
 
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
     from roadseg_dist.data import feed as feed_mod
     from roadseg_dist.data import ingest
 

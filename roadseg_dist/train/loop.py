@@ -186,9 +186,9 @@ def setup(config: dict) -> Job:
     import ray.train
     import ray.train.torch
 
-    from roadseg_dist.cluster import quiet_ray_data
+    from roadseg_dist.ops.cluster import quiet_ray_data
     from roadseg_dist.data import shards
-    from roadseg_dist.progress import Poster
+    from roadseg_dist.ops.progress import Poster
 
     quiet_ray_data()
     s = config["settings"]  # resolved on the driver: absolute paths, CPUs; never rebuilt here
