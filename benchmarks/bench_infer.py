@@ -43,7 +43,9 @@ import numpy as np
 import torch
 
 from roadseg_dist import settings, storage
-from roadseg_dist.infer import frames, pipeline, plan, render, video_out
+from roadseg_dist.infer import pipeline, plan, video_out
+from roadseg_dist.video import decode as frames
+from roadseg_dist import render
 from roadseg_dist.infer.process import Target, Work, process
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings

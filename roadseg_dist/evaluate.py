@@ -145,7 +145,7 @@ class Scorer:
 
     def __call__(self, batch: dict) -> dict:
         from roadseg_dist.data.shards import decode_sample
-        from roadseg_dist.infer.render import encode_mask_png
+        from roadseg_dist.render import encode_mask_png
 
         decoded = [decode_sample(bytes(j), bytes(p)) for j, p in zip(batch["jpg"], batch["png"])]
         images = [rgb for rgb, _ in decoded]

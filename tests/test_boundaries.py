@@ -14,8 +14,8 @@ import pathlib
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "roadseg_dist"
-NO_RAY = ["labels.py", "metrics.py", "data/bdd100k.py", "data/synth*.py", "data/shard_writer.py", "models/*.py",
-          "infer/render.py"]
+NO_RAY = ["labels.py", "metrics.py", "data/bdd100k.py", "data/synth*.py", "data/shard_writer.py", "models/*.py", "video/*.py",
+          "render.py"]
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 350
 # known and being fixed elsewhere; each entry must still be needed (the test says when to drop it)

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from roadseg_dist import labels, settings
-from roadseg_dist.infer import inputs, render
+from roadseg_dist.infer import inputs
+from roadseg_dist import render
 from roadseg_dist.infer.settings import InferSettings
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"

@@ -96,7 +96,7 @@ def test_compare_timing_runs_with_the_speed_options():
 
 
 def test_infer_actor_with_channels_last_writes_the_plain_masks(tmp_path):
-    from roadseg_dist.infer.render import model_input
+    from roadseg_dist.render import model_input
     from roadseg_dist.infer.segment import Segmenter
     from roadseg_dist.models.checkpoint import save_checkpoint
 
@@ -112,7 +112,7 @@ def test_infer_actor_with_channels_last_writes_the_plain_masks(tmp_path):
 def test_infer_actor_takes_the_model_input_alone_and_names_the_size_it_wants(tmp_path):
     """The decode side resizes (render.model_input); the actor's masks are the model's argmax at that
     size, and a frame of any other size is refused with the size it takes."""
-    from roadseg_dist.infer.render import model_input
+    from roadseg_dist.render import model_input
     from roadseg_dist.infer.segment import Segmenter
     from roadseg_dist.models.checkpoint import input_normalization, load_model, save_checkpoint
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from roadseg_dist import retries, storage
 from roadseg_dist.ops import resources
-from roadseg_dist.infer import plan as plan_mod, render, video_out
+from roadseg_dist.infer import plan as plan_mod, video_out
+from roadseg_dist import render
 from roadseg_dist.infer.process import OutputError, Target, Work, process, reason, result_row
 from roadseg_dist.infer.state import State
 from roadseg_dist.infer.stats import Rows

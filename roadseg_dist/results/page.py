@@ -23,7 +23,7 @@ from urllib.parse import quote
 import numpy as np
 
 from roadseg_dist import labels, storage
-from roadseg_dist.infer.render import frame_name
+from roadseg_dist.render import frame_name
 from roadseg_dist.results import moments, timeline
 from roadseg_dist.results.run import RunView, SourceStats, load, part_ids, read_part
 
