@@ -24,7 +24,7 @@ import torch
 from roadseg_dist import labels, settings, storage
 from roadseg_dist.ops.cluster import init_ray, shutdown_ray
 from roadseg_dist.data import shard_job, shards, synth
-from roadseg_dist.evaluate import predict_masks, score_split
+from roadseg_dist.eval.score import label_size_masks as predict_masks, score_split
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.models.checkpoint import load_model, save_checkpoint
 from roadseg_dist.models.zoo import build_model

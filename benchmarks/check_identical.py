@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def listing(root: pathlib.Path, folder: str) -> list[str]:
         if (not path.is_file() or SKIP_PARTS & set(rel.parts) or path.name in SKIP_NAMES
                 or path.suffix == ".html" or "tensorboard" in rel.parts):
             continue
-        lines.append(f"{digest(path)}  {rel.as_posix()}")
+        name = re.sub(r"part-[^/]*\.parquet$", "part-*.parquet", rel.as_posix())  # part names hold the time
+        lines.append(f"{digest(path)}  {name}")
     return lines
 
 

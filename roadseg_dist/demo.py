@@ -3,7 +3,7 @@
     1 synth   synthetic BDD100K-like scenes, labels and driving clips     data.synth.generate
     2 shard   train and val splits -> WebDataset shards                   data.shard_job.run_shard
     3 train   a U-Net on a local Ray with two DDP workers                  train.driver.train
-    4 eval    the best checkpoint on the val shards                        evaluate.run_eval
+    4 eval    the best checkpoint on the val shards                        eval.evaluate.run
     5 infer   the driving clips -> masks, overlays, overlay videos         infer.pipeline.run
 
 Each stage calls the function its ``roadseg`` command calls, with settings built the same way.
@@ -204,8 +204,9 @@ def run_demo(s: DemoSettings, console=None) -> dict:
 
 
 def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, console) -> dict:
-    from roadseg_dist import eval_report, evaluate
     from roadseg_dist.data import shard_job, synth
+    from roadseg_dist.eval import evaluate, report as eval_report
+    from roadseg_dist.eval.settings import EvalSettings
     from roadseg_dist.infer import pipeline
     from roadseg_dist.infer.settings import InferSettings
     from roadseg_dist.train import driver
@@ -234,8 +235,8 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
             echo=console.print)
 
     with display.stage("evaluation"):
-        ev = evaluate.run_eval(build(evaluate.EvalSettings, checkpoint=paths["run"], data=paths["shards"],
-                                     split="val", out=paths["eval"], workers=1, batch_size=8), console=console)
+        ev = evaluate.run(build(EvalSettings, checkpoint=paths["run"], data=paths["shards"],
+                                split="val", out=paths["eval"], workers=1, batch_size=8), console=console)
         eval_report.print_summary(ev, console)
 
     with display.stage("video segmentation"):

@@ -237,9 +237,9 @@ def test_positional_argument_from_config(tmp_path, monkeypatch):
 
 
 def test_every_job_marks_its_paths():
-    from roadseg_dist.compare import CompareSettings
+    from roadseg_dist.eval.settings import CompareSettings
     from roadseg_dist.data.shard_job import ShardSettings
-    from roadseg_dist.evaluate import EvalSettings
+    from roadseg_dist.eval.settings import EvalSettings
     from roadseg_dist.train.settings import TrainSettings
 
     def paths(cls):

@@ -78,7 +78,7 @@ def test_channels_last_training_step_matches_plain_and_checkpoints_the_plain_sta
 
 
 def test_eval_predictions_with_channels_last_match_plain():
-    from roadseg_dist.evaluate import predict_masks
+    from roadseg_dist.eval.score import label_size_masks as predict_masks
     from roadseg_dist.labels import MEAN, STD
 
     meta = {"normalization": {"mean": list(MEAN), "std": list(STD)}}
@@ -89,7 +89,7 @@ def test_eval_predictions_with_channels_last_match_plain():
 
 
 def test_compare_timing_runs_with_the_speed_options():
-    from roadseg_dist.compare import measure_fps
+    from roadseg_dist.eval.compare import measure_fps
 
     model = optimize(tiny(), channels_last=True)
     assert measure_fps(model, (32, 48), seconds=0.05, min_iters=2, channels_last=True) > 0

@@ -6,9 +6,9 @@ import click
 from roadseg_dist import settings
 from roadseg_dist.cli import build, main, result, results_console
 from roadseg_dist.extras import require
-from roadseg_dist.compare import CompareSettings
+from roadseg_dist.eval.settings import CompareSettings
 from roadseg_dist.demo import DemoSettings
-from roadseg_dist.evaluate import EvalSettings
+from roadseg_dist.eval.settings import EvalSettings
 from roadseg_dist.train.settings import TrainSettings
 
 # --- train ---------------------------------------------------------------------------------------
@@ -106,9 +106,9 @@ def eval_(config, **values):
     """
     s = build(EvalSettings, config, **values)
     require("train", "roadseg eval")
-    from roadseg_dist import eval_report, evaluate
+    from roadseg_dist.eval import evaluate, report as eval_report
 
-    scores = evaluate.run_eval(s)
+    scores = evaluate.run(s)
     eval_report.print_summary(scores, results_console())
     result(f"reports: {scores['reports']['markdown']}  {scores['reports']['chart']}")
 
@@ -126,9 +126,9 @@ def compare(model_args, config, **values):
         values["models"] = model_args
     s = build(CompareSettings, config, **values)
     require("train", "roadseg compare")
-    from roadseg_dist import compare as compare_mod
+    from roadseg_dist.eval import compare as compare_mod
 
-    scores = compare_mod.run_compare(s)
+    scores = compare_mod.run(s)
     compare_mod.print_table(scores, results_console())
     result(f"reports: {scores['reports']['markdown']}  {scores['reports']['chart']}")
 
