@@ -92,7 +92,7 @@ def loop_amp(device: str) -> str:
 def write_three(frame: np.ndarray, mask_small: np.ndarray, out: str, name: str) -> None:
     mask = render.resize_mask(mask_small, frame.shape[0], frame.shape[1])
     for kind, data in render.render_frame(frame, mask, {"mask", "color", "overlay"}).items():
-        with open(os.path.join(out, f"{name}_{kind}{render.EXTENSIONS[kind]}"), "wb") as f:
+        with open(os.path.join(out, f"{name}_{kind}{render.OUTPUTS[kind].extension}"), "wb") as f:
             f.write(data)
 
 

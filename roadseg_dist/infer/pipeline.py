@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from roadseg_dist import storage
+from roadseg_dist import render, storage
 from roadseg_dist.ops import resources, watchdog
 from roadseg_dist.errors import JobError
 from roadseg_dist.infer import graph, ledger, monitor, plan as plan_mod, report as report_mod, stats as stats_mod
@@ -201,7 +201,7 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
 def _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress) -> dict[str, Any]:
     from roadseg_dist.ops.cluster import init_ray
 
-    target = Target(state.output, tuple(k for k in ("mask", "color", "overlay", "original") if s.writes(k)),
+    target = Target(state.output, tuple(k for k in render.FRAME_KINDS if s.writes(k)),
                     s.video_codec if "video" in s.outputs else "", "stats" in s.outputs, tuple(size), s.every,
                     s.fps, s.batch_size, s.alpha, s.jpeg_quality, model_id)
     job = Job(s, state, checkpoint, target, {src.id: src for src in sources}, Commits(state, target.stats))

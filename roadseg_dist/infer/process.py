@@ -216,11 +216,9 @@ class _Sink:
         t = self.target
         for (index, time, frame), small, (mean_top, uncertain) in zip(chunk, masks, confidence):
             mask = render.resize_mask(small, frame.shape[0], frame.shape[1])
-            files = render.render_frame(frame, mask, set(t.kinds) - {"overlay"}, t.alpha, t.quality)
-            overlay = None
-            if "overlay" in t.kinds:
-                overlay = render.blend_overlay(frame, mask, t.alpha)
-                files["overlay"] = render.encode_jpeg(overlay, t.quality)
+            rendered = render.Rendered(frame, mask, t.alpha, t.quality)
+            files = render.encode_files(rendered, t.kinds)
+            overlay = rendered.overlay if "overlay" in files else None
             for kind, data in files.items():
                 self.uploads.put(storage.join(self.base, render.frame_name(index, kind)), data)
             if t.video and overlay is not None:
@@ -233,7 +231,7 @@ class _Sink:
                 flicker = render.changed_fraction(self.previous, small, frame.shape[0], frame.shape[1])
             self.previous, self.size = small, frame.shape[:2]
             stats.add(index, time, render.upsampled_fractions(small, frame.shape[0], frame.shape[1]),
-                      {k: render.frame_name(index, k) for k in ("mask", "overlay") if k in files},
+                      {k: render.frame_name(index, k) for k in render.STATS_PATHS if k in files},
                       (float(mean_top), float(uncertain), flicker), self.image_url(index))
         self.uploads.check()
 
