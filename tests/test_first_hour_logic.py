@@ -238,7 +238,7 @@ def test_positional_argument_from_config(tmp_path, monkeypatch):
 
 def test_every_job_marks_its_paths():
     from roadseg_dist.eval.settings import CompareSettings
-    from roadseg_dist.data.shard_job import ShardSettings
+    from roadseg_dist.shard.settings import ShardSettings
     from roadseg_dist.eval.settings import EvalSettings
     from roadseg_dist.train.settings import TrainSettings
 

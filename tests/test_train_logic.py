@@ -8,7 +8,7 @@ import torch
 
 from roadseg_dist import settings
 from roadseg_dist.labels import IGNORE_INDEX
-from roadseg_dist.train import losses, loop, run, saving
+from roadseg_dist.train import losses, loop, rundir as run, saving
 from roadseg_dist.train.plots import render_curves
 from roadseg_dist.train.settings import TrainSettings
 

@@ -28,7 +28,7 @@ def train(config, **values):
     from roadseg_dist import storage
     from roadseg_dist.train import driver
 
-    summary = driver.train(s)
+    summary = driver.run(s)
     if summary.get("best_checkpoint"):
         result(f"best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}: "
                f"{storage.redact(summary['best_checkpoint'])}")
@@ -51,7 +51,7 @@ def runs(storage_url: str, as_json: bool) -> None:
     import json as json_mod
 
     from roadseg_dist import storage
-    from roadseg_dist.train import run as run_mod
+    from roadseg_dist.train import rundir as run_mod
 
     try:
         rows = run_mod.list_runs(storage_url)

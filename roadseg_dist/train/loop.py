@@ -30,7 +30,7 @@ from roadseg_dist.data import ingest
 from roadseg_dist.labels import CLASSES, NUM_CLASSES
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.models.predict import as_input, autocast  # bf16/fp16 on GPU, float32 on CPU
-from roadseg_dist.train import losses, run
+from roadseg_dist.train import losses, rundir
 from roadseg_dist.train.saving import restore_point, save_epoch
 
 
@@ -248,7 +248,7 @@ def start_tracking(job: Job) -> None:
     from roadseg_dist.train.tracking import Tracker
 
     job.tracker = Tracker(job.run_dir, job.s, mlflow_uri=job.s.mlflow, experiment=job.s.mlflow_experiment)
-    best = run.best_checkpoint(job.run_dir) if job.restored_from else None
+    best = rundir.best_checkpoint(job.run_dir) if job.restored_from else None
     job.best_miou = (best[1].get("metrics") or {}).get("val_miou", -1.0) if best else -1.0
 
 
