@@ -195,3 +195,15 @@ def test_one_definition_of_the_output_kinds():
     assert infer_settings.OUTPUT_KINDS == tuple(render.OUTPUTS)
     assert stats.PATH_KINDS == render.STATS_PATHS
     assert {render.frame_name(7, k).rsplit(".", 1)[1] for k in render.FRAME_KINDS} == {"png", "jpg"}
+
+
+def test_errors_py_is_the_list_the_cli_maps():
+    """Every error the CLI shows as ``Error: message`` is in errors.py's table, and nothing else is."""
+    import re
+
+    from roadseg_dist import errors
+
+    table = set(re.findall(r"^    (\w+(?:Error|Extra|Large))\s", errors.__doc__, re.M))
+    mapped = {e.__name__ for e in errors.user_errors()}
+    assert table - {"SettingsError", "MissingExtra"} == mapped
+    assert issubclass(errors.MissingExtra, errors.JobError)

@@ -22,7 +22,7 @@ from typing import Any
 
 from roadseg_dist import render, storage
 from roadseg_dist.ops import resources, watchdog
-from roadseg_dist.errors import JobError
+from roadseg_dist.errors import InputError, JobError  # noqa: F401 - InputError: raised here
 from roadseg_dist.infer import graph, ledger, monitor, plan as plan_mod, report as report_mod, stats as stats_mod
 from roadseg_dist.infer.splits import collect_videos, finish_split, plan_splits
 from roadseg_dist.infer.commits import Commits
@@ -34,10 +34,6 @@ from roadseg_dist.infer.state import State, checkpoint_identity, signature
 
 log = logging.getLogger(__name__)
 WINDOW_UNITS = 1024  # units per Ray Data dataset: the driver holds a window, not the archive
-
-
-class InputError(Exception):
-    """INPUT, CKPT or OUTPUT cannot be used as given (the CLI turns it into a usage error)."""
 
 
 class OutputFull(JobError):
