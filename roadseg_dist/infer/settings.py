@@ -40,7 +40,7 @@ class InferSettings:
     channels_last: bool = field(False, help="run the model in NHWC memory format (faster on GPUs)")
     compile: bool = field(False, help="torch.compile the model in each actor (slow first batches)")
     concurrency: int | None = field(None, help="number of model actors; default: one per GPU, or sized to "
-                                              "the CPUs (see infer/graph.size_actors)")
+                                              "the CPUs (see infer/sizing.size_actors)")
     actor_cpus: float | None = field(None, help="CPUs reserved per model actor (on CPU also its torch threads); "
                                                 "default: 1 with --gpu, else ~3/4 of the CPUs over the actors")
     confidence: bool = field(True, flag="--confidence/--no-confidence",
