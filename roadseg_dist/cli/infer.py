@@ -67,7 +67,7 @@ def view(config, **values):
     its overlay video, class-fraction timeline, thumbnails where the class mix changes most, legend."""
     from roadseg_dist import storage
     from roadseg_dist.results.page import write_site
-    from roadseg_dist.results.run import ResultsError
+    from roadseg_dist.results.runview import ResultsError
 
     s = build(ViewSettings, config, **values)
     try:

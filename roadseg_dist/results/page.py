@@ -25,7 +25,7 @@ import numpy as np
 from roadseg_dist import labels, storage
 from roadseg_dist.render import frame_name
 from roadseg_dist.results import moments, timeline
-from roadseg_dist.results.run import RunView, SourceStats, load, part_ids, read_part
+from roadseg_dist.results.runview import RunView, SourceStats, load, part_ids, read_part
 
 WRITE_THREADS = 8  # page PUTs are latency-bound
 THUMBNAILS = 6
