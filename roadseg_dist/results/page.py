@@ -283,3 +283,8 @@ class PageBook:
 
     def summaries(self) -> list:
         return sorted((r for b in self.done.values() for r in b["sources"]), key=lambda r: r[0])
+
+
+def run(s) -> str:
+    """``roadseg view``: ``write_site`` for ``ViewSettings``; returns the index URL."""
+    return write_site(s.output, s.thumbnails)
