@@ -3,7 +3,8 @@ command line only (so it runs against any checkout: ``PYTHONPATH=CHECKOUT python
 then one ``sha256  path`` line per output file, sorted, on stdout. Run it before and after a refactoring
 and ``diff`` the two listings.
 
-Timing fields are left out: ``eval.json``'s ``seconds`` / ``images_per_s`` are dropped before hashing; the
+Timing fields and paths are left out: ``eval.json``'s ``seconds`` / ``images_per_s`` and paths are dropped
+before hashing, a stats part is hashed as its rows with the work folder cut from them; the
 infer run's ``report.json``, its resume state (``.roadseg/``) and its HTML pages (run times) are not hashed.
 Training on CPUs may not be bitwise repeatable: ``--checkpoint DIR`` evaluates and segments with that
 saved checkpoint instead of the one just trained (the trained one's hash is printed either way).
@@ -31,12 +32,20 @@ def roadseg(*args: str) -> None:
     subprocess.run(cmd, check=True, stdout=sys.stderr)
 
 
-def digest(path: pathlib.Path) -> str:
+def digest(path: pathlib.Path, work: pathlib.Path) -> str:
+    """sha256 of the file; of eval.json without its timings and paths; of a stats part's rows with the
+    work folder cut from its paths (``source`` is an absolute URL)."""
     if path.name == "eval.json":
         doc = json.loads(path.read_text())
-        for key in ("seconds", "images_per_s", "checkpoint", "data"):
+        for key in ("seconds", "images_per_s", "checkpoint", "data", "predictions"):
             doc.pop(key, None)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        text = json.dumps(rows, sort_keys=True, default=str).replace(str(work), "WORKDIR")
+        return hashlib.sha256(text.encode()).hexdigest()
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -48,7 +57,7 @@ def listing(root: pathlib.Path, folder: str) -> list[str]:
                 or path.suffix == ".html" or "tensorboard" in rel.parts):
             continue
         name = re.sub(r"part-[^/]*\.parquet$", "part-*.parquet", rel.as_posix())  # part names hold the time
-        lines.append(f"{digest(path)}  {name}")
+        lines.append(f"{digest(path, root)}  {name}")
     return lines
 
 
@@ -57,8 +66,12 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/roadseg-check-identical")
     p.add_argument("--checkpoint", help="evaluate and segment with this checkpoint instead of the trained one")
     p.add_argument("--keep-checkpoint", help="copy the trained checkpoint here (for a later --checkpoint)")
+    p.add_argument("--hash-only", action="store_true", help="only hash what an earlier run left in --workdir")
     a = p.parse_args()
     work = pathlib.Path(a.workdir)
+    if a.hash_only:
+        print("\n".join(hashes(work, sorted((work / "runs" / "tiny").glob("checkpoint_epoch*"))[-1])))
+        return
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     os.chdir(work)
@@ -78,11 +91,15 @@ def main() -> None:
             "--num-cpus", "2", "--save-preds", "eval/preds")
     roadseg("infer", ckpt, "data/videos", "segmented", "--outputs", "mask,color,overlay,original,video,stats",
             "--num-cpus", "2", "--concurrency", "1", "--no-view")
-    lines = [f"{digest(trained / name)}  trained/{name}" for name in ("model.safetensors", "model.pt")
+    print("\n".join(hashes(work, trained)))
+
+
+def hashes(work: pathlib.Path, trained: pathlib.Path) -> list[str]:
+    lines = [f"{digest(trained / name, work)}  trained/{name}" for name in ("model.safetensors", "model.pt")
              if (trained / name).exists()]
     for folder in ("shards", "eval", "segmented"):
         lines += listing(work, folder)
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
