@@ -28,13 +28,14 @@ import cv2
 import numpy as np
 
 from roadseg_dist import settings
-from roadseg_dist.cluster import init_ray
-from roadseg_dist.data import shard_job, synth
+from roadseg_dist.ops.cluster import init_ray
+from roadseg_dist.data import synth
+from roadseg_dist.shard import job as shard_job
 from roadseg_dist.infer import pipeline
 from roadseg_dist.infer.settings import InferSettings
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.results import export as export_mod, query
-from roadseg_dist.train.driver import train
+from roadseg_dist.train.driver import run as train
 from roadseg_dist.train.settings import TrainSettings
 
 SIZE = (96, 160)
@@ -73,7 +74,7 @@ def fine_tune(root: str, rows: list[dict], segmented: str, labels: str, base_sha
     for row in rows:
         shutil.copy(os.path.join(labels, row["video"], f"{int(row['frame']):06d}.png"),
                     os.path.join(dest, "bdd100k/labels/sem_seg/masks/train", export_mod.name_of(row) + ".png"))
-    shard_job.run_shard(shard_job.ShardSettings(root=os.path.join(dest, "bdd100k"), dest=dest + "-shards"))
+    shard_job.run(shard_job.ShardSettings(root=os.path.join(dest, "bdd100k"), dest=dest + "-shards"))
     train(settings.build(TrainSettings, data=f"{base_shards},{dest}-shards", data_weights=f"1,{args.weight}",
                          init_from=os.path.join(runs, "day"), storage=runs, name=name, epochs=args.tune_epochs,
                          lr=args.tune_lr, **MODEL), echo=lambda line: None)
@@ -101,7 +102,7 @@ def main() -> int:
         synth.generate(data, train=64, val=8, height=SIZE[0], width=SIZE[1], videos=0, seed=args.seed,
                        detail="coarse", light="day")
         for split in ("train", "val"):
-            shard_job.run_shard(shard_job.ShardSettings(root=data, dest=shards, split=split))
+            shard_job.run(shard_job.ShardSettings(root=data, dest=shards, split=split))
         train(settings.build(TrainSettings, data=shards, storage=runs, name="day", epochs=args.epochs, seed=args.seed,
                              **MODEL), echo=lambda line: None)
         archive, held = os.path.join(root, "archive"), os.path.join(root, "held-out")

@@ -156,7 +156,7 @@ def s3_requests(root: str, ckpt: str, clip: str, n: int) -> None:
     from faulty_s3_proxy import FaultyProxy
 
     from roadseg_dist import storage
-    from roadseg_dist.cluster import init_ray, shutdown_ray
+    from roadseg_dist.ops.cluster import init_ray, shutdown_ray
     from roadseg_dist.demo import loopback_s3
 
     class Counting(FaultyProxy):
@@ -210,7 +210,7 @@ def main() -> int:
         torch.manual_seed(0)
         ckpt = os.path.join(root, "ckpt")
         save_checkpoint(ckpt, build_model("unet", base_channels=16), input_size=(192, 256))
-        from roadseg_dist.cluster import init_ray, shutdown_ray
+        from roadseg_dist.ops.cluster import init_ray, shutdown_ray
 
         init_ray()
         import ray

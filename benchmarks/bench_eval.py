@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from roadseg_dist import labels, settings, storage
-from roadseg_dist.cluster import init_ray, shutdown_ray
-from roadseg_dist.data import shard_job, shards, synth
-from roadseg_dist.evaluate import predict_masks, score_split
+from roadseg_dist.ops.cluster import init_ray, shutdown_ray
+from roadseg_dist.data import shards, synth
+from roadseg_dist.shard import job as shard_job
+from roadseg_dist.eval.score import label_size_masks as predict_masks, score_split
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.models.checkpoint import load_model, save_checkpoint
 from roadseg_dist.models.zoo import build_model
@@ -42,7 +43,7 @@ def main() -> None:
         root, data, ckpt = (os.path.join(work, p) for p in ("bdd", "shards", "ckpt"))
         synth.generate(root, train=2, val=args.images, height=h, width=w, videos=0, seed=0)
         init_ray("local", num_cpus=os.cpu_count())
-        shard_job.run_shard(settings.build(shard_job.ShardSettings, root=root, dest=data, split="val", shard_size=8))
+        shard_job.run(settings.build(shard_job.ShardSettings, root=root, dest=data, split="val", shard_size=8))
         torch.manual_seed(0)
         save_checkpoint(ckpt, build_model("unet", base_channels=args.base_channels), input_size=(h, w))
         print(f"{args.images} val images {h}x{w}, unet base {args.base_channels}, {os.cpu_count()} cores")

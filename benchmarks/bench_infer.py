@@ -43,7 +43,9 @@ import numpy as np
 import torch
 
 from roadseg_dist import settings, storage
-from roadseg_dist.infer import frames, pipeline, plan, render, video_out
+from roadseg_dist.infer import pipeline, plan, video_out
+from roadseg_dist.video import decode as frames
+from roadseg_dist import render
 from roadseg_dist.infer.process import Target, Work, process
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings
@@ -90,7 +92,7 @@ def loop_amp(device: str) -> str:
 def write_three(frame: np.ndarray, mask_small: np.ndarray, out: str, name: str) -> None:
     mask = render.resize_mask(mask_small, frame.shape[0], frame.shape[1])
     for kind, data in render.render_frame(frame, mask, {"mask", "color", "overlay"}).items():
-        with open(os.path.join(out, f"{name}_{kind}{render.EXTENSIONS[kind]}"), "wb") as f:
+        with open(os.path.join(out, f"{name}_{kind}{render.OUTPUTS[kind].extension}"), "wb") as f:
             f.write(data)
 
 
@@ -355,7 +357,7 @@ def main() -> int:
         fps_seq = sequential(model, videos, os.path.join(root, "seq"), size, mean, std, device)
         print(f"  sequential {fps_seq:.2f} frames/s", flush=True)
 
-        from roadseg_dist.cluster import init_ray
+        from roadseg_dist.ops.cluster import init_ray
 
         init_ray()  # started before timing: the jobs, not Ray's start-up, are measured
         os.makedirs(os.path.join(root, "peer"))

@@ -63,8 +63,9 @@ def main() -> None:
 
     import boto3
 
-    from roadseg_dist.cluster import init_ray, shutdown_ray
-    from roadseg_dist.data import bdd100k, shard_job, synth
+    from roadseg_dist.ops.cluster import init_ray, shutdown_ray
+    from roadseg_dist.data import bdd100k, synth
+    from roadseg_dist.shard import job as shard_job
 
     proc, endpoint = start_s3()
     try:
@@ -87,15 +88,15 @@ def main() -> None:
                     print(f"Ray did not start ({exc}); retrying")
                     shutdown_ray()
             # warm-up: start Ray's worker processes (and their imports) before anything is timed
-            shard_job.run_shard(shard_job.ShardSettings(root=root, dest="s3://bench/warmup", split="val", shard_size=2))
+            shard_job.run(shard_job.ShardSettings(root=root, dest="s3://bench/warmup", split="val", shard_size=2))
             t = time.perf_counter()
             plain_copy(files, root, "s3://bench/copy", threads=int(args.cpus / shard_job.TASK_CPUS))
             copy_s = time.perf_counter() - t
 
             settings = shard_job.ShardSettings(root=root, dest="s3://bench/shards", split="train",
                                             shard_size=args.shard_size)
-            first = shard_job.run_shard(settings)
-            again = shard_job.run_shard(settings)
+            first = shard_job.run(settings)
+            again = shard_job.run(settings)
             shutdown_ray()
     finally:
         proc.terminate()

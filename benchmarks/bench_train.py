@@ -146,8 +146,9 @@ def ingest_and_training(args) -> dict:
     from ray import cloudpickle
 
     import old_ingest
-    from roadseg_dist.cluster import init_ray
-    from roadseg_dist.data import feed, ingest, shard_job, shards, synth
+    from roadseg_dist.ops.cluster import init_ray
+    from roadseg_dist.data import feed, ingest, shards, synth
+    from roadseg_dist.shard import job as shard_job
 
     cloudpickle.register_pickle_by_value(old_ingest)  # Ray's workers cannot import benchmarks/
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +158,7 @@ def ingest_and_training(args) -> dict:
         data = "s3://bench/shards"
         init_ray("local", args.cpus)
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset otherwise
-        shard_job.run_shard(shard_job.ShardSettings(root=tmp + "/root", dest=data, split="train", shard_size=32))
+        shard_job.run(shard_job.ShardSettings(root=tmp + "/root", dest=data, split="train", shard_size=32))
     index = shards.read_index(data, "train")
     aug = dict(crop=args.crop, scale_range=(0.5, 2.0), flip=True, jitter=0.2)
     meter = CpuMeter(exclude=[p.pid for p in CpuMeter().me.children() if "moto" in " ".join(p.cmdline())])

@@ -7,7 +7,7 @@ resources, and whether the node reaches the optional storage URL), then ``N node
 """
 import sys
 
-from roadseg_dist.submit import check_cluster, print_reports
+from roadseg_dist.ops.submit import check_cluster, print_reports
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 or (len(sys.argv) == 2 and sys.argv[1].startswith("-")):

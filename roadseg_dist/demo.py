@@ -1,9 +1,9 @@
 """``roadseg demo`` (what ``make demo`` runs): the whole story on one machine, no GPU, no cloud account.
 
     1 synth   synthetic BDD100K-like scenes, labels and driving clips     data.synth.generate
-    2 shard   train and val splits -> WebDataset shards                   data.shard_job.run_shard
-    3 train   a U-Net on a local Ray with two DDP workers                  train.driver.train
-    4 eval    the best checkpoint on the val shards                        evaluate.run_eval
+    2 shard   train and val splits -> WebDataset shards                   shard.job.run
+    3 train   a U-Net on a local Ray with two DDP workers                  train.driver.run
+    4 eval    the best checkpoint on the val shards                        eval.evaluate.run
     5 infer   the driving clips -> masks, overlays, overlay videos         infer.pipeline.run
 
 Each stage calls the function its ``roadseg`` command calls, with settings built the same way.
@@ -179,7 +179,7 @@ def run_demo(s: DemoSettings, console=None) -> dict:
     import ray
     from rich.console import Console
 
-    from roadseg_dist.cluster import init_ray, shutdown_ray
+    from roadseg_dist.ops.cluster import init_ray, shutdown_ray
 
     console = console or Console(stderr=True)
     titles = ["synthetic data", "shards", "training", "evaluation", "video segmentation"]
@@ -204,8 +204,10 @@ def run_demo(s: DemoSettings, console=None) -> dict:
 
 
 def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, console) -> dict:
-    from roadseg_dist import eval_report, evaluate
-    from roadseg_dist.data import shard_job, synth
+    from roadseg_dist.data import synth
+    from roadseg_dist.shard import job as shard_job
+    from roadseg_dist.eval import evaluate, report as eval_report
+    from roadseg_dist.eval.settings import EvalSettings
     from roadseg_dist.infer import pipeline
     from roadseg_dist.infer.settings import InferSettings
     from roadseg_dist.train import driver
@@ -220,12 +222,12 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
 
     with display.stage("shards"):
         for split in ("train", "val"):
-            shard_job.run_shard(build(shard_job.ShardSettings, root=paths["data"], dest=paths["shards"], split=split,
+            shard_job.run(build(shard_job.ShardSettings, root=paths["data"], dest=paths["shards"], split=split,
                                    shard_size=64))
         console.print(f"shards in {storage.redact(paths['shards'])}")
 
     with display.stage("training"):
-        train = driver.train(build(
+        train = driver.run(build(
             TrainSettings, data=paths["shards"], storage=paths["runs"], name="demo", model=s.model,
             base_channels=s.base_channels, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
             loss=s.loss, ohem_min_kept=s.ohem_min_kept, class_weights=s.class_weights, warmup_epochs=0.5,
@@ -234,8 +236,8 @@ def run_stages(s: DemoSettings, paths: dict[str, str], display: StageDisplay, co
             echo=console.print)
 
     with display.stage("evaluation"):
-        ev = evaluate.run_eval(build(evaluate.EvalSettings, checkpoint=paths["run"], data=paths["shards"],
-                                     split="val", out=paths["eval"], workers=1, batch_size=8), console=console)
+        ev = evaluate.run(build(EvalSettings, checkpoint=paths["run"], data=paths["shards"],
+                                split="val", out=paths["eval"], workers=1, batch_size=8), console=console)
         eval_report.print_summary(ev, console)
 
     with display.stage("video segmentation"):

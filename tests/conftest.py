@@ -91,7 +91,7 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
     """One local single-node Ray for the whole session (started after the S3 variables are set)."""
-    from roadseg_dist.cluster import init_ray, shutdown_ray
+    from roadseg_dist.ops.cluster import init_ray, shutdown_ray
 
     init_ray(num_cpus=4)
     yield
@@ -100,17 +100,18 @@ def ray_local(s3_server):
 
 class SyntheticData(typing.NamedTuple):
     root: str      # a BDD100K-layout folder made by data.synth.generate
-    shards: str    # a folder of train and val shards of it (shard_size 8) made by data.shard_job.run_shard
+    shards: str    # a folder of train and val shards of it (shard_size 8) made by shard.job.run
 
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory, ray_local) -> SyntheticData:
     """A tiny synthetic BDD100K (24 train, 8 val, 64x96, one 12-frame clip) and its shards."""
-    from roadseg_dist.data import shard_job, synth
+    from roadseg_dist.data import synth
+    from roadseg_dist.shard import job as shard_job
 
     base = tmp_path_factory.mktemp("synthetic")
     root, dest = str(base / "bdd100k"), str(base / "shards")
     synth.generate(root, train=24, val=8, height=64, width=96, videos=1, video_frames=12, seed=0)
     for split in ("train", "val"):
-        shard_job.run_shard(shard_job.ShardSettings(root=root, dest=dest, split=split, shard_size=8))
+        shard_job.run(shard_job.ShardSettings(root=root, dest=dest, split=split, shard_size=8))
     return SyntheticData(root, dest)

@@ -13,9 +13,10 @@ import torch
 
 from roadseg_dist import settings
 from roadseg_dist.cli import main
-from roadseg_dist.data import shard_job, synth
+from roadseg_dist.data import synth
+from roadseg_dist.shard import job as shard_job
 from roadseg_dist.models.checkpoint import read_weights
-from roadseg_dist.train.driver import train
+from roadseg_dist.train.driver import run as train
 from roadseg_dist.train.settings import TrainSettings
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def test_least_confident_frames_labelled_and_fine_tuned_with_init_from(ray_local
     synth.generate(root, train=12, val=4, height=64, width=96, videos=2, video_frames=12, detail="coarse",
                    light="day", clip_light="night")
     for split in ("train", "val"):
-        shard_job.run_shard(shard_job.ShardSettings(root=root, dest=shards, split=split))
+        shard_job.run(shard_job.ShardSettings(root=root, dest=shards, split=split))
     base = settings.build(TrainSettings, data=shards, storage=str(tmp_path / "runs"), name="day", **TINY)
     train(base, echo=lambda line: None)
     out = str(tmp_path / "night")

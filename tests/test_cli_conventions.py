@@ -11,7 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from roadseg_dist import progress, settings
+from roadseg_dist import settings
+from roadseg_dist.ops import progress
 from roadseg_dist.cli import main
 from roadseg_dist.train.settings import TrainSettings
 
@@ -53,7 +54,7 @@ def test_print_config_round_trip_runs_the_same_settings(tmp_path, monkeypatch):
     assert printed.exit_code == 0, printed.output
     (tmp_path / "run.yaml").write_text(printed.stdout)
     ran = []
-    monkeypatch.setattr(driver, "train", lambda s, echo=None: ran.append(s) or {
+    monkeypatch.setattr(driver, "run", lambda s, echo=None: ran.append(s) or {
         "best_checkpoint": None, "curves": "c", "metrics": "m", "checkpoints": [], "seconds": 1})
     monkeypatch.setattr("roadseg_dist.cli.train.require", lambda *a: None)  # (the extras are not the point)
     (tmp_path / "elsewhere").mkdir()

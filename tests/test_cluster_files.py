@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from roadseg_dist import submit
+from roadseg_dist.ops import submit
 from roadseg_dist.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,12 +361,12 @@ def test_submit_to_nothing_says_what_to_do():
 def test_stage_freezes_the_allow_listed_part_of_the_checkout():
     import os
 
-    from roadseg_dist import ship
+    from roadseg_dist.ops import ship
 
     env = submit.job_runtime_env(ROOT, env={})
     with ship.stage(ROOT, env["excludes"]) as (frozen, manifest):
         files = {os.path.relpath(os.path.join(r, f), frozen) for r, _, fs in os.walk(frozen) for f in fs}
-    assert {"jobs/train.py", "jobs/runtime_env.yaml", "roadseg_dist/submit.py", "pyproject.toml"} <= files
+    assert {"jobs/train.py", "jobs/runtime_env.yaml", "roadseg_dist/ops/submit.py", "pyproject.toml"} <= files
     assert files == set(manifest.files)
     assert {f.split("/")[0] for f in files} <= set(ship.SHIP)
     assert not [f for f in files if "__pycache__" in f or ".egg-info" in f]

@@ -119,7 +119,7 @@ def test_merge_equals_one_matrix_and_a_perfect_prediction_scores_one():
 def test_predict_masks_returns_label_resolution_and_groups_sizes():
     import torch
 
-    from roadseg_dist.evaluate import predict_masks
+    from roadseg_dist.eval.score import label_size_masks as predict_masks
 
     class ColourModel(torch.nn.Module):
         """Logits favour class 2 where the red channel is bright, else class 0, at half resolution."""
@@ -142,7 +142,7 @@ def test_predict_masks_returns_label_resolution_and_groups_sizes():
 def test_plan_reads_covers_every_sample_once_and_feeds_every_actor():
     import pandas as pd
 
-    from roadseg_dist.evaluate import plan_reads
+    from roadseg_dist.eval.score import plan_reads
 
     index = pd.DataFrame({"shard": ["val-000000.tar"] * 10 + ["val-000001.tar"] * 3,
                           "key": [f"k{i:02d}" for i in range(13)]})
@@ -154,7 +154,7 @@ def test_plan_reads_covers_every_sample_once_and_feeds_every_actor():
 
 
 def test_markdown_and_chart_render():
-    from roadseg_dist.eval_report import iou_chart, markdown_report
+    from roadseg_dist.eval.report import iou_chart, markdown_report
 
     cm = ConfusionMatrix()
     for gt, pred in random_pairs(5):
@@ -205,7 +205,8 @@ def shard_samples(data: str, split: str = "val"):
 def test_eval_equals_independent_scoring_and_official_toolkit(synthetic_data, tmp_path, s3_bucket):
     import torch
 
-    from roadseg_dist.evaluate import EvalSettings, run_eval
+    from roadseg_dist.eval.evaluate import run as run_eval
+    from roadseg_dist.eval.settings import EvalSettings
     from roadseg_dist.models.checkpoint import load_model
     from roadseg_dist.settings import build
 
@@ -253,7 +254,8 @@ def open_url(url: str) -> str:
 
 @pytest.mark.slow
 def test_compare_two_checkpoints(synthetic_data, tmp_path):
-    from roadseg_dist.compare import CompareSettings, print_table, run_compare
+    from roadseg_dist.eval.compare import print_table, run as run_compare
+    from roadseg_dist.eval.settings import CompareSettings
     from roadseg_dist.settings import build
 
     a = tiny_checkpoint(str(tmp_path / "a" / "checkpoint_000001"), synthetic_data.shards, 4, steps=2)
@@ -275,7 +277,7 @@ def test_compare_two_checkpoints(synthetic_data, tmp_path):
 
 
 def test_compare_row_names_are_short_and_unique():
-    from roadseg_dist.compare import model_labels
+    from roadseg_dist.eval.compare import model_labels
 
     assert model_labels(["/x/a", "/x/b/checkpoint_000001"]) == ["a", "b/checkpoint_000001"]
     assert model_labels(["/p/r/a", "s3://q/r/a"]) == ["p/r/a", "q/r/a"]

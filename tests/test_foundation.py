@@ -123,9 +123,9 @@ def test_train_flags_out_of_range_are_usage_errors(flags, message):
 
 
 def test_other_jobs_check_their_ranges():
-    from roadseg_dist.compare import CompareSettings
-    from roadseg_dist.data.shard_job import ShardSettings
-    from roadseg_dist.evaluate import EvalSettings
+    from roadseg_dist.eval.settings import CompareSettings
+    from roadseg_dist.shard.settings import ShardSettings
+    from roadseg_dist.eval.settings import EvalSettings
 
     for cls, kwargs, message in [
             (ShardSettings, dict(root="r", dest="d", stall_timeout=-1), "--stall-timeout must be at least 0"),

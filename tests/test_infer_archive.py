@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from roadseg_dist import storage
 from roadseg_dist.cli import main
-from roadseg_dist.infer import render, stats
+from roadseg_dist.infer import stats
+from roadseg_dist import render
 from test_infer_frames import make_video
 from test_infer_pipeline import SIZE, objects, tiny_checkpoint
 

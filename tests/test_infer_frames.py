@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from roadseg_dist.infer import frames, inputs, ledger, plan
+from roadseg_dist.infer import inputs, ledger, plan
+from roadseg_dist.video import decode as frames
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 
@@ -193,7 +194,7 @@ def test_over_long_names_fit_a_file_system(tmp_path):
 
 
 def test_ranged_reader_reads_right_bytes_with_few_small_gets():
-    from roadseg_dist.infer.ranged import RangedReader
+    from roadseg_dist.video.ranged import RangedReader
 
     data = bytes(range(256)) * 4096  # 1 MiB
 

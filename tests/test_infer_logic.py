@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from roadseg_dist import labels, settings
-from roadseg_dist.infer import inputs, render
+from roadseg_dist.infer import inputs
+from roadseg_dist import render
 from roadseg_dist.infer.settings import InferSettings
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
@@ -169,7 +170,7 @@ def test_overlay_video_plays_back_in_order(tmp_path, codec, name):
 
 
 def test_actor_sizing_uses_the_machine():
-    from roadseg_dist.infer.graph import TASK_CPUS, size_actors
+    from roadseg_dist.infer.sizing import TASK_CPUS, size_actors
 
     s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
     two = size_actors(2, 0, s)  # this 2-core machine: two single-thread actors, room for two units
@@ -188,7 +189,7 @@ def test_actor_sizing_uses_the_machine():
 
 
 def test_actor_sizing_fits_the_nodes():
-    from roadseg_dist.infer.graph import size_actors
+    from roadseg_dist.infer.sizing import size_actors
 
     s = settings.build(InferSettings, checkpoint="c", input="i", output="o")
     mixed = size_actors(6, 0, s, node_cpus=[4, 2])  # a 4-CPU head and a 2-CPU worker

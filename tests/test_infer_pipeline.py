@@ -27,7 +27,8 @@ from PIL import Image
 from roadseg_dist import storage
 from roadseg_dist.cli import main
 from roadseg_dist.data import synth
-from roadseg_dist.infer import frames, plan
+from roadseg_dist.infer import plan
+from roadseg_dist.video import decode as frames
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 SIZE = "32x48"

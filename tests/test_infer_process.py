@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from roadseg_dist import retries
-from roadseg_dist.infer import frames, graph, plan, render, stats
+from roadseg_dist.infer import graph, plan, stats
+from roadseg_dist.video import decode as frames
+from roadseg_dist import render
 from roadseg_dist.infer.inputs import Source
 from roadseg_dist.infer.process import OutputError, Target, Work, process
 from roadseg_dist.infer.segment import Batcher, Segmenter, predict_masks, preprocess

@@ -17,7 +17,7 @@ import pytest
 
 from faulty_s3_proxy import FaultyProxy
 from roadseg_dist import storage
-from roadseg_dist.infer import render
+from roadseg_dist import render
 from test_infer_frames import make_video, reference
 from test_infer_pipeline import tiny_checkpoint
 

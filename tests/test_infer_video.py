@@ -7,8 +7,9 @@ import av
 import numpy as np
 import pytest
 
-from roadseg_dist.infer import graph, render
-from roadseg_dist.infer.ranged import HeadCache, RangedReader
+from roadseg_dist.infer import graph
+from roadseg_dist import render
+from roadseg_dist.video.ranged import HeadCache, RangedReader
 from roadseg_dist.infer.state import State
 from roadseg_dist.infer.video_out import OverlayStream, Piece, cover, encode_piece, join_pieces
 

@@ -12,7 +12,7 @@ import warnings
 
 import ray
 
-from roadseg_dist import cluster, watchdog
+from roadseg_dist.ops import cluster, watchdog
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "roadseg_dist"
 
@@ -64,7 +64,7 @@ def test_ray_private_modules_only_where_ray_has_no_public_api():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             if any(n.startswith("ray._private") for n in names):
                 users.append(f"{path.relative_to(PACKAGE).as_posix()}:{owner.get(id(node), '<module>')}")
-    assert sorted(set(users)) == ["resources.py:autoscaler_maximum"]
+    assert sorted(set(users)) == ["ops/resources.py:autoscaler_maximum"]
 
 
 def test_stall_diagnosis_names_pending_actors_from_the_state_api(ray_local, monkeypatch):

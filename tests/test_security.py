@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from faulty_s3_proxy import FaultyProxy
-from roadseg_dist import cluster, images, ship, storage, submit
+from roadseg_dist import images, storage
+from roadseg_dist.ops import cluster, ship, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 

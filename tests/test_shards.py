@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from roadseg_dist import labels, storage
 from roadseg_dist.cli import main
-from roadseg_dist.data import bdd100k, shard_job, shard_writer, shards, synth
+from roadseg_dist.data import bdd100k, shard_writer, shards, synth
+from roadseg_dist.shard import job as shard_job
 from roadseg_dist.data.bdd100k import DatasetError, Sample
 from faulty_s3_proxy import FaultyProxy
 
@@ -61,11 +62,13 @@ def test_plan_shards_by_count_and_by_bytes():
 
 
 def test_parse_bytes():
-    assert shard_job.parse_bytes("256MB") == 256_000_000
-    assert shard_job.parse_bytes("1GiB") == 2 ** 30
-    assert shard_job.parse_bytes("5e8") == 500_000_000 and shard_job.parse_bytes(1234) == 1234
+    from roadseg_dist.shard.settings import parse_bytes
+
+    assert parse_bytes("256MB") == 256_000_000
+    assert parse_bytes("1GiB") == 2 ** 30
+    assert parse_bytes("5e8") == 500_000_000 and parse_bytes(1234) == 1234
     with pytest.raises(Exception, match="not a size"):
-        shard_job.parse_bytes("lots")
+        parse_bytes("lots")
 
 
 def test_build_shard_is_deterministic_plain_tar_and_skips_itself(small_root, tmp_path):
@@ -175,7 +178,7 @@ def read_with_webdataset(urls):
 @pytest.mark.slow
 def test_shard_to_s3_and_read_back_with_webdataset(small_root, s3_bucket, ray_local):
     dest = s3_bucket + "/shards"
-    summary = shard_job.run_shard(shard_job.ShardSettings(root=small_root, dest=dest, split="train", shard_size=4,
+    summary = shard_job.run(shard_job.ShardSettings(root=small_root, dest=dest, split="train", shard_size=4,
                                                     verify=True))
     assert (summary["samples"], summary["shards"], summary["written"], summary["verified_samples"]) == (10, 3, 3, 10)
     urls = shard_urls(dest, "train")
@@ -206,16 +209,16 @@ def test_shard_to_s3_and_read_back_with_webdataset(small_root, s3_bucket, ray_lo
 def test_faulty_s3_still_gives_identical_shards_and_a_rerun_writes_nothing(
         small_root, s3_server, s3_bucket, ray_local, tmp_path, monkeypatch):
     clean = str(tmp_path / "clean")
-    shard_job.run_shard(shard_job.ShardSettings(root=small_root, dest=clean, split="train", shard_size=3))
+    shard_job.run(shard_job.ShardSettings(root=small_root, dest=clean, split="train", shard_size=3))
     root, dest = s3_bucket + "/bdd", s3_bucket + "/shards"
     s3_server.upload_tree(small_root, root)
     with FaultyProxy(s3_server.endpoint, every=5) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        first = shard_job.run_shard(shard_job.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
+        first = shard_job.run(shard_job.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
         assert first["written"] == 4
         assert proxy.faults["slowdown"] >= 2 and proxy.faults["cut-before"] + proxy.faults["cut-during"] >= 2
         writes = proxy.writes()
-        again = shard_job.run_shard(shard_job.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
+        again = shard_job.run(shard_job.ShardSettings(root=root, dest=dest, split="train", shard_size=3))
         assert (again["written"], again["skipped"]) == (0, 4)
         assert proxy.writes() == writes  # the re-run put and deleted nothing
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)

@@ -78,7 +78,7 @@ def test_channels_last_training_step_matches_plain_and_checkpoints_the_plain_sta
 
 
 def test_eval_predictions_with_channels_last_match_plain():
-    from roadseg_dist.evaluate import predict_masks
+    from roadseg_dist.eval.score import label_size_masks as predict_masks
     from roadseg_dist.labels import MEAN, STD
 
     meta = {"normalization": {"mean": list(MEAN), "std": list(STD)}}
@@ -89,14 +89,14 @@ def test_eval_predictions_with_channels_last_match_plain():
 
 
 def test_compare_timing_runs_with_the_speed_options():
-    from roadseg_dist.compare import measure_fps
+    from roadseg_dist.eval.compare import measure_fps
 
     model = optimize(tiny(), channels_last=True)
     assert measure_fps(model, (32, 48), seconds=0.05, min_iters=2, channels_last=True) > 0
 
 
 def test_infer_actor_with_channels_last_writes_the_plain_masks(tmp_path):
-    from roadseg_dist.infer.render import model_input
+    from roadseg_dist.render import model_input
     from roadseg_dist.infer.segment import Segmenter
     from roadseg_dist.models.checkpoint import save_checkpoint
 
@@ -112,7 +112,7 @@ def test_infer_actor_with_channels_last_writes_the_plain_masks(tmp_path):
 def test_infer_actor_takes_the_model_input_alone_and_names_the_size_it_wants(tmp_path):
     """The decode side resizes (render.model_input); the actor's masks are the model's argmax at that
     size, and a frame of any other size is refused with the size it takes."""
-    from roadseg_dist.infer.render import model_input
+    from roadseg_dist.render import model_input
     from roadseg_dist.infer.segment import Segmenter
     from roadseg_dist.models.checkpoint import input_normalization, load_model, save_checkpoint
 

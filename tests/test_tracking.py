@@ -10,7 +10,7 @@ import pytest
 
 from roadseg_dist import storage
 from roadseg_dist.labels import CLASSES
-from roadseg_dist.train import run, tracking
+from roadseg_dist.train import rundir as run, tracking
 
 EPOCHS = 3
 

@@ -20,7 +20,7 @@ import torch
 
 from roadseg_dist import settings, storage
 from roadseg_dist.errors import JobError
-from roadseg_dist.train import checkpoints, driver, run
+from roadseg_dist.train import checkpoints, driver, rundir as run
 from roadseg_dist.train.settings import TrainSettings
 
 BASE_CHANNELS = 8
@@ -69,7 +69,7 @@ def test_resume_skips_what_does_not_load_and_a_full_disk_leaves_no_half_checkpoi
     with small_disk(disk, 64 * 2**20) as resize:
         s = tiny(synthetic_data.shards, str(disk), keep=3)
         run_dir = storage.join(s.storage, s.name)
-        driver.train(s, echo=lambda line: None)
+        driver.run(s, echo=lambda line: None)
         folder = disk / "r"
         latest = folder / run.checkpoint_name(2) / "train_state.pt"
         latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])      # corrupt
@@ -80,7 +80,7 @@ def test_resume_skips_what_does_not_load_and_a_full_disk_leaves_no_half_checkpoi
         resize(used_bytes(disk) + 600_000 + model_bytes())
         lines: list[str] = []
         with pytest.raises(JobError) as failed:
-            driver.train(tiny(synthetic_data.shards, s.storage, epochs=3, keep=3, resume=True), echo=lines.append)
+            driver.run(tiny(synthetic_data.shards, s.storage, epochs=3, keep=3, resume=True), echo=lines.append)
         check_after(run_dir, folder, best_epoch, lines, str(failed.value))
 
 

@@ -8,7 +8,7 @@ import torch
 
 from roadseg_dist import settings
 from roadseg_dist.labels import IGNORE_INDEX
-from roadseg_dist.train import losses, loop, run, saving
+from roadseg_dist.train import losses, loop, rundir as run, saving
 from roadseg_dist.train.plots import render_curves
 from roadseg_dist.train.settings import TrainSettings
 
@@ -149,7 +149,7 @@ def test_class_weights_from_stats_in_class_order():
 def test_default_resources_leave_room_for_workers_and_decoding():
     """The defaults themselves fit: 2 cores and 2 CPU workers leave a whole decode task; a GPU node gives
     each GPU worker 2 CPUs and the decoding the rest."""
-    from roadseg_dist.resources import Offer
+    from roadseg_dist.ops.resources import Offer
     from roadseg_dist.train import driver
 
     s = settings.build(TrainSettings, None, data="d", storage="s", name="n")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from roadseg_dist import settings, storage
-from roadseg_dist.train import driver, run
+from roadseg_dist.train import driver, rundir as run
 from roadseg_dist.settings import SettingsError
 from roadseg_dist.train.settings import TrainSettings
 
@@ -29,13 +29,14 @@ MIOU_BAR = 0.8
 def s3_shards(ray_local, s3_server, tmp_path_factory):
     """Coarse synthetic scenes (large classes only: a tiny model can learn them in a CPU test's budget),
     128 train + 8 val images at 64x96, sharded straight into the loopback S3 server."""
-    from roadseg_dist.data import shard_job, synth
+    from roadseg_dist.data import synth
+    from roadseg_dist.shard import job as shard_job
 
     root = str(tmp_path_factory.mktemp("coarse") / "bdd100k")
     synth.generate(root, train=128, val=8, height=64, width=96, videos=0, seed=0, detail="coarse")
     url = "s3://" + s3_server.new_bucket("shards") + "/bdd100k"
     for split in ("train", "val"):
-        shard_job.run_shard(shard_job.ShardSettings(root=root, dest=url, split=split, shard_size=32))
+        shard_job.run(shard_job.ShardSettings(root=root, dest=url, split=split, shard_size=32))
     return url
 
 
@@ -75,7 +76,7 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
     killer = threading.Thread(target=kill_rank_after_epoch, args=(run_dir, 1, 2, stop, killed), daemon=True)
     killer.start()
     try:
-        summary = driver.train(s, echo=lines.append)
+        summary = driver.run(s, echo=lines.append)
     finally:
         stop.set()
     assert killed, "the worker was never killed"
@@ -117,11 +118,11 @@ def test_train_streams_from_s3_learns_and_survives_a_killed_worker(s3_shards, s3
 
     # without --resume the finished run is not overwritten
     with pytest.raises(SettingsError, match="--resume"):
-        driver.train(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1))
+        driver.run(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1))
 
     # --resume continues from the latest checkpoint without repeating finished epochs
     before = {r["epoch"]: r for r in records}
-    driver.train(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1, resume=True, max_failures=0),
+    driver.run(tiny_run(s3_shards, s.storage, s.name, epochs=EPOCHS + 1, resume=True, max_failures=0),
                  echo=lines.append)
     after = run.read_metrics(run_dir)
     assert [r["epoch"] for r in after] == list(range(1, EPOCHS + 2))

@@ -21,30 +21,16 @@ from typing import Any, TypeVar
 import click
 
 from roadseg_dist import __version__, settings
+from roadseg_dist.errors import user_errors
 from roadseg_dist.cli.options import PRINT_CONFIG
 
 S = TypeVar("S")
 RESULTS = "roadseg.results"  # ctx.meta key: the stream results go to (stdout as the command started)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The errors whose message is meant for the user as it is (exit code 1)."""
-    from roadseg_dist.data.bdd100k import DatasetError
-    from roadseg_dist.errors import JobError
-    from roadseg_dist.infer.pipeline import InputError
-    from roadseg_dist.models.checkpoint import CheckpointError
-    from roadseg_dist.images import ImageTooLarge
-    from roadseg_dist.resources import ResourceError
-    from roadseg_dist.retries import StorageError
-    from roadseg_dist.watchdog import StallError
-
-    return (DatasetError, CheckpointError, InputError, JobError, ResourceError, StallError, StorageError,
-            ImageTooLarge, FileNotFoundError)
-
-
 def set_verbose(ctx: click.Context | None, param: Any, verbose: bool) -> None:
     """``-v``, before the command or anywhere after it: our debug lines, not every S3 request's headers."""
-    from roadseg_dist.cluster import WIRE_LOGGERS, redact_log_records
+    from roadseg_dist.ops.cluster import WIRE_LOGGERS, redact_log_records
 
     redact_log_records()  # before anything logs: no key, token or signed header leaves in a log line
     if ctx is not None and ctx.meta.get("roadseg.verbose"):
@@ -102,7 +88,7 @@ class Command(click.Command):
 
     def invoke(self, ctx: click.Context):
         from roadseg_dist import storage
-        from roadseg_dist.cluster import our_error
+        from roadseg_dist.ops.cluster import our_error
 
         ctx.meta.setdefault(RESULTS, sys.stdout)
         try:
@@ -114,7 +100,7 @@ class Command(click.Command):
             err = our_error(exc) or exc  # a Ray task's error arrives wrapped, its str() a traceback
             if isinstance(err, settings.SettingsError):
                 raise click.UsageError(str(err), ctx) from None
-            if isinstance(err, _user_errors()):
+            if isinstance(err, user_errors()):
                 raise click.ClickException(storage.redact(str(err))) from None
             raise
 

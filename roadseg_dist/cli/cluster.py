@@ -8,7 +8,7 @@ import click
 from roadseg_dist import settings
 from roadseg_dist.cli import build, main
 from roadseg_dist.extras import require
-from roadseg_dist.submit import SubmitSettings
+from roadseg_dist.ops.submit import SubmitSettings
 
 # --- cluster -------------------------------------------------------------------------------------
 
@@ -25,7 +25,7 @@ def submit(args, config, **values):
     job's own exit code (0 = SUCCEEDED; infer with failed sources: 3), or 1 FAILED / 2 STOPPED when
     the job has none.
     """
-    from roadseg_dist import submit as submit_mod
+    from roadseg_dist.ops import submit as submit_mod
 
     s = build(SubmitSettings, config, **values)
     require("cluster", "roadseg submit")

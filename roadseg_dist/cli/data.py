@@ -5,7 +5,7 @@ import click
 
 from roadseg_dist import settings
 from roadseg_dist.cli import build, main, result, results_console
-from roadseg_dist.data.shard_job import ShardSettings
+from roadseg_dist.shard.settings import ShardSettings
 from roadseg_dist.data.synth import SynthSettings
 from roadseg_dist.models.export import ExportSettings
 
@@ -40,10 +40,10 @@ def shard(config, **values):
     mismatches, label values outside 0-18/255, unreadable files) is listed and nothing under DEST
     is changed: a dataset already there stays as it was.
     """
-    from roadseg_dist.data import shard_job
+    from roadseg_dist.shard import job as shard_job
 
     s = build(ShardSettings, config, **values)
-    summary = shard_job.run_shard(s)
+    summary = shard_job.run(s)
     verified = f", verified {summary['verified_shards']} shard(s)" if "verified_shards" in summary else ""
     result(f"{summary['split']}: {summary['samples']} samples in {summary['shards']} shard(s) under "
                f"{summary['dest']} ({summary['written']} written, {summary['skipped']} already complete"

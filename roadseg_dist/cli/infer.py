@@ -66,12 +66,12 @@ def view(config, **values):
     so it works from disk or an S3 prefix served as static files), with one page per source:
     its overlay video, class-fraction timeline, thumbnails where the class mix changes most, legend."""
     from roadseg_dist import storage
-    from roadseg_dist.results.page import write_site
-    from roadseg_dist.results.run import ResultsError
+    from roadseg_dist.results import page
+    from roadseg_dist.results.runview import ResultsError
 
     s = build(ViewSettings, config, **values)
     try:
-        index = write_site(s.output, s.thumbnails)
+        index = page.run(s)
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from None
     result(f"results page: {storage.redact(index)}")

@@ -6,9 +6,9 @@ import click
 from roadseg_dist import settings
 from roadseg_dist.cli import build, main, result, results_console
 from roadseg_dist.extras import require
-from roadseg_dist.compare import CompareSettings
+from roadseg_dist.eval.settings import CompareSettings
 from roadseg_dist.demo import DemoSettings
-from roadseg_dist.evaluate import EvalSettings
+from roadseg_dist.eval.settings import EvalSettings
 from roadseg_dist.train.settings import TrainSettings
 
 # --- train ---------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def train(config, **values):
     from roadseg_dist import storage
     from roadseg_dist.train import driver
 
-    summary = driver.train(s)
+    summary = driver.run(s)
     if summary.get("best_checkpoint"):
         result(f"best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_epoch']}: "
                f"{storage.redact(summary['best_checkpoint'])}")
@@ -51,7 +51,7 @@ def runs(storage_url: str, as_json: bool) -> None:
     import json as json_mod
 
     from roadseg_dist import storage
-    from roadseg_dist.train import run as run_mod
+    from roadseg_dist.train import rundir as run_mod
 
     try:
         rows = run_mod.list_runs(storage_url)
@@ -106,9 +106,9 @@ def eval_(config, **values):
     """
     s = build(EvalSettings, config, **values)
     require("train", "roadseg eval")
-    from roadseg_dist import eval_report, evaluate
+    from roadseg_dist.eval import evaluate, report as eval_report
 
-    scores = evaluate.run_eval(s)
+    scores = evaluate.run(s)
     eval_report.print_summary(scores, results_console())
     result(f"reports: {scores['reports']['markdown']}  {scores['reports']['chart']}")
 
@@ -126,9 +126,9 @@ def compare(model_args, config, **values):
         values["models"] = model_args
     s = build(CompareSettings, config, **values)
     require("train", "roadseg compare")
-    from roadseg_dist import compare as compare_mod
+    from roadseg_dist.eval import compare as compare_mod
 
-    scores = compare_mod.run_compare(s)
+    scores = compare_mod.run(s)
     compare_mod.print_table(scores, results_console())
     result(f"reports: {scores['reports']['markdown']}  {scores['reports']['chart']}")
 

@@ -1,6 +1,6 @@
 """Writing one shard: read and validate its samples, write a deterministic tar, publish it if it changed.
 
-Runs inside one Ray task of ``data/shard_job.py`` (and in plain tests). The tar is webdataset's
+Runs inside one Ray task of ``shard/job.py`` (and in plain tests). The tar is webdataset's
 ``TarWriter`` with every header field fixed (mtime 0, mode 0644, uid/gid 0, no user names, GNU
 format), so the same samples always give the same bytes and a re-run can compare before it writes.
 A task never touches the published dataset: a shard that changed goes to a staging URL, and the job

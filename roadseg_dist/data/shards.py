@@ -2,7 +2,7 @@
 
 The format is webdataset's: a tar whose members ``<key>.jpg`` and ``<key>.png`` form one sample.
 This module is the read side every stage uses (training ingest, evaluation, ``--verify``); the
-writing job lives in ``data/shard_job.py`` (Ray tasks) and ``data/shard_writer.py`` (one shard).
+writing job lives in ``shard/job.py`` (Ray tasks) and ``data/shard_writer.py`` (one shard).
 
     read_index(data, split)      the split's index.parquet (one row per sample, in shard order)
     read_stats(data, split)      the split's stats.json (class pixels, frequencies, weights)

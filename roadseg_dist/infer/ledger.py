@@ -2,7 +2,7 @@
 
 Plain logic, no Ray. A unit of work returns, with its frames, what its decoder found (the index of
 its first frame, how many it decoded, how many the container index promised, whether damaged data
-ended it: see ``frames.decode_range``); once every range of a split source is in, ``source_problem``
+ended it: see ``video.decode.decode_range``); once every range of a split source is in, ``source_problem``
 checks them in order, and ``check_indices`` checks the frame column of any source.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from roadseg_dist import progress
+from roadseg_dist.ops import progress
 
 POLL_S = 1.0
 

@@ -20,9 +20,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from roadseg_dist import resources, storage, watchdog
-from roadseg_dist.errors import JobError
+from roadseg_dist import render, storage
+from roadseg_dist.ops import resources, watchdog
+from roadseg_dist.errors import InputError, JobError  # noqa: F401 - InputError: raised here
 from roadseg_dist.infer import graph, ledger, monitor, plan as plan_mod, report as report_mod, stats as stats_mod
+from roadseg_dist.infer import sizing as sizing_mod
 from roadseg_dist.infer.splits import collect_videos, finish_split, plan_splits
 from roadseg_dist.infer.commits import Commits
 from roadseg_dist.infer.inputs import Source, discover
@@ -35,16 +37,12 @@ log = logging.getLogger(__name__)
 WINDOW_UNITS = 1024  # units per Ray Data dataset: the driver holds a window, not the archive
 
 
-class InputError(Exception):
-    """INPUT, CKPT or OUTPUT cannot be used as given (the CLI turns it into a usage error)."""
-
-
 class OutputFull(JobError):
     """OUTPUT's disk is full: the run stopped; what was finished is kept, a re-run goes on."""
 
 
 @dataclasses.dataclass
-class Job:
+class DriverRun:
     """What the driver knows during one run."""
     s: InferSettings
     state: State
@@ -117,7 +115,7 @@ def prepare_output(s: InferSettings, state: State, sources: list[Source], model:
     return batches
 
 
-def drop_changed(job: Job, batches: list) -> tuple[list, dict[str, dict]]:
+def drop_changed(job: DriverRun, batches: list) -> tuple[list, dict[str, dict]]:
     """Committed sources whose file changed since (ETag, size or mtime) are redone from scratch.
     Returns the batches left and what they say is done (id -> entry)."""
     done = {e["id"]: e for b in batches for e in b.sources}
@@ -133,7 +131,7 @@ def drop_changed(job: Job, batches: list) -> tuple[list, dict[str, dict]]:
 
 # --- results ----------------------------------------------------------------------------------------
 
-def take(job: Job, row: dict[str, Any]) -> None:
+def take(job: DriverRun, row: dict[str, Any]) -> None:
     """One unit's result row."""
     sid = row["video"]
     job.nodes[str(row.get("node", ""))[:12]] += 1
@@ -159,7 +157,7 @@ def take(job: Job, row: dict[str, Any]) -> None:
             finish_split(job, sid)
 
 
-def execute(job: Job, works: list, actors: list, sizing: graph.Sizing) -> None:
+def execute(job: DriverRun, works: list, actors: list, sizing: sizing_mod.Sizing) -> None:
     """Run the units a window at a time, then whatever had to be redone, until nothing is left."""
     while works and not job.fatal:
         window, works = works[:WINDOW_UNITS], works[WINDOW_UNITS:]
@@ -198,19 +196,19 @@ def run(s: InferSettings, show_progress: bool = True) -> dict[str, Any]:
 
 
 def _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress) -> dict[str, Any]:
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
 
-    target = Target(state.output, tuple(k for k in ("mask", "color", "overlay", "original") if s.writes(k)),
+    target = Target(state.output, tuple(k for k in render.FRAME_KINDS if s.writes(k)),
                     s.video_codec if "video" in s.outputs else "", "stats" in s.outputs, tuple(size), s.every,
                     s.fps, s.batch_size, s.alpha, s.jpeg_quality, model_id)
-    job = Job(s, state, checkpoint, target, {src.id: src for src in sources}, Commits(state, target.stats))
+    job = DriverRun(s, state, checkpoint, target, {src.id: src for src in sources}, Commits(state, target.stats))
     _, done = drop_changed(job, prepare_output(s, state, sources, model))
     already = [src.id for src in sources if src.id in done]
     pending = [src for src in sources if src.id not in done]
     local_cpus = float(int(s.num_cpus or os.cpu_count() or 2))  # what init_ray gives a local Ray
-    resources.check_before_start(graph.resource_request(s, graph.size_actors(local_cpus, 0, s)), s.address, s.num_cpus)
+    resources.check_before_start(sizing_mod.resource_request(s, sizing_mod.size_actors(local_cpus, 0, s)), s.address, s.num_cpus)
     init_ray(s.address, s.num_cpus)
-    sizing = graph.sizing_for(s)
+    sizing = sizing_mod.sizing_for(s)
     actors = graph.start_models(s, sizing, checkpoint, size)  # they load while the splits are planned
     try:
         _execute(job, pending, actors, sizing, show_progress)
@@ -233,7 +231,7 @@ def _run(s, sources, state, checkpoint, model, size, model_id, t0, show_progress
     return report
 
 
-def commit(job: Job, final: bool) -> None:
+def commit(job: DriverRun, final: bool) -> None:
     """Write the finished sources' batch when due (``final``: now); a commit that cannot be written
     (a full disk) stops the run like a unit that cannot write its files."""
     try:
@@ -245,7 +243,7 @@ def commit(job: Job, final: bool) -> None:
         job.fatal = job.fatal or str(exc)
 
 
-def _execute(job: Job, pending: list[Source], actors: list, sizing: graph.Sizing, show_progress: bool) -> None:
+def _execute(job: DriverRun, pending: list[Source], actors: list, sizing: sizing_mod.Sizing, show_progress: bool) -> None:
     s = job.s
     plan_splits(job, pending, sizing.tasks)
     works = [w for sid in sorted(job.plans) if sid not in job.failures for w in

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from roadseg_dist.infer import frames as frames_mod
+from roadseg_dist.video import decode
 from roadseg_dist.infer.inputs import Source
 from roadseg_dist.infer.process import Work, reason
 
@@ -27,7 +27,7 @@ def choose_splits(sources: list[Source], slots: int) -> set[str]:
     return {s.id for s in sources if s.size > SPLIT_MIN_BYTES and (s.size > SPLIT_MAX_BYTES or s.size > share)}
 
 
-def plan_ranges(info: frames_mod.VideoInfo, segment_frames: int) -> list[frames_mod.FrameRange]:
+def plan_ranges(info: decode.VideoInfo, segment_frames: int) -> list[decode.FrameRange]:
     """Keyframe-aligned ranges of about ``segment_frames`` packets; one range without an index."""
     if segment_frames < 1:
         raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
@@ -36,7 +36,7 @@ def plan_ranges(info: frames_mod.VideoInfo, segment_frames: int) -> list[frames_
         if not starts or packet - info.keyframes[starts[-1]][0] >= segment_frames:
             starts.append(k)
     if len(starts) < 2:
-        return [frames_mod.FrameRange(0, block=_block(info.size))]
+        return [decode.FrameRange(0, block=_block(info.size))]
     ranges = []
     for r, k in enumerate(starts):
         packet, dts, pos, _ = info.keyframes[k]
@@ -45,7 +45,7 @@ def plan_ranges(info: frames_mod.VideoInfo, segment_frames: int) -> list[frames_
         # timestamp from our keyframe's up to the next keyframe's DTS lands on it.
         seek_ts = info.keyframes[k + 1][1] - 1 if k + 1 < len(info.keyframes) else 2 ** 62
         reach = (nxt[3] if info.open_gop else nxt[2]) if nxt else None
-        ranges.append(frames_mod.FrameRange(packet, nxt[0] if nxt else None, dts if r else None, nxt[1] if nxt else None,
+        ranges.append(decode.FrameRange(packet, nxt[0] if nxt else None, dts if r else None, nxt[1] if nxt else None,
                                  seek_ts if r else None, _block((nxt[2] if nxt else info.size) - pos),
                                  reach, info.open_gop))
     return ranges
@@ -53,7 +53,7 @@ def plan_ranges(info: frames_mod.VideoInfo, segment_frames: int) -> list[frames_
 
 def _block(span: int) -> int:
     """A read-ahead block of ~1/16 of the bytes a range reads: the overshoot past its end stays small."""
-    return int(min(frames_mod.MAX_BLOCK, max(frames_mod.MIN_BLOCK, span // 16)))
+    return int(min(decode.MAX_BLOCK, max(decode.MIN_BLOCK, span // 16)))
 
 
 def image_ranges(count: int, segment_frames: int) -> list[tuple[int, int | None]]:
@@ -75,13 +75,13 @@ def probe_plan(src: Source, segment_frames: int, stride_of, image_fps: float | N
     ``stride_of(fps)`` is the run's stride rule. Runs as a Ray task."""
     try:
         if src.images:
-            fps = float(image_fps or frames_mod.DEFAULT_IMAGE_FPS)
+            fps = float(image_fps or decode.DEFAULT_IMAGE_FPS)
             count = len(src.images)
             ranges = [{"start": a, "end": b} for a, b in image_ranges(count, segment_frames)]
-            first = next(frames_mod.decode_images(src.images, 0, 1))[1]
+            first = next(decode.decode_images(src.images, 0, 1))[1]
             height, width = first.shape[:2]
         else:
-            info = frames_mod.probe(src.url)
+            info = decode.probe(src.url)
             count, fps, height, width = info.frame_count, info.fps, info.height, info.width
             ranges = [dataclasses.asdict(r) for r in plan_ranges(info, segment_frames)]
         return {"id": src.id, "url": src.url, "images": list(src.images), "identity": src.identity,

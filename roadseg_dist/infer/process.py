@@ -31,8 +31,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from roadseg_dist import retries, storage
-from roadseg_dist.infer import frames as frames_mod
-from roadseg_dist.infer import render, stats as stats_mod, video_out
+from roadseg_dist.video import decode
+from roadseg_dist.infer import stats as stats_mod, video_out
+from roadseg_dist import render
 from roadseg_dist.infer.state import State, write_table
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Target:
 @dataclasses.dataclass(frozen=True)
 class Work:
     """A whole source (``range`` None: decoded from its first frame to its end) or one frame range
-    of a source split by its plan (``range``: ``frames.FrameRange`` fields, ``stride`` fixed)."""
+    of a source split by its plan (``range``: ``decode.FrameRange`` fields, ``stride`` fixed)."""
     video: str                       # the source id
     url: str = ""
     images: tuple[str, ...] = ()     # an image folder's frames (a range carries only its own)
@@ -140,20 +141,20 @@ def _decode(work: Work, target: Target, marks: dict) -> Iterator[tuple[int, floa
     (the frames before it are still written, as a sequential decode would have shown them)."""
     try:
         if work.images:
-            fps = float(work.fps or frames_mod.DEFAULT_IMAGE_FPS)
+            fps = float(work.fps or decode.DEFAULT_IMAGE_FPS)
             stride = work.stride or target.stride(fps)
             end = work.range.get("end") if work.range else None
             first = work.start
             marks.update(fps=fps, stride=stride, first=first, count=len(work.images), expected=-1)
-            for index, frame in frames_mod.decode_images(work.images, first, end, stride, offset=first):
+            for index, frame in decode.decode_images(work.images, first, end, stride, offset=first):
                 marks.setdefault("height", frame.shape[0])
                 marks.setdefault("width", frame.shape[1])
                 yield index, index / fps, frame
             return
-        rng = frames_mod.FrameRange(**work.range) if work.range else frames_mod.FrameRange(
-            0, block=frames_mod.MAX_BLOCK)
+        rng = decode.FrameRange(**work.range) if work.range else decode.FrameRange(
+            0, block=decode.MAX_BLOCK)
         known = (work.size, work.identity) if work.size and work.identity else None
-        yield from frames_mod.decode_range(work.url, rng, work.stride or target.stride, marks, known=known)
+        yield from decode.decode_range(work.url, rng, work.stride or target.stride, marks, known=known)
     except retries.StorageError:
         raise  # not the source's fault: the unit is tried again when S3 comes back (graph.process_unit)
     except Exception as exc:  # noqa: BLE001 - the source's failure, reported per source
@@ -215,11 +216,9 @@ class _Sink:
         t = self.target
         for (index, time, frame), small, (mean_top, uncertain) in zip(chunk, masks, confidence):
             mask = render.resize_mask(small, frame.shape[0], frame.shape[1])
-            files = render.render_frame(frame, mask, set(t.kinds) - {"overlay"}, t.alpha, t.quality)
-            overlay = None
-            if "overlay" in t.kinds:
-                overlay = render.blend_overlay(frame, mask, t.alpha)
-                files["overlay"] = render.encode_jpeg(overlay, t.quality)
+            rendered = render.Rendered(frame, mask, t.alpha, t.quality)
+            files = render.encode_files(rendered, t.kinds)
+            overlay = rendered.overlay if "overlay" in files else None
             for kind, data in files.items():
                 self.uploads.put(storage.join(self.base, render.frame_name(index, kind)), data)
             if t.video and overlay is not None:
@@ -232,7 +231,7 @@ class _Sink:
                 flicker = render.changed_fraction(self.previous, small, frame.shape[0], frame.shape[1])
             self.previous, self.size = small, frame.shape[:2]
             stats.add(index, time, render.upsampled_fractions(small, frame.shape[0], frame.shape[1]),
-                      {k: render.frame_name(index, k) for k in ("mask", "overlay") if k in files},
+                      {k: render.frame_name(index, k) for k in render.STATS_PATHS if k in files},
                       (float(mean_top), float(uncertain), flicker), self.image_url(index))
         self.uploads.check()
 
@@ -316,7 +315,7 @@ class _Uploads:
 def reason(exc: BaseException) -> str:
     """One line for a report: a decode problem as it is, anything else as its type and message,
     without credentials, colour codes or a traceback."""
-    text = str(exc) if isinstance(exc, (frames_mod.DecodeError, OutputError)) else f"{type(exc).__name__}: {exc}"
+    text = str(exc) if isinstance(exc, (decode.DecodeError, OutputError)) else f"{type(exc).__name__}: {exc}"
     return storage.redact(_one_line(text))
 
 

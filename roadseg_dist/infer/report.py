@@ -35,7 +35,7 @@ def build(s, *, sources: int, skipped: int, done: int, failures: list[dict[str, 
 def precision(s) -> str:
     """What ``--amp`` resolves to: exact for a local Ray (this machine runs the actors); on a cluster
     each actor resolves ``auto`` on its own node."""
-    from roadseg_dist import resources
+    from roadseg_dist.ops import resources
     from roadseg_dist.models.predict import inference_amp
 
     if s.amp == "auto" and not resources.is_local(s.address):

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from roadseg_dist.infer.render import model_input
+from roadseg_dist.render import model_input
 from roadseg_dist.models.predict import as_input, fold_batchnorm, inference_amp, inference_autocast, normalize, \
     optimize, predict, top_class
 

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from roadseg_dist.infer.video_out import VIDEO_CODECS
 from roadseg_dist import settings
+from roadseg_dist.infer.video_out import VIDEO_CODECS
+from roadseg_dist.render import OUTPUTS
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT
 
 SPLIT_MODES = ("auto", "always", "never")
-OUTPUT_KINDS = ("mask", "color", "overlay", "original", "video", "stats")
-DEFAULT_OUTPUTS = ("mask", "color", "overlay", "video", "stats")
+OUTPUT_KINDS = tuple(OUTPUTS)  # render.OUTPUTS: the one table of output kinds
+DEFAULT_OUTPUTS = tuple(k for k, o in OUTPUTS.items() if o.default)
 
 
 @dataclasses.dataclass
@@ -39,7 +40,7 @@ class InferSettings:
     channels_last: bool = field(False, help="run the model in NHWC memory format (faster on GPUs)")
     compile: bool = field(False, help="torch.compile the model in each actor (slow first batches)")
     concurrency: int | None = field(None, help="number of model actors; default: one per GPU, or sized to "
-                                              "the CPUs (see infer/graph.size_actors)")
+                                              "the CPUs (see infer/sizing.size_actors)")
     actor_cpus: float | None = field(None, help="CPUs reserved per model actor (on CPU also its torch threads); "
                                                 "default: 1 with --gpu, else ~3/4 of the CPUs over the actors")
     confidence: bool = field(True, flag="--confidence/--no-confidence",
@@ -73,10 +74,8 @@ class InferSettings:
             raise SettingsError("give either --every or --fps, not both")
 
     def writes(self, kind: str) -> bool:
-        # overlay.mp4 is assembled from the overlay JPEGs, so asking for the video writes them too.
-        if kind == "overlay":
-            return "overlay" in self.outputs or "video" in self.outputs
-        return kind in self.outputs
+        """Asked for, or needed by a kind asked for (overlay.mp4 is made of the overlay frames)."""
+        return kind in self.outputs or any(kind in OUTPUTS[o].needs for o in self.outputs if o in OUTPUTS)
 
     def stride(self, source_fps: float) -> int:
         """Source frames per segmented frame."""

@@ -11,6 +11,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from roadseg_dist.infer.sizing import TASK_CPUS
 from roadseg_dist.infer import graph, ledger, plan as plan_mod, stats as stats_mod
 from roadseg_dist.infer.inputs import Source
 from roadseg_dist.infer.process import reason
@@ -34,7 +35,7 @@ def plan_splits(job, pending: list[Source], slots: int) -> None:
     with ThreadPoolExecutor(16) as pool:
         old = dict(zip(ordered, pool.map(lambda sid: job.state.read_json(job.state.plan_url(sid))
                                          if job.state.plan_url(sid) in planned else None, ordered)))
-    probe = ray.remote(num_cpus=graph.TASK_CPUS, max_retries=2)(graph.probe_and_save)
+    probe = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(graph.probe_and_save)
     todo = []
     for sid in ordered:
         if old[sid] and old[sid].get("identity") == job.sources[sid].identity:
@@ -80,7 +81,7 @@ def finish_split(job, sid: str) -> None:
         return
     entry = {"id": sid, "identity": p["identity"], "frames": len(indices), "fps": p["fps"]}
     if job.target.video:
-        task = ray.remote(num_cpus=graph.TASK_CPUS * 2, max_retries=2)(graph.assemble_video)
+        task = ray.remote(num_cpus=TASK_CPUS * 2, max_retries=2)(graph.assemble_video)
         ref = task.remote(job.state.output, sid, indices, p["fps"] / p["stride"], p["width"], p["height"],
                           job.target.video)
         job.videos[sid] = (ref, entry, table)

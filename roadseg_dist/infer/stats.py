@@ -23,6 +23,7 @@ import re
 import numpy as np
 
 from roadseg_dist import labels
+from roadseg_dist.render import STATS_PATHS
 
 
 def column(name: str) -> str:
@@ -32,7 +33,7 @@ def column(name: str) -> str:
 
 CLASS_COLUMNS = tuple(column(c) for c in labels.CLASSES)
 QUALITY_COLUMNS = ("confidence", "uncertain", "flicker")
-PATH_KINDS = ("mask", "overlay")
+PATH_KINDS = STATS_PATHS  # the kinds whose files' paths are columns (render.OUTPUTS)
 
 
 def schema():

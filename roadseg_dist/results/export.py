@@ -84,10 +84,10 @@ def frame_jpegs(output: str, rows: list[dict[str, Any]]) -> dict[str, bytes]:
 def _decoded(source: str, wanted: dict[int, str]) -> dict[str, bytes]:
     import cv2
 
-    from roadseg_dist.infer import frames  # the decoder infer counted frames with
+    from roadseg_dist.video import decode  # the decoder infer counted frames with
 
     out, last = {}, max(wanted)
-    for index, _, frame in frames.decode_range(source, frames.FrameRange(0, block=frames.MAX_BLOCK)):
+    for index, _, frame in decode.decode_range(source, decode.FrameRange(0, block=decode.MAX_BLOCK)):
         if index in wanted:
             out[wanted[index]] = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
         if index >= last:
@@ -101,7 +101,7 @@ def _decoded(source: str, wanted: dict[int, str]) -> dict[str, bytes]:
 
 def export(output: str, rows: list[dict[str, Any]], dest: str) -> dict[str, Any]:
     """Write the frames of ``rows`` with their masks to ``dest`` (see the module docstring)."""
-    from roadseg_dist.infer.render import palettize_png
+    from roadseg_dist.render import palettize_png
 
     jpegs = frame_jpegs(output, rows)
     bdd, css = storage.join(dest, "bdd100k"), storage.join(dest, "css")

@@ -23,9 +23,9 @@ from urllib.parse import quote
 import numpy as np
 
 from roadseg_dist import labels, storage
-from roadseg_dist.infer.render import frame_name
+from roadseg_dist.render import frame_name
 from roadseg_dist.results import moments, timeline
-from roadseg_dist.results.run import RunView, SourceStats, load, part_ids, read_part
+from roadseg_dist.results.runview import RunView, SourceStats, load, part_ids, read_part
 
 WRITE_THREADS = 8  # page PUTs are latency-bound
 THUMBNAILS = 6
@@ -283,3 +283,8 @@ class PageBook:
 
     def summaries(self) -> list:
         return sorted((r for b in self.done.values() for r in b["sources"]), key=lambda r: r[0])
+
+
+def run(s) -> str:
+    """``roadseg view``: ``write_site`` for ``ViewSettings``; returns the index URL."""
+    return write_site(s.output, s.thumbnails)

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from roadseg_dist import labels, storage
-from roadseg_dist.results.run import column, parts
+from roadseg_dist.results.runview import column, parts
 from roadseg_dist.results.timeline import TIMELINE_CLASSES
 
 KEY_COLUMNS = ("video", "frame", "timestamp")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from roadseg_dist import storage
-from roadseg_dist.infer.render import frame_name
+from roadseg_dist.render import frame_name
 
 TILE_W, CAPTION_H = 320, 22
 READ_THREADS = 8

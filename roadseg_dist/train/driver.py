@@ -14,10 +14,11 @@ import os
 import threading
 import time
 
-from roadseg_dist import progress, resources, settings, storage, watchdog
+from roadseg_dist import settings, storage
+from roadseg_dist.ops import progress, resources, watchdog
 from roadseg_dist.errors import JobError
 from roadseg_dist.settings import SettingsError
-from roadseg_dist.train import checkpoints, run
+from roadseg_dist.train import checkpoints, rundir
 from roadseg_dist.train.settings import TrainSettings
 
 
@@ -39,7 +40,7 @@ def check_inputs(s: TrainSettings) -> str:
         except RuntimeError as exc:
             raise JobError(str(exc)) from None
     run_dir = storage.join(s.storage, s.name)
-    exists = run.run_exists(run_dir)
+    exists = rundir.run_exists(run_dir)
     if exists and not s.resume:
         raise SettingsError(f"run {storage.redact(run_dir)} already exists: pass --resume to continue "
                             f"it, or choose another --name")
@@ -99,7 +100,7 @@ def build_trainer(s: TrainSettings, feed, clock, resume_from: str | None = None,
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
 
-    from roadseg_dist.cluster import storage_settings
+    from roadseg_dist.ops.cluster import storage_settings
     from roadseg_dist.data import feed as feed_mod
     from roadseg_dist.data import ingest
     from roadseg_dist.train.loop import train_func
@@ -173,8 +174,8 @@ class Follower:
 
     def __init__(self, s: TrainSettings, run_dir: str, steps_per_epoch: int, board, bar, dog, status):
         self.s, self.run_dir, self.steps, self.board, self.bar, self.dog = s, run_dir, steps_per_epoch, board, bar, dog
-        self.status = status  # run.Heartbeat
-        self.printed = {epoch_key(r) for r in run.read_metrics(run_dir)}
+        self.status = status  # rundir.Heartbeat
+        self.printed = {epoch_key(r) for r in rundir.read_metrics(run_dir)}
         self.board_version = 0  # the board's version before any post
 
     def pending(self) -> str:
@@ -197,7 +198,7 @@ class Follower:
 
     def poll(self) -> None:
         try:
-            records = run.read_metrics(self.run_dir)
+            records = rundir.read_metrics(self.run_dir)
         except Exception:  # noqa: BLE001 - a half-visible file on a flaky store: try again next tick
             records = []
         for r in records:
@@ -218,7 +219,7 @@ class Follower:
             self.bar.tick()
 
 
-def train(s: TrainSettings, echo=None) -> dict:
+def run(s: TrainSettings, echo=None) -> dict:
     """Run (or resume) a training run to the end; returns the summary that is also printed.
 
     ``echo``: where lines go (default: stdout, with a bar on a terminal and plain lines otherwise).
@@ -227,7 +228,7 @@ def train(s: TrainSettings, echo=None) -> dict:
     """
     import ray
 
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
     from roadseg_dist.data import feed as feed_mod
     from roadseg_dist.data import ingest
 
@@ -249,7 +250,7 @@ def train(s: TrainSettings, echo=None) -> dict:
         f"{s.crop[0]}x{s.crop[1]}" + (" (resuming)" if s.resume else ""))
     out(plan.summary())
     out(feed.describe(s.num_workers))
-    status = run.Heartbeat(run_dir, epoch=restored, epochs=s.epochs, model=s.model)
+    status = rundir.Heartbeat(run_dir, epoch=restored, epochs=s.epochs, model=s.model)
     try:
         outcome = follow(s, trainer, run_dir, steps, board, status, echo)
     except BaseException as exc:  # Ctrl-C or a stall: the run stops here, and status.json says so
@@ -308,20 +309,20 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def summarize(run_dir: str, seconds: float, echo=progress.plain_echo) -> dict:
-    records = run.read_metrics(run_dir)
+    records = rundir.read_metrics(run_dir)
     if not records:
-        raise JobError(f"training ended without writing {run.METRICS} to {storage.redact(run_dir)}: "
+        raise JobError(f"training ended without writing {rundir.METRICS} to {storage.redact(run_dir)}: "
                                    f"no epoch was saved where you pointed --storage")
-    best = run.best_checkpoint(run_dir)
+    best = rundir.best_checkpoint(run_dir)
     summary = {
         "run_dir": run_dir,
         "epochs": len(records),
         "best_val_miou": best[1]["metrics"]["val_miou"] if best else None,
         "best_epoch": best[1].get("epoch") if best else None,
         "best_checkpoint": best[0] if best else None,
-        "checkpoints": run.checkpoint_dirs(run_dir),
-        "metrics": storage.join(run_dir, run.METRICS),
-        "curves": storage.join(run_dir, run.CURVES),
+        "checkpoints": rundir.checkpoint_dirs(run_dir),
+        "metrics": storage.join(run_dir, rundir.METRICS),
+        "curves": storage.join(run_dir, rundir.CURVES),
         "seconds": seconds,
     }
     if best:

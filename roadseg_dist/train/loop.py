@@ -30,7 +30,7 @@ from roadseg_dist.data import ingest
 from roadseg_dist.labels import CLASSES, NUM_CLASSES
 from roadseg_dist.metrics import ConfusionMatrix
 from roadseg_dist.models.predict import as_input, autocast  # bf16/fp16 on GPU, float32 on CPU
-from roadseg_dist.train import losses, run
+from roadseg_dist.train import losses, rundir
 from roadseg_dist.train.saving import restore_point, save_epoch
 
 
@@ -142,7 +142,7 @@ def evaluate(model, batches, device, *, amp: str = "off", num_classes: int = NUM
 # --- the Ray Train entry point: setup / run_epoch / save_epoch ----------------------------------
 
 @dataclasses.dataclass
-class Job:
+class Worker:
     """Everything one worker trains with; built by ``setup``, advanced by ``run_epoch``/``save_epoch``."""
     s: Any                       # TrainSettings
     rank: int
@@ -182,13 +182,13 @@ def train_func(config: dict) -> None:
         job.tracker.close()
 
 
-def setup(config: dict) -> Job:
+def setup(config: dict) -> Worker:
     import ray.train
     import ray.train.torch
 
-    from roadseg_dist.cluster import quiet_ray_data
+    from roadseg_dist.ops.cluster import quiet_ray_data
     from roadseg_dist.data import shards
-    from roadseg_dist.progress import Poster
+    from roadseg_dist.ops.progress import Poster
 
     quiet_ray_data()
     s = config["settings"]  # resolved on the driver: absolute paths, CPUs; never rebuilt here
@@ -204,7 +204,7 @@ def setup(config: dict) -> Job:
     weight = None
     if s.class_weights:
         weight = class_weight_tensor(shards.read_stats(s.main_data, "train")["class_weights"]).to(device)
-    job = Job(s=s, rank=rank, world=world, device=device, run_dir=storage.join(s.storage, s.name),
+    job = Worker(s=s, rank=rank, world=world, device=device, run_dir=storage.join(s.storage, s.name),
               model=model, plain=plain, optimizer=optimizer, scheduler=scheduler,
               scaler=torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and s.amp == "fp16"),
               criterion=losses.build_criterion(s.loss, ohem_thresh=s.ohem_thresh, ohem_min_kept=s.ohem_min_kept,
@@ -243,16 +243,16 @@ def worker_model(s, world: int, device: torch.device) -> tuple[torch.nn.Module, 
     return optimize(model, compile=s.compile), unwrap(model)
 
 
-def start_tracking(job: Job) -> None:
+def start_tracking(job: Worker) -> None:
     """Rank 0: the TensorBoard/MLflow tracker and the best mIoU so far (after a restore)."""
     from roadseg_dist.train.tracking import Tracker
 
     job.tracker = Tracker(job.run_dir, job.s, mlflow_uri=job.s.mlflow, experiment=job.s.mlflow_experiment)
-    best = run.best_checkpoint(job.run_dir) if job.restored_from else None
+    best = rundir.best_checkpoint(job.run_dir) if job.restored_from else None
     job.best_miou = (best[1].get("metrics") or {}).get("val_miou", -1.0) if best else -1.0
 
 
-def run_epoch(job: Job, epoch: int) -> tuple[dict, list]:
+def run_epoch(job: Worker, epoch: int) -> tuple[dict, list]:
     """Train on this rank's part of the epoch, then score the val split; (metrics record, val samples)."""
     from roadseg_dist.data import feed as feed_mod
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 
 from roadseg_dist import storage
-from roadseg_dist.train import checkpoints, run
+from roadseg_dist.train import checkpoints, rundir
 from roadseg_dist.train.plots import render_curves
 
 
@@ -32,7 +32,7 @@ def save_epoch(job, record: dict, samples: list) -> None:
             write_epoch(job, record, samples, tmp)
             report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
         metrics = {"epoch": epoch, "val_miou": record["val_miou"], **epoch_scalars(record)}
-        ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=run.checkpoint_name(epoch),
+        ray.train.report(metrics, checkpoint=report_checkpoint, checkpoint_dir_name=rundir.checkpoint_name(epoch),
                          checkpoint_upload_fn=checkpoints.ray_upload(job.run_dir, job.s.keep))
 
 
@@ -43,11 +43,11 @@ def write_epoch(job, record: dict, samples: list, tmp: str) -> None:
     from roadseg_dist.train.tracking import overlay_panel
 
     s, epoch = job.s, record["epoch"]
-    with checkpoints.writing(storage.join(job.run_dir, run.METRICS)):
-        records = run.append_metrics(job.run_dir, record)
+    with checkpoints.writing(storage.join(job.run_dir, rundir.METRICS)):
+        records = rundir.append_metrics(job.run_dir, record)
     curves = render_curves(records, s.name)
-    with checkpoints.writing(storage.join(job.run_dir, run.CURVES)):
-        storage.write_bytes(storage.join(job.run_dir, run.CURVES), curves)
+    with checkpoints.writing(storage.join(job.run_dir, rundir.CURVES)):
+        storage.write_bytes(storage.join(job.run_dir, rundir.CURVES), curves)
     metrics = {k: record[k] for k in ("train_loss", "val_miou", "val_pixel_acc", "val_pixels")}
     state = {"optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(),
              "scaler": job.scaler.state_dict(), "epoch": epoch}

@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 
 from roadseg_dist import settings
-from roadseg_dist.resources import AUTO, parse_cpus
+from roadseg_dist.ops.resources import AUTO, parse_cpus
 from roadseg_dist.settings import SettingsError, field, parse_list, parse_size
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT
 
 LOSSES = ("ce", "ohem", "dice_ce")  # the names train/losses.build_criterion knows
 

@@ -45,7 +45,7 @@ def epoch_scalars(record: dict) -> dict[str, float]:
 
 def overlay_panel(rgb: np.ndarray, truth: np.ndarray, pred: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """(H, 3W, 3) uint8 RGB: the image, the ground truth blended over it, the prediction blended over it."""
-    from roadseg_dist.infer.render import blend_overlay
+    from roadseg_dist.render import blend_overlay
 
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     views = [bgr, blend_overlay(bgr, truth.astype(np.uint8), alpha), blend_overlay(bgr, pred.astype(np.uint8), alpha)]

@@ -17,11 +17,9 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from roadseg_dist.errors import StallError  # noqa: F401 - raised here, listed in errors.py
+
 DEFAULT_STALL_TIMEOUT = 300.0  # seconds; a settings field (--stall-timeout) in every Ray job
-
-
-class StallError(RuntimeError):
-    """No progress for the configured time; the message is the diagnosis."""
 
 
 class Watchdog:

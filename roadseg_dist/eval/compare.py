@@ -7,55 +7,16 @@ pass, the argmax and the masks back on the host, after a warm-up). Written as co
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import numpy as np
 
-from roadseg_dist import labels, progress, reports, storage
-from roadseg_dist.evaluate import plan_scoring, progress_echo, score_split
+from roadseg_dist import labels, reports, storage
+from roadseg_dist.ops import progress
+from roadseg_dist.eval.score import plan_scoring, progress_echo, score_split
+from roadseg_dist.eval.settings import CompareSettings
 from roadseg_dist.reports import percent
-from roadseg_dist.resources import AUTO, parse_cpus
-from roadseg_dist.settings import SettingsError, at_least, field, parse_list, parse_size
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
-
-
-@dataclasses.dataclass
-class CompareSettings:
-    data: str = field(path=True, help="shard folder (local, file:// or s3://) holding SPLIT-*.tar and SPLIT-index.parquet")
-    models: tuple = field((), parse=parse_list, path=True,
-                          help="checkpoints or run directories (on the command line: CKPT_OR_RUN...)")
-    split: str = field("val", help="which split to score")
-    size: tuple | None = field(None, parse=parse_size,
-                               help="input size HxW of the speed measurement; default: the split's most "
-                                    "common image size")
-    speed_batch: int = field(1, help="frames per model call in the speed measurement")
-    speed_seconds: float = field(3.0, help="time spent measuring each model's speed")
-    limit: int | None = field(None, help="score only the first N samples of the split")
-    out: str = field("compare", path=True, help="where compare.json, compare.md and compare.png go")
-    batch_size: int = field(4, help="images per model call while scoring")
-    workers: int = field(2, help="model actors scoring in parallel")
-    cpus_per_worker: float | str = field(AUTO, parse=parse_cpus, metavar="CPUS|auto",
-                                         help="CPUs reserved per model actor; auto: what the read tasks leave, "
-                                              "shared by the actors")
-    gpu: bool = field(False, flag="--gpu/--cpu", help="score and time on GPU (fp16 autocast, as infer), or on CPU")
-    channels_last: bool = field(False, help="run the models in NHWC memory format (faster on GPUs)")
-    compile: bool = field(False, help="torch.compile the models (timed after the compiling warm-up)")
-    address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
-    num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
-    stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
-                                 help="fail with a diagnosis when no batch is scored for this long (0: never)")
-
-    def validate(self) -> None:
-        if not self.models:
-            raise SettingsError("name at least one checkpoint or run directory to compare")
-        if self.speed_batch < 1 or self.batch_size < 1 or self.workers < 1:
-            raise SettingsError("--speed-batch, --batch-size and --workers must be at least 1")
-        if self.speed_seconds <= 0:
-            raise SettingsError(f"--speed-seconds must be positive, got {self.speed_seconds}")
-        at_least(self, 1, "limit", "num_cpus")
-        at_least(self, 0, "stall_timeout")
 
 
 def measure_fps(model, size: tuple[int, int], *, batch: int = 1, seconds: float = 3.0, device="cpu",
@@ -173,7 +134,7 @@ def print_table(result: dict, console=None) -> None:
 
 # --- the job ----------------------------------------------------------------------------------------
 
-def run_compare(s: CompareSettings, console=None) -> dict:
+def run(s: CompareSettings, console=None) -> dict:
     from roadseg_dist import settings
     from roadseg_dist.models.checkpoint import CheckpointError, load_model
     from roadseg_dist.models.predict import optimize

@@ -12,9 +12,10 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from roadseg_dist import progress, resources, settings, storage, watchdog
+from roadseg_dist import settings, storage
+from roadseg_dist.ops import progress, resources, watchdog
 from roadseg_dist.cli import Command
-from roadseg_dist.resources import Offer, Request, ResourceError
+from roadseg_dist.ops.resources import Offer, Request, ResourceError
 
 
 # --- resources -----------------------------------------------------------------------------------
@@ -236,9 +237,9 @@ def test_positional_argument_from_config(tmp_path, monkeypatch):
 
 
 def test_every_job_marks_its_paths():
-    from roadseg_dist.compare import CompareSettings
-    from roadseg_dist.data.shard_job import ShardSettings
-    from roadseg_dist.evaluate import EvalSettings
+    from roadseg_dist.eval.settings import CompareSettings
+    from roadseg_dist.shard.settings import ShardSettings
+    from roadseg_dist.eval.settings import EvalSettings
     from roadseg_dist.train.settings import TrainSettings
 
     def paths(cls):

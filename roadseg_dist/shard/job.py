@@ -16,64 +16,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import dataclasses
 import json
 import re
 import time
 
-from roadseg_dist import settings, storage
+from roadseg_dist import storage
 from roadseg_dist.data import bdd100k
 from roadseg_dist.data.bdd100k import DatasetError
 from roadseg_dist.data.shard_writer import build_shard, index_bytes, plan_shards, split_stats
-from roadseg_dist.data.shards import SPLITS, check_shard, index_url, read_index, shard_name, stats_url
-from roadseg_dist.progress import Progress
-from roadseg_dist.settings import SettingsError
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
+from roadseg_dist.data.shards import check_shard, index_url, read_index, shard_name, stats_url
+from roadseg_dist.ops.progress import Progress
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
+from roadseg_dist.shard.settings import ShardSettings
 
 TASK_CPUS = 0.5     # a shard task is mostly I/O and JPEG decoding; leave room for other Ray work
 MOVE_THREADS = 8    # staged shards moved into place at once (on S3 a server-side copy each)
 INDEX_COLUMNS = ["key", "shard", "bytes", "height", "width", "labelled_pixels", "class_pixels"]
-
-
-def parse_bytes(text) -> int | None:
-    """``"256MB"``, ``"1GiB"``, ``"5e8"`` or an int -> bytes."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([\d.e+]+)\s*([kmgt]?)(i?b?)\s*", str(text).lower())
-    if not m:
-        raise SettingsError(f"{text!r} is not a size in bytes: write e.g. 500000000, 256MB or 1GiB")
-    value = float(m.group(1))
-    power = " kmgt".index(m.group(2) or " ")
-    base = 1024 if m.group(3).startswith("i") else 1000
-    return int(value * base ** power)
-
-
-@dataclasses.dataclass
-class ShardSettings:
-    root: str = settings.field(help="BDD100K root (local path, file:// or s3://)", argument=True, path=True)
-    dest: str = settings.field(help="where the shards go (local path, file:// or s3://)", argument=True, path=True)
-    split: str = settings.field("train", help="which split to shard", choices=SPLITS)
-    shard_size: int = settings.field(256, help="samples per shard")
-    shard_bytes: int | None = settings.field(None, help="bytes per shard instead of --shard-size, e.g. 256MB",
-                                             parse=parse_bytes)
-    workers: int = settings.field(0, help="shard tasks running at once (0: as many as the cluster's CPUs allow)")
-    verify: bool = settings.field(False, help="re-read every shard afterwards and check it against the index")
-    stall_timeout: float = settings.field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
-                                          help="fail with a diagnosis when no shard finishes for this long (0: never)")
-    address: str | None = settings.field(None, help="Ray address; default RAY_ADDRESS or a local Ray")
-
-    def validate(self) -> None:
-        if self.shard_size < 1:
-            raise SettingsError(f"--shard-size must be at least 1, got {self.shard_size}")
-        if self.shard_bytes is not None and self.shard_bytes < 1:
-            raise SettingsError(f"--shard-bytes must be positive, got {self.shard_bytes}")
-        if self.workers < 0:
-            raise SettingsError(f"--workers must be 0 (auto) or more, got {self.workers}")
-        if self.split not in SPLITS:
-            raise SettingsError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        settings.at_least(self, 0, "stall_timeout")
 
 
 # --- Ray glue -------------------------------------------------------------------------------------
@@ -105,7 +63,7 @@ def _run_tasks(remote_fn, calls: list[tuple], workers: int, description: str,
 
 def _check_resources(address: str | None) -> None:
     """One shard task (TASK_CPUS) must fit the connected Ray, or nothing would ever run."""
-    from roadseg_dist import resources
+    from roadseg_dist.ops import resources
 
     request = resources.Request(job="shard", workers=1, cpus_per_worker=TASK_CPUS, worker_name="shard task",
                                 workers_flag="--workers", cpus_flag="the shard task size")
@@ -115,7 +73,7 @@ def _check_resources(address: str | None) -> None:
 def _remote(fn):
     """``fn`` as a Ray task; it reaches the storage this driver sees even if that changed since Ray started."""
     import ray
-    from roadseg_dist.cluster import storage_settings
+    from roadseg_dist.ops.cluster import storage_settings
 
     task = ray.remote(num_cpus=TASK_CPUS, max_retries=3)(fn)
     job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars", {}) or {}
@@ -152,7 +110,7 @@ def _publish_if_changed(url: str, data: bytes) -> bool:
 
 def verify(data_url: str, split: str, workers: int = 0, address: str | None = None) -> dict:
     """Re-read every shard of a finished split in Ray tasks; raise DatasetError on any mismatch."""
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
 
     index = read_index(data_url, split)
     init_ray(address)
@@ -194,10 +152,10 @@ def _publish(s: "ShardSettings", dest: str, results: list[dict]) -> tuple[int, l
     return total_bytes, stale
 
 
-def run_shard(s: ShardSettings) -> dict:
+def run(s: ShardSettings) -> dict:
     """Shard one split of a BDD100K root into ``s.dest``; returns a summary. Raises DatasetError,
     leaving ``s.dest`` as it was, when any sample of the split is bad."""
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
 
     root, dest = storage.normalize(s.root), storage.normalize(s.dest)
     init_ray(s.address)

@@ -55,7 +55,7 @@ def storage_credentials() -> dict[str, str]:
     return {k: os.environ[k] for k in STORAGE_SECRETS if os.environ.get(k)}
 
 
-WORKER_SETUP = "roadseg_dist.cluster.setup_worker"  # Ray imports it by name in every worker process
+WORKER_SETUP = "roadseg_dist.ops.cluster.setup_worker"  # Ray imports it by name in every worker process
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: bool = True) -> None:

@@ -8,9 +8,11 @@ quality-85 JPEG; class fractions come from ``cv2.calcHist``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 import zlib
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -114,25 +116,57 @@ def class_fractions(mask: np.ndarray, num_classes: int = labels.NUM_CLASSES) -> 
     return (counts / max(1, mask.size)).astype(np.float32)
 
 
-def render_frame(frame_bgr: np.ndarray, mask: np.ndarray, kinds: set[str], alpha: float = 0.5,
+class Rendered:
+    """One frame and its mask (at the frame's size), each derived image made once: the mask PNG serves
+    mask and color, the blended overlay serves the overlay JPEG and the overlay video."""
+
+    def __init__(self, frame_bgr: np.ndarray, mask: np.ndarray, alpha: float = 0.5, quality: int = 85):
+        self.frame, self.mask, self.alpha, self.quality = frame_bgr, mask, alpha, quality
+
+    @functools.cached_property
+    def mask_png(self) -> bytes:
+        return encode_mask_png(self.mask)
+
+    @functools.cached_property
+    def overlay(self) -> np.ndarray:
+        return blend_overlay(self.frame, self.mask, self.alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputKind:
+    """One thing ``roadseg infer --outputs`` writes. A per-frame kind has an extension and an encoder
+    (``OUTPUT/<id>/<name>/NNNNNN<extension>``); the others are written once per source or run."""
+    name: str
+    extension: str | None = None                          # per-frame file's extension
+    encode: Callable[[Rendered], bytes] | None = None     # that file's bytes
+    needs: tuple[str, ...] = ()                           # kinds written with it
+    default: bool = True                                  # written when --outputs is not given
+    in_stats: bool = False                                # its path is a column of the stats
+
+
+# The one table of output kinds: settings, the unit of work, the stats and the pages read it.
+OUTPUTS: dict[str, OutputKind] = {k.name: k for k in (
+    OutputKind("mask", ".png", lambda r: r.mask_png, in_stats=True),           # train ids, grey PNG
+    OutputKind("color", ".png", lambda r: palettize_png(r.mask_png)),          # the same, paletted
+    OutputKind("overlay", ".jpg", lambda r: encode_jpeg(r.overlay, r.quality), in_stats=True),
+    OutputKind("original", ".jpg", lambda r: encode_jpeg(r.frame, r.quality), default=False),
+    OutputKind("video", needs=("overlay",)),  # overlay.mp4, made of the overlay JPEGs' frames
+    OutputKind("stats"),                      # OUTPUT/frames/part-*.parquet
+)}
+FRAME_KINDS = tuple(k for k, o in OUTPUTS.items() if o.encode is not None)
+STATS_PATHS = tuple(k for k, o in OUTPUTS.items() if o.in_stats)
+
+
+def encode_files(r: Rendered, kinds) -> dict[str, bytes]:
+    """The per-frame files of ``kinds`` (others ignored), by kind, in the table's order."""
+    return {k: OUTPUTS[k].encode(r) for k in FRAME_KINDS if k in kinds}
+
+
+def render_frame(frame_bgr: np.ndarray, mask: np.ndarray, kinds, alpha: float = 0.5,
                  quality: int = 85) -> dict[str, bytes]:
     """Encoded files of one frame, by output kind: mask/color (.png), overlay/original (.jpg)."""
-    files: dict[str, bytes] = {}
-    if "mask" in kinds or "color" in kinds:
-        png = encode_mask_png(mask)
-        if "mask" in kinds:
-            files["mask"] = png
-        if "color" in kinds:
-            files["color"] = palettize_png(png)
-    if "overlay" in kinds:
-        files["overlay"] = encode_jpeg(blend_overlay(frame_bgr, mask, alpha), quality)
-    if "original" in kinds:
-        files["original"] = encode_jpeg(frame_bgr, quality)
-    return files
-
-
-EXTENSIONS = {"mask": ".png", "color": ".png", "overlay": ".jpg", "original": ".jpg"}
+    return encode_files(Rendered(frame_bgr, mask, alpha, quality), kinds)
 
 
 def frame_name(index: int, kind: str) -> str:
-    return f"{kind}/{index:06d}{EXTENSIONS[kind]}"
+    return f"{kind}/{index:06d}{OUTPUTS[kind].extension}"

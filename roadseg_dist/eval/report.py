@@ -1,6 +1,6 @@
 """The reports of ``roadseg eval``: eval.md (a Markdown table), iou.png (a bar per class) and the terminal table.
 
-Plain functions of the result dict that ``evaluate.run_eval`` also writes as eval.json.
+Plain functions of the result dict that ``evaluate.run`` also writes as eval.json.
 """
 from __future__ import annotations
 

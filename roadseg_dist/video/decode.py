@@ -25,8 +25,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from roadseg_dist import images
-from roadseg_dist.infer.ranged import RangedReader
-from roadseg_dist.infer.window import Window
+from roadseg_dist.video.ranged import RangedReader
+from roadseg_dist.video.window import Window
 
 DEFAULT_IMAGE_FPS = 10.0
 PROBE_BLOCK = 64 * 1024        # the probe reads a header, the index and one keyframe

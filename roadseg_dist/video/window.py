@@ -1,4 +1,4 @@
-"""Which decoded frames belong to a frame range: its presentation-time window (see ``frames.py``).
+"""Which decoded frames belong to a frame range: its presentation-time window (see ``decode.py``).
 
 A range starts on a keyframe; the frames it shows run from that keyframe's presentation time up to
 the next range's keyframe's. Learnt from the packets around the two keyframes as they pass, so the

@@ -15,13 +15,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from roadseg_dist.errors import ResourceError  # noqa: F401 - raised here, listed in errors.py
+
 AUTO = "auto"
 STEP = 0.05          # auto reservations are rounded down to this, so they add up below the total
 MIN_AUTO_CPUS = 0.05
-
-
-class ResourceError(Exception):
-    """The job cannot fit the cluster; the message names the numbers and the flag to change."""
 
 
 @dataclasses.dataclass(frozen=True)

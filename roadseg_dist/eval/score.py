@@ -1,4 +1,4 @@
-"""``roadseg eval``: score a checkpoint on a sharded split, in parallel on Ray.
+"""Scoring a checkpoint on a sharded split, in parallel on Ray (``roadseg eval`` and ``roadseg compare``).
 
     plan_reads(index, workers)                       the split's samples as (shard, keys) read tasks
       -> Ray Data: flat_map(read_task_rows)          CPU tasks streaming (key, jpg, png) from storage
@@ -7,70 +7,29 @@
       -> driver: sum the matrices                    metrics.ConfusionMatrix.compute (the BDD100K definitions)
       -> OUT/eval.json, eval.md, iou.png             numbers, a Markdown table, a per-class IoU chart
 
-Prediction (``predict_masks``, on ``models/predict``) and the reports (``eval_report``) are plain
+Prediction (``label_size_masks``, on ``models/predict``) and the reports (``report.py``) are plain
 functions; only ``score_split`` touches Ray.
 """
 from __future__ import annotations
 
-import dataclasses
-import time
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from roadseg_dist import progress, resources, storage, watchdog
+from roadseg_dist import storage
+from roadseg_dist.ops import resources, watchdog
 from roadseg_dist.errors import JobError
-from roadseg_dist.eval_report import write_eval_reports
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.resources import AUTO, parse_cpus
-from roadseg_dist.settings import SettingsError, at_least, field, parse_size
-from roadseg_dist.watchdog import DEFAULT_STALL_TIMEOUT
+from roadseg_dist.ops.watchdog import DEFAULT_STALL_TIMEOUT
 
 READ_TASK_CPUS = 0.25  # a read task streams a tar: mostly waiting on storage
 
 
-@dataclasses.dataclass
-class EvalSettings:
-    checkpoint: str = field(argument=True, path=True, help="checkpoint or training run directory (its best checkpoint)")
-    data: str = field(path=True, help="shard folder (local, file:// or s3://) holding SPLIT-*.tar and SPLIT-index.parquet")
-    split: str = field("val", help="which split of the shard folder to score")
-    out: str | None = field(None, path=True, help="where eval.json, eval.md and iou.png go; default: CHECKPOINT/eval-SPLIT")
-    save_preds: str | None = field(None, path=True, help="also write the predicted train-id masks as DIR/<key>.png")
-    size: tuple | None = field(None, parse=parse_size,
-                               help="run the model at HxW and upsample its logits to each label's "
-                                    "resolution; default: at the label's full resolution")
-    limit: int | None = field(None, help="score only the first N samples of the split (quick checks)")
-    batch_size: int = field(4, help="images per model call")
-    workers: int = field(2, help="model actors scoring in parallel")
-    cpus_per_worker: float | str = field(AUTO, parse=parse_cpus, metavar="CPUS|auto",
-                                         help="CPUs reserved per model actor (also its torch threads); auto: "
-                                              "what the read tasks leave, shared by the actors")
-    gpu: bool = field(False, flag="--gpu/--cpu", help="one GPU per model actor, or CPUs (fp16 autocast on GPU, as infer)")
-    channels_last: bool = field(False, help="run the model in NHWC memory format (faster on GPUs)")
-    compile: bool = field(False, help="torch.compile the model in each actor (slow first batches)")
-    address: str | None = field(None, help="Ray cluster address; default: RAY_ADDRESS or a local Ray")
-    num_cpus: int | None = field(None, help="CPUs of the local Ray (default: all cores)")
-    stall_timeout: float = field(DEFAULT_STALL_TIMEOUT, metavar="SECONDS",
-                                 help="fail with a diagnosis when no batch is scored for this long (0: never)")
-
-    def validate(self) -> None:
-        for name in ("batch_size", "workers"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise SettingsError(f"--limit must be at least 1, got {self.limit}")
-        at_least(self, 1, "num_cpus")
-        at_least(self, 0, "stall_timeout")
-
-    def output_dir(self) -> str:
-        return self.out or storage.join(self.checkpoint, f"eval-{self.split}")
-
-
 # --- prediction (plain torch) ----------------------------------------------------------------------
 
-def predict_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tuple[int, int] | None = None,
-                  out_sizes: Sequence[tuple[int, int]] | None = None, device="cpu",
-                  channels_last: bool = False) -> list[np.ndarray]:
+def label_size_masks(model, images: Sequence[np.ndarray], meta: dict, *, size: tuple[int, int] | None = None,
+                     out_sizes: Sequence[tuple[int, int]] | None = None, device="cpu",
+                     channels_last: bool = False) -> list[np.ndarray]:
     """RGB uint8 images (H, W, 3) -> train-id masks (uint8), each at its ``out_sizes`` entry
     (default: the image's own size). Same-sized images go through the model together; with ``size``
     the model runs at that HxW and its logits are resized to the output size. On CUDA under fp16
@@ -144,12 +103,12 @@ class Scorer:
 
     def __call__(self, batch: dict) -> dict:
         from roadseg_dist.data.shards import decode_sample
-        from roadseg_dist.infer.render import encode_mask_png
+        from roadseg_dist.render import encode_mask_png
 
         decoded = [decode_sample(bytes(j), bytes(p)) for j, p in zip(batch["jpg"], batch["png"])]
         images = [rgb for rgb, _ in decoded]
         targets = [label for _, label in decoded]
-        preds = predict_masks(self.model, images, self.meta, size=self.size,
+        preds = label_size_masks(self.model, images, self.meta, size=self.size,
                               out_sizes=[t.shape for t in targets], device=self.device,
                               channels_last=self.channels_last)
         cm = ConfusionMatrix()
@@ -208,7 +167,7 @@ def score_split(checkpoint: str, data: str, split: str = "val", *, size=None, li
 def plan_scoring(workers: int, cpus_per_worker, gpu: bool, address: str | None, num_cpus,
                  job: str = "eval") -> resources.Plan:
     """Model actors x CPUs (auto or given) plus one read task must fit; starts Ray if needed."""
-    from roadseg_dist.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray
 
     request = resources.Request(
         job=job, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=1 if gpu else 0,
@@ -224,37 +183,3 @@ def plan_scoring(workers: int, cpus_per_worker, gpu: bool, address: str | None, 
 def progress_echo(console):
     """Plain progress lines through ``console`` (a rich Console), or None for stdout."""
     return None if console is None else (lambda line: console.print(line, highlight=False, markup=False))
-
-
-def run_eval(s: EvalSettings, console=None) -> dict:
-    """``roadseg eval``: score, write the reports, return the result dict (also in eval.json)."""
-    from roadseg_dist import settings
-    from roadseg_dist.models.checkpoint import CheckpointError, load_model
-
-    s = settings.absolute_paths(s)
-    try:
-        # fail fast, on the driver, on a bad checkpoint; the actors load the checkpoint resolved here
-        _, meta = load_model(s.checkpoint, "cpu")
-    except (FileNotFoundError, ValueError) as exc:
-        raise CheckpointError(f"cannot load checkpoint {storage.redact(s.checkpoint)}: {exc}") from exc
-    plan = plan_scoring(s.workers, s.cpus_per_worker, s.gpu, s.address, s.num_cpus)
-    start = time.time()
-    with progress.Progress(f"eval {s.split}", None, "images", echo=progress_echo(console),
-                           terminal=console.is_terminal if console else None) as bar:
-        bar.log(plan.summary())
-        cm, images = score_split(
-            meta["checkpoint"], s.data, s.split, size=s.size, limit=s.limit, batch_size=s.batch_size,
-            workers=s.workers, cpus_per_worker=plan.cpus_per_worker, gpu=s.gpu, save_preds=s.save_preds,
-            channels_last=s.channels_last, compile=s.compile,
-            progress=lambda done, total: bar.update(done, total=total), stall_timeout=s.stall_timeout)
-    seconds = time.time() - start
-    result = {
-        "checkpoint": storage.redact(meta["checkpoint"]), "arch": meta.get("arch", "?"), "epoch": meta.get("epoch"),
-        "data": storage.redact(s.data), "split": s.split, "images": images,
-        "size": list(s.size) if s.size else None, "metrics": cm.compute(),
-        "confusion": cm.mat.tolist(), "seconds": round(seconds, 3),
-        "images_per_s": round(images / seconds, 3) if seconds > 0 else 0.0,
-        "predictions": storage.redact(s.save_preds) if s.save_preds else None,
-    }
-    result["reports"] = {k: storage.redact(v) for k, v in write_eval_reports(result, s.output_dir()).items()}
-    return result

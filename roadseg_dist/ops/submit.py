@@ -37,7 +37,8 @@ from typing import Callable, TextIO
 
 import yaml
 
-from roadseg_dist import cluster, ship, storage
+from roadseg_dist import storage
+from roadseg_dist.ops import cluster, ship
 from roadseg_dist.errors import JobError
 from roadseg_dist.settings import SettingsError, at_least, field
 
@@ -77,7 +78,7 @@ class SubmitSettings:
 
 def find_project(start: str | None = None) -> Path:
     """The project root: ``start`` if given, else the folder above this package if it holds jobs/."""
-    root = Path(start).expanduser().resolve() if start else Path(__file__).resolve().parents[1]
+    root = Path(start).expanduser().resolve() if start else Path(__file__).resolve().parents[2]  # roadseg_dist/ops/submit.py
     if not (root / "jobs").is_dir() or not (root / "roadseg_dist").is_dir():
         where = start or "the installed package's parent folder"
         raise SettingsError(f"{where} is not a roadseg_dist checkout (no jobs/ and roadseg_dist/ "
