@@ -15,6 +15,7 @@ fails in a second naming the extra instead of minutes later with a bare ImportEr
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from roadseg_dist.errors import MissingExtra
 
@@ -30,6 +31,8 @@ MODULES: dict[str, tuple[str, ...]] = {
 
 
 def installed(module: str) -> bool:
+    if sys.modules.get(module) is not None:  # imported already: colorful swaps itself for an object
+        return True                           # without __spec__, on which find_spec raises
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package that is missing or broken

@@ -115,3 +115,18 @@ def synthetic_data(tmp_path_factory, ray_local) -> SyntheticData:
     for split in ("train", "val"):
         shard_job.run(shard_job.ShardSettings(root=root, dest=dest, split=split, shard_size=8))
     return SyntheticData(root, dest)
+
+
+@pytest.fixture(autouse=True)
+def _cli_verbosity_stays_in_its_test():
+    """``roadseg -v`` run in-process (CliRunner) sets the root logger to DEBUG and ROADSEG_VERBOSE for the
+    rest of the process, as a real command should; a test must not hand that to the next one."""
+    import logging
+
+    level, verbose = logging.getLogger().level, os.environ.get("ROADSEG_VERBOSE")
+    yield
+    logging.getLogger().setLevel(level)
+    if verbose is None:
+        os.environ.pop("ROADSEG_VERBOSE", None)
+    else:
+        os.environ["ROADSEG_VERBOSE"] = verbose

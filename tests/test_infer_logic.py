@@ -200,3 +200,15 @@ def test_actor_sizing_fits_the_nodes():
     assert (one.actors, one.actor_cpus, one.threads) == (8, 1.75, 2)
     wide = settings.build(InferSettings, checkpoint="c", input="i", output="o", actor_cpus=4.0)
     assert size_actors(6, 0, wide, node_cpus=[4, 2]).actors == 1  # only the head holds a 4-CPU actor
+
+
+def test_a_failure_reason_is_one_line_without_colour_codes_traceback_or_credentials(monkeypatch):
+    """What report.json says of a failed source (issue 26 case 1 had a multi-line ANSI traceback there)."""
+    from roadseg_dist.infer.process import reason
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekritValue123456")
+    exc = RuntimeError("\x1b[31mboom\x1b[0m reading s3://b/a.mp4 with sekritValue123456\n"
+                       "Traceback (most recent call last):\n  File \"x.py\", line 1\n")
+    line = reason(exc)
+    assert "\n" not in line and "\x1b" not in line and "Traceback" not in line
+    assert line.startswith("RuntimeError: boom reading s3://b/a.mp4") and "sekritValue123456" not in line
