@@ -120,7 +120,11 @@ def ray_upload(run_dir: str, keep: int):
 
 
 def keep_best(run_dir: str, local_checkpoint: str, epoch: int) -> None:
-    """Copy a new best checkpoint into the run dir, then drop the previous best copy."""
+    """Copy a new best checkpoint into the run dir, then drop the previous best copy.
+
+    Not Ray's ``CheckpointConfig(checkpoint_score_attribute=..., num_to_keep=K)``: it keeps the top K by
+    score and deletes the others, the newest included, so ``--resume`` could only go back to an older
+    epoch; here the newest ``--keep`` epochs stay for resuming and the best is a copy beside them."""
     commit(local_checkpoint, storage.join(run_dir, best_name(epoch)))
     for url in checkpoint_dirs(run_dir):
         folder = url.rsplit("/", 1)[-1]
