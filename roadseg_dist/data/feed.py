@@ -13,7 +13,8 @@ Why a clock: Ray Train builds the dataset once per worker group and Ray Data exe
 every epoch, but the reads depend on the epoch (which samples, each sample's augmentation). Ray Data
 starts an epoch only when every rank asked for it, and rank 0 sets the clock before asking, so the
 read tasks of an epoch always see that epoch. A restarted worker group sets it again from its
-checkpoint's epoch; the clock belongs to the driver and outlives the workers.
+checkpoint's epoch; the clock belongs to the driver, lives on the driver's node and outlives the workers
+and the nodes they ran on.
 """
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def epoch_clock(first_epoch: int = 1):
     """The clock, at the run's first epoch (Ray Data plans the dataset once when it is created)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=0)(EpochClock).remote(first_epoch)
+    from roadseg_dist.ops.cluster import on_this_node
+
+    return ray.remote(num_cpus=0, max_restarts=0)(EpochClock).options(**on_this_node()).remote(first_epoch)
 
 
 def start_epoch(clock, epoch: int) -> None:

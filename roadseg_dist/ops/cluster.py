@@ -198,6 +198,16 @@ class _Drop(logging.Filter):
         return self.text not in record.getMessage()
 
 
+def on_this_node() -> dict:
+    """Actor options that keep a driver-owned helper (the epoch clock, the progress board) on the driver's
+    node: Ray would otherwise place a zero-CPU actor on any node, and losing that node would fail a job
+    that Ray Train itself survives."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
+
+
 def shutdown_ray() -> None:
     import ray
 

@@ -175,7 +175,9 @@ class ProgressBoard:
 def remote_board():
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard).remote()
+    from roadseg_dist.ops.cluster import on_this_node
+
+    return ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard).options(**on_this_node()).remote()
 
 
 class Poster:
