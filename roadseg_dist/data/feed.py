@@ -44,13 +44,12 @@ class EpochClock:
         return self.epoch
 
 
-def epoch_clock(first_epoch: int = 1):
-    """The clock, at the run's first epoch (Ray Data plans the dataset once when it is created)."""
+def epoch_clock(first_epoch: int = 1, **actor_options):
+    """The clock, at the run's first epoch (Ray Data plans the dataset once when it is created). The driver
+    passes where it lives (``ops.cluster.on_this_node()``), so losing a worker's node does not lose it."""
     import ray
 
-    from roadseg_dist.ops.cluster import on_this_node
-
-    return ray.remote(num_cpus=0, max_restarts=0)(EpochClock).options(**on_this_node()).remote(first_epoch)
+    return ray.remote(num_cpus=0, max_restarts=0)(EpochClock).options(**actor_options).remote(first_epoch)
 
 
 def start_epoch(clock, epoch: int) -> None:

@@ -228,7 +228,7 @@ def run(s: TrainSettings, echo=None) -> dict:
     """
     import ray
 
-    from roadseg_dist.ops.cluster import init_ray
+    from roadseg_dist.ops.cluster import init_ray, on_this_node
     from roadseg_dist.data import feed as feed_mod
     from roadseg_dist.data import ingest
 
@@ -242,7 +242,7 @@ def run(s: TrainSettings, echo=None) -> dict:
     plan, feed = size_feed(s, resources.offer_from_ray(resources.is_local(s.address), s.num_cpus))
     s = dataclasses.replace(s, cpus_per_worker=plan.cpus_per_worker)
     checkpoints.forget_ray_snapshot(run_dir)  # resuming: our resume point, not Ray's list
-    board, clock = progress.remote_board(), feed_mod.epoch_clock(restored + 1)
+    board, clock = progress.remote_board(), feed_mod.epoch_clock(restored + 1, **on_this_node())
     trainer = build_trainer(s, feed, clock, resume_from, board)
     steps = math.ceil((ingest.epoch_size(train_index(s), s.weights) // s.num_workers) / s.batch_size)
     out(f"run {storage.redact(run_dir)}: {s.model}, {s.num_workers} worker(s) on "
