@@ -217,7 +217,9 @@ def unit_cpu_ms(video: str, size: tuple[int, int], out: str) -> float:
 
 
 def every_process_cpu_s() -> float:
-    """CPU seconds of this process and every process below it (the local Ray: raylet, workers)."""
+    """CPU seconds of this process and every process below it (the local Ray: raylet, workers), those that
+    have exited included: a process's children_* times hold its reaped children's (Ray's workers exit
+    between runs, and counting only the live ones gave a negative difference)."""
     import psutil
 
     me = psutil.Process()
@@ -225,7 +227,7 @@ def every_process_cpu_s() -> float:
     for p in [me, *me.children(recursive=True)]:
         try:
             cpu = p.cpu_times()
-            total += cpu.user + cpu.system
+            total += cpu.user + cpu.system + cpu.children_user + cpu.children_system
         except psutil.Error:
             continue
     return total

@@ -23,8 +23,8 @@ def infer(config, **values):
     """Segment every frame of every video (or image folder) under INPUT with Ray Data; write under OUTPUT.
 
     Per source id (its path relative to INPUT): OUTPUT/ID/{mask,color,overlay,original}/NNNNNN.*
-    and OUTPUT/ID/overlay.mp4; for the run: OUTPUT/frames.parquet and OUTPUT/report.json. A re-run
-    resumes: only missing work is done. Exits 3 when some inputs failed (listed in report.json).
+    and OUTPUT/ID/overlay.mp4; for the run: OUTPUT/frames/ (parquet parts, read as one table) and
+    OUTPUT/report.json. A re-run resumes: only missing work is done. Exits 3 when some inputs failed (listed in report.json).
     """
     from roadseg_dist import storage
     from roadseg_dist.infer import pipeline

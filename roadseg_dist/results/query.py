@@ -45,7 +45,7 @@ def connect(output: str):
 
 
 def search(output: str, where: str = "true", order_by: str = "video, frame", limit: int = 20) -> list[dict[str, Any]]:
-    """Rows of frames.parquet matching ``where`` (SQL), ordered, at most ``limit``; snake_case keys."""
+    """Rows of the frames table matching ``where`` (SQL), ordered, at most ``limit``; snake_case keys."""
     import duckdb
 
     con, columns = connect(output)
