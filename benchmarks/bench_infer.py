@@ -11,6 +11,8 @@
   roadseg infer     the job with its defaults (also overlay.mp4 as H.264 and the stats), warm
   ratios            roadseg infer / each of the three
   fp32 line         the same at float32 everywhere: model-only and roadseg infer with --amp off
+  confidence        roadseg infer with the confidence columns (the default) / with --no-confidence,
+                    run in turns; and the CPU-ms per frame they add in a model actor, timed directly
   tuned loop        the sequential loop with the model exactly as infer's actors run it (folded, at
                     --amp auto's precision): what the pipeline adds over a loop doing the same maths
   hops              bytes per frame between processes: decode -> model input (the same process),
@@ -283,6 +285,39 @@ def hops(report: dict, size: tuple[int, int]) -> None:
     print(f"model actor CPU-ms per frame outside the model: {a['cpu_ms_per_frame_outside_model']:.2f}")
 
 
+def confidence_cost(job, fps_with: float, model, size, amp: str, batch: int) -> None:
+    """infer's frames/s with the confidence columns (the default) and with --no-confidence, run in turns
+    (with, without, with, without; the best of each: one run apiece moved the ratio by +-10% on 2 busy
+    cores); and what the confidence adds to the model actor's work, timed directly on one thread: the
+    ids and probabilities (``top_class``) against the ids alone (``max``), on this model's logits."""
+    from roadseg_dist.models.predict import inference_autocast, top_class
+
+    plain = job("out-noconf", confidence=False)[0]
+    fps_with = max(fps_with, job("out-conf2")[0])
+    plain = max(plain, job("out-noconf2", confidence=False)[0])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a CPU model actor
+    x = torch.randn(batch, 3, *size)
+    with torch.inference_mode():
+        t0 = time.thread_time()
+        with inference_autocast(x.device, amp):
+            logits = model(x)
+        forward = time.thread_time() - t0
+        took = {"ids": [], "confidence": []}
+        for _ in range(9):
+            for name, f in (("ids", lambda: logits.max(1).indices), ("confidence", lambda: top_class(logits))):
+                t0 = time.thread_time()
+                f()
+                took[name].append(time.thread_time() - t0)
+    torch.set_num_threads(threads)
+    ms = {k: 1000 * float(np.median(v)) / batch for k, v in took.items()}
+    print(f"confidence columns: roadseg infer {fps_with:.2f} frames/s with them (the default), {plain:.2f} with "
+          f"--no-confidence (best of 2 each, in turns): with / without {fps_with / plain:.3f} (goal >= 0.95); "
+          f"one thread, per frame: ids {ms['ids']:.2f} CPU-ms, ids + confidence {ms['confidence']:.2f}: "
+          f"+{ms['confidence'] - ms['ids']:.2f} CPU-ms beside the forward pass's {1000 * forward / batch:.1f}",
+          flush=True)
+
+
 def near_free(args, root: str, job) -> None:
     """roadseg infer on the 720p clip (x copies) with a model that costs almost nothing, against the CPU
     ceiling of the stages at its size, and the CPU every process of the run spent per frame."""
@@ -383,9 +418,7 @@ def main() -> int:
             print(f"{name:>10} {m:12.2f} {fps_seq:12.2f} {fps_peer:18.2f} {e:15.2f}")
             print(f"{'':>10} roadseg infer / model-only {e / m:.2f}   / sequential {e / fps_seq:.2f}   "
                   f"/ read_videos peer {e / fps_peer:.2f}")
-        fps_plain = job("out-noconf", confidence=False)[0]
-        print(f"confidence columns: roadseg infer {fps_e2e:.2f} frames/s with them (the default), {fps_plain:.2f} "
-              f"with --no-confidence: with / without {fps_e2e / fps_plain:.3f} (goal >= 0.95)", flush=True)
+        confidence_cost(job, fps_e2e, folded, size, amp, args.batch_size)
         fps_tuned = sequential(folded, videos, os.path.join(root, "seq"), size, mean, std, device, amp)
         print(f"tuned loop (the model as infer's actors run it: folded, {amp}) {fps_tuned:.2f} frames/s; "
               f"roadseg infer / tuned loop {fps_e2e / fps_tuned:.2f}", flush=True)

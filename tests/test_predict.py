@@ -8,7 +8,7 @@ import torch
 from roadseg_dist.data.ingest import to_model_input
 from roadseg_dist.labels import MEAN, STD
 from roadseg_dist.metrics import ConfusionMatrix
-from roadseg_dist.models.predict import autocast, inference_amp, inference_autocast, normalize, predict
+from roadseg_dist.models.predict import autocast, inference_amp, inference_autocast, normalize, predict, top_class
 from roadseg_dist.models.zoo import build_model
 
 
@@ -32,6 +32,18 @@ def test_predict_gives_uint8_masks_at_the_model_or_the_requested_size():
     with torch.inference_mode():
         assert np.array_equal(masks, model(x).argmax(1).numpy())
     assert predict(model, x, out_size=(40, 60)).shape == (2, 40, 60)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_top_class_is_argmax_and_the_softmax_maximum(dtype, layout):
+    logits = (torch.randn(2, 19, 9, 11, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    logits[0, :, :3] = torch.randint(0, 3, (19, 3, 11), generator=torch.Generator().manual_seed(1)).to(dtype)
+    logits = logits.contiguous(memory_format=layout)  # the first three rows of frame 0: many tied maxima
+    ids, prob = top_class(logits)
+    assert ids.dtype == torch.uint8 and torch.equal(ids.long(), logits.argmax(1))
+    assert prob.dtype == torch.float32 and prob.shape == (2, 9, 11)
+    assert torch.allclose(prob, torch.softmax(logits.float(), 1).max(1).values, atol=1e-6)
 
 
 def test_autocast_is_float32_on_cpu_and_refuses_unknown_modes():

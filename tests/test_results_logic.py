@@ -61,6 +61,16 @@ def test_strip_starts_with_the_first_frame_and_fills_a_still_scene_evenly():
 # --- the timeline --------------------------------------------------------------------------------
 
 
+def test_least_confident_spreads_its_picks_and_never_picks_an_unknown_frame():
+    c = np.array([0.9, 0.2, 0.21, 0.22, 0.9, 0.9, 0.5, np.nan, 0.9, 0.3])
+    assert moments.least_confident(c, 1) == [1]
+    assert moments.least_confident(c, 3, gap=1) == [1, 2, 3]  # no spacing asked: the three lowest
+    assert moments.least_confident(c, 3, gap=3) == [1, 6, 9]  # 2 and 3 are too close to 1
+    assert moments.least_confident(np.full(4, np.nan), 2) == []  # --no-confidence runs: nothing to show
+    assert moments.least_confident(c, 0) == [] and moments.least_confident(np.array([]), 3) == []
+    assert 7 not in moments.least_confident(c, 10, gap=1)
+
+
 def test_driving_fractions_sum_traffic_light_and_sign():
     got = timeline.driving_fractions(np.tile(0.01 * np.arange(1, labels.NUM_CLASSES + 1), (4, 1)))
     assert got.shape == (4, len(timeline.TIMELINE_CLASSES))

@@ -160,3 +160,21 @@ def test_default_resources_leave_room_for_workers_and_decoding():
     plan, feed = driver.size_feed(gpu, Offer(cpus=96, gpus=8, largest_node_cpus=96))
     assert (plan.cpus_per_worker, feed.ingest_cpus, feed.task_cpus, feed.prefetch_batches) == (2.0, 10.0, 1.0, 4)
     assert feed.pin_memory and "10 CPU of decode/augment per worker" in feed.describe(8)
+
+
+def test_init_from_must_hold_the_model_this_run_builds(tmp_path):
+    from roadseg_dist.models.checkpoint import save_checkpoint
+    from roadseg_dist.models.zoo import build_model
+    from roadseg_dist.train.driver import check_init_from
+
+    save_checkpoint(str(tmp_path / "u8"), build_model("unet", base_channels=8))
+    save_checkpoint(str(tmp_path / "u8-5"), build_model("unet", base_channels=8, num_classes=5))
+
+    def run(**kw):
+        return settings.build(TrainSettings, None, data="d", storage="s", name="n", **kw)
+
+    check_init_from(run(init_from=str(tmp_path / "u8"), base_channels=8))  # fits: no error
+    with pytest.raises(settings.SettingsError, match=r"holds unet .*8.* but this run builds unet .*16"):
+        check_init_from(run(init_from=str(tmp_path / "u8"), base_channels=16))
+    with pytest.raises(settings.SettingsError, match="with 5 classes, but this run builds .* with 19"):
+        check_init_from(run(init_from=str(tmp_path / "u8-5"), base_channels=8))

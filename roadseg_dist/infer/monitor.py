@@ -22,7 +22,7 @@ class Monitor:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="infer-monitor")
         self.model_frames = 0
-        self.base: dict[int, tuple[float, int]] = {}  # actor -> (CPU outside the model, frames) when first seen
+        self.base: dict[int, tuple] = {}  # actor -> its figures when first seen (_start)
         self.whole_bytes = sum(src.size for src in pending if src.id not in job.plans)
 
     def total(self) -> int | None:
@@ -47,14 +47,21 @@ class Monitor:
         except Exception:  # noqa: BLE001 - a summary, not the run's result
             return {}
         frames = max(1, sum(s["frames"] for s in stats))
-        base = [self.base.get(i, (s["cpu_s"] - s["model_cpu_s"], s["frames"])) for i, s in enumerate(stats)]
+        base = [self.base.get(i, self._start(s)) for i, s in enumerate(stats)]
         outside = sum(s["cpu_s"] - s["model_cpu_s"] - b[0] for s, b in zip(stats, base))
+        model = sum(s["model_cpu_s"] - b[2] for s, b in zip(stats, base))
         counted = max(1, sum(s["frames"] - b[1] for s, b in zip(stats, base)))
         return {"actors": len(stats), "frames": sum(s["frames"] for s in stats),
                 "frames_per_call": round(frames / max(1, sum(s["calls"] for s in stats)), 2),
                 "bytes_in_per_frame": round(sum(s["bytes_in"] for s in stats) / frames),
                 "bytes_out_per_frame": round(sum(s["bytes_out"] for s in stats) / frames),
-                "cpu_ms_per_frame_outside_model": round(1000 * outside / counted, 3)}
+                "cpu_ms_per_frame_outside_model": round(1000 * outside / counted, 3),
+                "model_cpu_ms_per_frame": round(1000 * model / counted, 3)}
+
+    @staticmethod
+    def _start(s: dict) -> tuple[float, int, float]:
+        """An actor's figures at its first answer: (CPU s outside the model, frames, the model's CPU s)."""
+        return s["cpu_s"] - s["model_cpu_s"], s["frames"], s["model_cpu_s"]
 
     def _poll(self) -> None:
         try:
@@ -62,7 +69,7 @@ class Monitor:
         except Exception:  # noqa: BLE001 - a busy or restarting actor: the next poll asks again
             return
         for i, s in enumerate(stats):  # from the first answer on: loading the model is not per-frame work
-            self.base.setdefault(i, (s["cpu_s"] - s["model_cpu_s"], s["frames"]))
+            self.base.setdefault(i, self._start(s))
         frames = sum(int(s["frames"]) for s in stats)
         if frames > self.model_frames:
             self.dog.beat(f"{frames} frames segmented")

@@ -103,12 +103,25 @@ def predict(model: torch.nn.Module, x: torch.Tensor, out_size: tuple[int, int] |
 def top_class(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(train ids (N, H, W) uint8, each pixel's top-class softmax probability (N, H, W) float32).
 
-    ``max`` gives the ids argmax gives (the first of tied maxima) at ~half its CPU cost (one pass
-    over the classes for both), and the probability is exp(max - logsumexp) without a softmax tensor.
+    The ids are ``max``'s, as without the probability (argmax's: the first of tied maxima). The
+    probability is 1 / sum_c exp(logit_c - max): no softmax tensor, no second max pass as in
+    logsumexp, and the sum runs the way the logits lie in memory, in float32 buffers of one frame or
+    one class plane that stay in cache. CPU bf16 convolutions fed NHWC input (``normalize``'s) return
+    channels_last logits: there a frame's classes are adjacent. Beside the ids alone it adds ~2 CPU-ms
+    per 192x256 frame (19 classes, one thread; ``benchmarks/bench_infer.py`` prints it), where
+    max + logsumexp added ~4.
     """
     top, ids = logits.max(1)
-    prob = torch.exp(top.float() - torch.logsumexp(logits.float(), 1))
-    return ids.to(torch.uint8), prob
+    top = top.float()
+    if logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
+        total = torch.stack([(frame.permute(1, 2, 0).float() - t.unsqueeze(-1)).exp_().sum(-1)
+                             for frame, t in zip(logits, top)])
+    else:
+        total, term = torch.zeros_like(top), torch.empty_like(top)
+        for c in range(logits.shape[1]):
+            torch.sub(logits[:, c], top, out=term)
+            total += term.exp_()
+    return ids.to(torch.uint8), total.reciprocal_()
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
