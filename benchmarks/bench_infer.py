@@ -12,7 +12,8 @@
   ratios            roadseg infer / each of the three
   fp32 line         the same at float32 everywhere: model-only and roadseg infer with --amp off
   confidence        roadseg infer with the confidence columns (the default) / with --no-confidence,
-                    run in turns; and the CPU-ms per frame they add in a model actor, timed directly
+                    4 pairs in ABBA order, pooled; the model actors' and the machine's CPU-ms per
+                    frame in those runs; and the CPU-ms per frame they add, timed directly
   tuned loop        the sequential loop with the model exactly as infer's actors run it (folded, at
                     --amp auto's precision): what the pipeline adds over a loop doing the same maths
   hops              bytes per frame between processes: decode -> model input (the same process),
@@ -23,7 +24,7 @@
                     stats; the total is what a unit spends per frame outside the model
   near-free model   roadseg infer on that 720p clip with a model that costs almost nothing (U-Net, 2
                     base channels, at 24x32): e2e against the CPU ceiling (cores / the stage total at
-                    that size), and the CPU of every process of the run per frame
+                    that size), and the machine's CPU per frame during the run
   bytes read / object size for an S3 video (loopback moto server) cut into 10+ frame ranges
 
     .venv/bin/python benchmarks/bench_infer.py [--copies 2] [--size 192x256] [--model unet]
@@ -218,21 +219,14 @@ def unit_cpu_ms(video: str, size: tuple[int, int], out: str) -> float:
     return 1000 * (time.process_time() - c0) / row["frames"]
 
 
-def every_process_cpu_s() -> float:
-    """CPU seconds of this process and every process below it (the local Ray: raylet, workers), those that
-    have exited included: a process's children_* times hold its reaped children's (Ray's workers exit
-    between runs, and counting only the live ones gave a negative difference)."""
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent (every process, every core): what a run costs, read
+    before and after it on a quiet machine. Summing the processes below this one missed Ray's workers
+    that exited during the run (they are not this process's to reap) and printed negative figures."""
     import psutil
 
-    me = psutil.Process()
-    total = 0.0
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            cpu = p.cpu_times()
-            total += cpu.user + cpu.system + cpu.children_user + cpu.children_system
-        except psutil.Error:
-            continue
-    return total
+    t = psutil.cpu_times()
+    return sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq"))
 
 
 def s3_bytes_ratio(video: str, segment: int) -> tuple[int, int, int]:
@@ -285,16 +279,31 @@ def hops(report: dict, size: tuple[int, int]) -> None:
     print(f"model actor CPU-ms per frame outside the model: {a['cpu_ms_per_frame_outside_model']:.2f}")
 
 
-def confidence_cost(job, fps_with: float, model, size, amp: str, batch: int) -> None:
-    """infer's frames/s with the confidence columns (the default) and with --no-confidence, run in turns
-    (with, without, with, without; the best of each: one run apiece moved the ratio by +-10% on 2 busy
-    cores); and what the confidence adds to the model actor's work, timed directly on one thread: the
-    ids and probabilities (``top_class``) against the ids alone (``max``), on this model's logits."""
+def confidence_cost(job, first_with: tuple[float, dict], model, size, amp: str, batch: int, pairs: int) -> None:
+    """infer's frames/s with the confidence columns (the default) and with --no-confidence, in ``pairs``
+    pairs run back to back in ABBA order (with-without, without-with, ...): on a 2-core machine single
+    runs of the same job drift by +-10%, far more than the effect, so the figure is the pooled one
+    (all frames over all seconds of each arm) beside each pair's ratio. Beside them, from the same runs,
+    the model actors' CPU-ms a frame and the machine's CPU-ms a frame, and the frames/s ratio those
+    predict for a CPU-bound run (machine CPU without / (without + what the confidence adds)); and what
+    the confidence adds to the model actor's work, timed directly on one thread: the ids and
+    probabilities (``top_class``) against the ids alone (``max``), on this model's logits."""
     from roadseg_dist.models.predict import inference_autocast, top_class
 
-    plain = job("out-noconf", confidence=False)[0]
-    fps_with = max(fps_with, job("out-conf2")[0])
-    plain = max(plain, job("out-noconf2", confidence=False)[0])
+    runs = {True: [(*first_with, float("nan"))], False: []}
+    for i in range(2 * pairs - 1):
+        conf = (i % 4) in (2, 3)  # (with) without | without with | with without | ...: the first with ran
+        c0 = machine_cpu_s()
+        fps, report = job(f"out-conf{i}", confidence=conf)
+        runs[conf].append((fps, report, 1000 * (machine_cpu_s() - c0) / max(1, report["frames_this_run"])))
+    fps = {k: [r[0] for r in v] for k, v in runs.items()}
+    pooled = {k: sum(r[1]["frames_this_run"] for r in v) / sum(r[1]["frames_this_run"] / r[0] for r in v)
+              for k, v in runs.items()}
+    ratios = [w / n for w, n in zip(fps[True], fps[False])]
+    model_ms = {k: float(np.nanmedian([r[1].get("model_actors", {}).get("model_cpu_ms_per_frame", np.nan)
+                                       for r in v])) for k, v in runs.items()}
+    machine_ms = {k: float(np.nanmedian([r[2] for r in v])) for k, v in runs.items()}
+    added = model_ms[True] - model_ms[False]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a CPU model actor
     x = torch.randn(batch, 3, *size)
@@ -311,8 +320,12 @@ def confidence_cost(job, fps_with: float, model, size, amp: str, batch: int) -> 
                 took[name].append(time.thread_time() - t0)
     torch.set_num_threads(threads)
     ms = {k: 1000 * float(np.median(v)) / batch for k, v in took.items()}
-    print(f"confidence columns: roadseg infer {fps_with:.2f} frames/s with them (the default), {plain:.2f} with "
-          f"--no-confidence (best of 2 each, in turns): with / without {fps_with / plain:.3f} (goal >= 0.95); "
+    print(f"confidence columns: roadseg infer frames/s with them (the default) "
+          f"{', '.join(f'{v:.2f}' for v in fps[True])}; with --no-confidence {', '.join(f'{v:.2f}' for v in fps[False])} "
+          f"({pairs} pairs, ABBA); pooled with / without {pooled[True] / pooled[False]:.3f} (goal >= 0.95; pairs "
+          f"{', '.join(f'{r:.3f}' for r in ratios)}); model actors' model CPU-ms a frame {model_ms[True]:.2f} with, "
+          f"{model_ms[False]:.2f} without (+{added:.2f}) of the machine's {machine_ms[False]:.1f} a frame: "
+          f"CPU-bound ratio {machine_ms[False] / (machine_ms[False] + added):.3f}; "
           f"one thread, per frame: ids {ms['ids']:.2f} CPU-ms, ids + confidence {ms['confidence']:.2f}: "
           f"+{ms['confidence'] - ms['ids']:.2f} CPU-ms beside the forward pass's {1000 * forward / batch:.1f}",
           flush=True)
@@ -320,7 +333,7 @@ def confidence_cost(job, fps_with: float, model, size, amp: str, batch: int) -> 
 
 def near_free(args, root: str, job) -> None:
     """roadseg infer on the 720p clip (x copies) with a model that costs almost nothing, against the CPU
-    ceiling of the stages at its size, and the CPU every process of the run spent per frame."""
+    ceiling of the stages at its size, and the machine's CPU per frame during the run."""
     size = (24, 32)
     torch.manual_seed(0)
     ckpt = os.path.join(root, "ckpt-free")
@@ -335,12 +348,12 @@ def near_free(args, root: str, job) -> None:
     total = sum(cpu_by_stage(long, free_mask, os.path.join(root, "cpu-free")).values())
     ceiling = (os.cpu_count() or 1) * 1000 / total
     job("out-free-cold", ckpt, inp)
-    c0 = every_process_cpu_s()
+    c0 = machine_cpu_s()
     fps, report = job("out-free", ckpt, inp)
-    cpu_ms = 1000 * (every_process_cpu_s() - c0) / max(1, report["frames_this_run"])
+    cpu_ms = 1000 * (machine_cpu_s() - c0) / max(1, report["frames_this_run"])
     print(f"near-free model (unet-2 at 24x32) on {report['frames_this_run']} 720p frames: roadseg infer {fps:.1f} "
           f"frames/s; CPU ceiling {os.cpu_count()} cpus / {total:.1f} CPU-ms = {ceiling:.1f}: e2e / ceiling "
-          f"{fps / ceiling:.2f} (goal >= 0.8); every process of the run {cpu_ms:.1f} CPU-ms per frame", flush=True)
+          f"{fps / ceiling:.2f} (goal >= 0.8); the machine's CPU during the run {cpu_ms:.1f} CPU-ms per frame", flush=True)
 
 
 def main() -> int:
@@ -355,6 +368,8 @@ def main() -> int:
     ap.add_argument("--video", default=VTEST, help="the source video (default: OpenCV's vtest.avi)")
     ap.add_argument("--hd", action="store_true", help="the sources are the video's frames scaled to 1280x720 and "
                                                       "encoded as H.264 with B-frames (the GPU figures' input)")
+    ap.add_argument("--confidence-pairs", type=int, default=4,
+                    help="runs with and without the confidence columns, in this many pairs (ABBA order)")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 bytes-read figure (needs moto)")
     ap.add_argument("--no-peer", action="store_true", help="skip the read_videos peer (needs decord)")
     args = ap.parse_args()
@@ -418,7 +433,7 @@ def main() -> int:
             print(f"{name:>10} {m:12.2f} {fps_seq:12.2f} {fps_peer:18.2f} {e:15.2f}")
             print(f"{'':>10} roadseg infer / model-only {e / m:.2f}   / sequential {e / fps_seq:.2f}   "
                   f"/ read_videos peer {e / fps_peer:.2f}")
-        confidence_cost(job, fps_e2e, folded, size, amp, args.batch_size)
+        confidence_cost(job, (fps_e2e, report), folded, size, amp, args.batch_size, args.confidence_pairs)
         fps_tuned = sequential(folded, videos, os.path.join(root, "seq"), size, mean, std, device, amp)
         print(f"tuned loop (the model as infer's actors run it: folded, {amp}) {fps_tuned:.2f} frames/s; "
               f"roadseg infer / tuned loop {fps_e2e / fps_tuned:.2f}", flush=True)

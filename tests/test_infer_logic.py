@@ -137,6 +137,23 @@ def test_render_frame_files_decode_back():
     assert render.frame_name(7, "overlay") == "overlay/000007.jpg"
 
 
+@pytest.mark.parametrize("frame, size, box", [((720, 1280), (192, 256), 2), ((576, 768), (192, 256), 3),
+                                              ((720, 1280), (360, 640), 2), ((720, 1280), (512, 1024), 1),
+                                              ((97, 131), (40, 50), 1)])
+def test_model_input_shrinks_like_one_area_step(frame, size, box):
+    """A whole-number box first (OpenCV's fast area path), area on the rest: the same RGB input as one
+    area step up to rounding at the boxes' edges, exactly the same where the box is the whole factor."""
+    rng = np.random.default_rng(0)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (*frame, 3), dtype=np.uint8), (9, 9), 3)
+    assert render._box_factor(*frame, *size) == box
+    got = render.model_input([bgr, bgr], size)
+    one_step = cv2.resize(bgr, size[::-1], interpolation=cv2.INTER_AREA)[..., ::-1]
+    assert got.shape == (2, *size, 3) and got.flags["C_CONTIGUOUS"]
+    diff = np.abs(got[1].astype(int) - one_step)
+    exact = box == 1 or (frame[0] // box, frame[1] // box) == size
+    assert diff.max() == 0 if exact else (diff.max() <= 4 and diff.mean() < 0.6)
+
+
 def test_class_fractions():
     mask = np.array([[0, 0, 13, 255]], dtype=np.uint8)
     f = render.class_fractions(mask)

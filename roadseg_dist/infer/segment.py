@@ -164,7 +164,8 @@ class Segmenter:
         if self.threshold is None:
             return logits.max(1).indices.to(torch.uint8), torch.full((len(x), 2), float("nan"), device=x.device)
         ids, prob = top_class(logits)
-        confidence = torch.stack([prob.mean((1, 2)), (prob < self.threshold).float().mean((1, 2))], 1)
+        pixels = prob[0].numel()
+        confidence = torch.stack([prob.mean((1, 2)), (prob < self.threshold).sum((1, 2)) / pixels], 1)
         return ids, confidence
 
     def launch(self, inputs: np.ndarray) -> Callable[[], tuple]:

@@ -105,22 +105,29 @@ def top_class(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The ids are ``max``'s, as without the probability (argmax's: the first of tied maxima). The
     probability is 1 / sum_c exp(logit_c - max): no softmax tensor, no second max pass as in
-    logsumexp, and the sum runs the way the logits lie in memory, in float32 buffers of one frame or
-    one class plane that stay in cache. CPU bf16 convolutions fed NHWC input (``normalize``'s) return
-    channels_last logits: there a frame's classes are adjacent. Beside the ids alone it adds ~2 CPU-ms
-    per 192x256 frame (19 classes, one thread; ``benchmarks/bench_infer.py`` prints it), where
-    max + logsumexp added ~4.
+    logsumexp, and the sum runs the way the logits lie in memory, a frame at a time in float32 buffers
+    that stay in cache. CPU bf16 convolutions fed NHWC input (``normalize``'s) return channels_last
+    logits: there a frame's classes are adjacent and one matrix-vector product sums them. Beside the
+    ids alone it adds ~0.7-0.9 CPU-ms per 192x256 frame (19 classes, one thread, fp32 or bf16, either
+    layout; ``benchmarks/bench_infer.py`` prints it), where max + logsumexp added ~4.
     """
     top, ids = logits.max(1)
     top = top.float()
+    classes, total = logits.shape[1], torch.empty_like(top)
+    # On a CPU a frame at a time keeps the buffers in cache; on a GPU the whole batch is one launch each.
+    per_frame = logits.device.type == "cpu"
+    parts = zip(logits, top, total) if per_frame else [(logits, top, total)]
     if logits.dim() == 4 and logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
-        total = torch.stack([(frame.permute(1, 2, 0).float() - t.unsqueeze(-1)).exp_().sum(-1)
-                             for frame, t in zip(logits, top)])
+        term, ones = top.new_empty((top[0] if per_frame else top).numel(), classes), top.new_ones(classes)
+        for frame, t, out in parts:
+            term.copy_(frame.movedim(-3, -1).reshape(-1, classes)).sub_(t.reshape(-1, 1)).exp_()
+            torch.mv(term, ones, out=out.view(-1))
     else:
-        total, term = torch.zeros_like(top), torch.empty_like(top)
-        for c in range(logits.shape[1]):
-            torch.sub(logits[:, c], top, out=term)
-            total += term.exp_()
+        term = torch.empty_like(top[0] if per_frame else top)
+        for frame, t, out in parts:
+            out.zero_()
+            for c in range(classes):
+                out += term.copy_(frame.select(-3, c)).sub_(t).exp_()
     return ids.to(torch.uint8), total.reciprocal_()
 
 
