@@ -288,7 +288,7 @@ def confidence_cost(job, first_with: tuple[float, dict], model, size, amp: str, 
     predict for a CPU-bound run (machine CPU without / (without + what the confidence adds)); and what
     the confidence adds to the model actor's work, timed directly on one thread: the ids and
     probabilities (``top_class``) against the ids alone (``max``), on this model's logits."""
-    from roadseg_dist.models.predict import inference_autocast, top_class
+    from roadseg_dist.models.predict import inference_autocast, normalize, top_class
 
     runs = {True: [(*first_with, float("nan"))], False: []}
     for i in range(2 * pairs - 1):
@@ -306,7 +306,8 @@ def confidence_cost(job, first_with: tuple[float, dict], model, size, amp: str, 
     added = model_ms[True] - model_ms[False]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a CPU model actor
-    x = torch.randn(batch, 3, *size)
+    # as the actors make it: normalize's NHWC memory, so CPU bf16 logits come back channels_last
+    x = normalize(torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8))
     with torch.inference_mode():
         t0 = time.thread_time()
         with inference_autocast(x.device, amp):

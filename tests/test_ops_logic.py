@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import stat
 import threading
 import time
@@ -130,6 +131,28 @@ def test_watch_interrupts_a_blocked_main_thread_with_the_diagnosis(monkeypatch):
         with watchdog.watch(dog, poll_s=0.1):
             threading.Event().wait(30)  # blocks like a stuck ray.get
     assert time.monotonic() - start < 10
+
+
+def test_a_stall_interrupts_even_where_a_library_left_its_own_sigint_handler(monkeypatch):
+    """Ray Train's fit() on the main thread leaves a SIGINT handler that does not raise: the stall must
+    still end the wait, the user's Ctrl-C must still reach that handler, and it is back afterwards."""
+    monkeypatch.setattr(watchdog, "ray_diagnosis", lambda: "Ray: 1 task running")
+    calls = []
+    left_behind = lambda signum, frame: calls.append(signum)  # noqa: E731 - logs and returns, as Ray's does
+    before = signal.signal(signal.SIGINT, left_behind)
+    try:
+        dog = watchdog.Watchdog("eval", 0.5, pending=lambda: "a read that never returns")
+        start = time.monotonic()
+        with pytest.raises(watchdog.StallError, match="a read that never returns"):
+            with watchdog.watch(dog, poll_s=0.1):
+                threading.Event().wait(30)
+        assert time.monotonic() - start < 10
+        assert signal.getsignal(signal.SIGINT) is left_behind
+        with watchdog.watch(watchdog.Watchdog("eval", 30), poll_s=0.1):
+            signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, no stall
+        assert calls == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_watch_leaves_a_moving_job_alone(monkeypatch):

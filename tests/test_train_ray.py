@@ -210,7 +210,11 @@ def test_two_workers_batch_b_give_the_gradient_of_one_worker_batch_2b(ray_local,
     trainer = TorchTrainer(gradient_probe, train_loop_config={"per_worker_batch": 2, "out": str(tmp_path / "grads.json")},
                            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                            run_config=RunConfig(name="grad-probe", storage_path=str(tmp_path)))
-    trainer.fit()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit()
+    finally:  # fit() on the main thread installs Ray's SIGINT handler and leaves it
+        signal.signal(signal.SIGINT, sigint)
     metrics = json.loads((tmp_path / "grads.json").read_text())
     assert metrics["world"] == 2
     assert metrics["max_abs_grad"] > 1e-3  # a real gradient, not zeros

@@ -82,11 +82,25 @@ def watch(dog: Watchdog, poll_s: float = 1.0) -> Iterator[Watchdog]:
     """Run the body; when ``dog`` reports a stall, interrupt the main thread -> ``StallError``.
 
     The interruption is a SIGINT to the main thread (it wakes a blocking wait, as Ctrl-C does); it is
-    turned into ``StallError`` here, so the caller never sees a KeyboardInterrupt for a stall.
+    turned into ``StallError`` here, so the caller never sees a KeyboardInterrupt for a stall. While
+    watching, the SIGINT handler is ours: Ray Train's ``fit()`` on the main thread leaves its own behind
+    (it asks a finished run's controller to abort, and the stall's SIGINT never reached the wait); a
+    Ctrl-C from the user still goes to whatever handler was there before.
     """
     stop, fired, lock = threading.Event(), threading.Event(), threading.Lock()
     main = threading.main_thread()
     interruptible = threading.current_thread() is main and dog.timeout_s > 0
+    previous = signal.getsignal(signal.SIGINT) if interruptible else None
+
+    def on_sigint(signum, frame):
+        if fired.is_set() or previous in (None, signal.SIG_DFL):
+            raise KeyboardInterrupt
+        if callable(previous):
+            return previous(signum, frame)
+        # SIG_IGN: the user's Ctrl-C stays ignored
+
+    if interruptible:
+        signal.signal(signal.SIGINT, on_sigint)
 
     def checker():
         while not stop.wait(poll_s):
@@ -113,6 +127,9 @@ def watch(dog: Watchdog, poll_s: float = 1.0) -> Iterator[Watchdog]:
                 time.sleep(0.05)  # let a SIGINT that is still on its way arrive here
         except KeyboardInterrupt:
             pass
+        finally:
+            if interruptible:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if fired.is_set():
         raise StallError(dog.diagnose())
 
