@@ -177,7 +177,7 @@ def cpu_by_stage(video: str, mask_small: np.ndarray, out: str) -> dict[str, floa
     t = dict.fromkeys(STAGES, 0.0)
     n, size = 0, mask_small.shape
     stream = video_out.OverlayStream(os.path.join(out, "overlay.mp4"), 25.0, faststart=True)
-    it = frames.decode_range(video, frames.FrameRange(0, block=1 << 20))
+    it = frames.decode_range(video, frames.FrameRange(0, block=1 << 20), planes=True)  # as a unit decodes
     while True:
         c = [time.process_time()]
         got = next(it, None)
@@ -187,13 +187,12 @@ def cpu_by_stage(video: str, mask_small: np.ndarray, out: str) -> dict[str, floa
         frame = got[2]
         render.model_input([frame], size)
         c.append(time.process_time())
-        mask = render.resize_mask(mask_small, frame.shape[0], frame.shape[1])
-        files = render.render_frame(frame, mask, {"mask", "color"})
+        rendered = render.Rendered(frame, mask_small)  # as process._Sink.write renders
+        files = render.encode_files(rendered, {"mask", "color"})
         c.append(time.process_time())
-        overlay = render.blend_overlay(frame, mask)
-        files["overlay"] = render.encode_jpeg(overlay)
+        files["overlay"] = render.encode_jpeg(rendered.overlay)
         c.append(time.process_time())
-        stream.add(overlay)
+        stream.add(rendered.overlay)
         c.append(time.process_time())
         render.upsampled_fractions(mask_small, frame.shape[0], frame.shape[1])
         c.append(time.process_time())

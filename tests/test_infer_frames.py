@@ -45,13 +45,16 @@ def make_video(path: str, n: int, w: int = 96, h: int = 64, fps: int = 25, gop: 
         c.mux(s.encode(None))
 
 
-def reference(path: str) -> list[np.ndarray]:
-    """A plain sequential PyAV decode, stopping at damaged data (as OpenCV does)."""
+def reference(path: str, planes: bool = False) -> list:
+    """A plain sequential PyAV decode, stopping at damaged data (as OpenCV does): BGR frames, or with
+    ``planes`` the I420 planes a unit keeps (``yuv.Frame``)."""
+    from roadseg_dist import yuv
+
     out = []
     with av.open(path) as c:
         try:
             for f in c.decode(video=0):
-                out.append(f.to_ndarray(format="bgr24"))
+                out.append((planes and yuv.planes_of(f)) or f.to_ndarray(format="bgr24"))
         except av.error.FFmpegError:
             pass
     return out

@@ -154,6 +154,115 @@ def test_model_input_shrinks_like_one_area_step(frame, size, box):
     assert diff.max() == 0 if exact else (diff.max() <= 4 and diff.mean() < 0.6)
 
 
+@pytest.mark.parametrize("shape", [(720, 1280), (64, 96), (33, 17), (1, 7), (5, 1), (3, 2)])
+@pytest.mark.parametrize("kind", ["upsampled", "random", "one class"])
+def test_mask_png_reads_back_in_libpng_and_pillow(shape, kind):
+    """The spliced PNG (repeated rows deflated once) is an ordinary PNG: two decoders read the mask
+    back exactly, and its paletted twin too; also made from the model-size mask (downsampled too)."""
+    rng = np.random.default_rng(0)
+    if kind == "upsampled":
+        small = rng.integers(0, 19, (max(1, shape[0] // 4), max(1, shape[1] // 3)), dtype=np.uint8)
+        mask = render.resize_mask(small, *shape)
+    elif kind == "random":
+        mask = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+        mask = np.full(shape, 255, np.uint8)
+    pngs = [render.encode_mask_png(mask)]
+    if kind == "upsampled":  # made from the small mask, never upsampled itself
+        pngs.append(render.upsampled_mask_png(small, *shape))
+    for png in pngs:
+        assert np.array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED).reshape(shape), mask)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))).reshape(shape), mask)
+        color = Image.open(io.BytesIO(render.palettize_png(png)))
+        assert color.mode == "P" and np.array_equal(np.asarray(color).reshape(shape), mask)
+
+
+def _i420_frame(matrix: str, h: int = 96, w: int = 128):
+    """A textured frame as a decoder gives it: I420 planes from PyAV, tagged with ``matrix``."""
+    import av
+
+    from roadseg_dist import yuv
+
+    rng = np.random.default_rng(1)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (7, 7), 2)
+    frame = av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p", dst_colorspace=yuv.TAGS[matrix])
+    frame.colorspace = yuv.TAGS[matrix]
+    return frame
+
+
+def _exact_bgr(planes) -> np.ndarray:
+    """The frame's colours from the textbook formulas in float (chroma repeated 2x2), rounded: the
+    reference. FFmpeg's default converter (``to_ndarray("bgr24")``) is ~1 level darker than this."""
+    kr, kb = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}[planes.matrix]
+    y, u, v = (p.astype(np.float64) for p in planes.planes())
+    u, v = (np.repeat(np.repeat(c, 2, 0), 2, 1) for c in (u, v))
+    y, cb, cr = (y - 16) * 255 / 219, (u - 128) * 255 / 224, (v - 128) * 255 / 224
+    r, b = y + 2 * (1 - kr) * cr, y + 2 * (1 - kb) * cb
+    g = (y - kr * r - kb * b) / (1 - kr - kb)
+    return np.clip(np.round(np.dstack([b, g, r])), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709"])
+def test_planes_render_what_the_frames_colours_render(matrix):
+    """A frame kept as I420 planes gives the model input of decoding it to BGR, exactly, and the
+    overlay and JPEGs that its colours give through BGR, up to rounding (the planes skip two colour
+    conversions)."""
+    from roadseg_dist import yuv
+
+    av_frame = _i420_frame(matrix)
+    planes = yuv.planes_of(av_frame)
+    assert planes.matrix == matrix and planes.shape == (96, 128, 3)
+    assert np.array_equal(planes.bgr(), av_frame.to_ndarray(format="bgr24"))  # what the decoder gave before
+    bgr = _exact_bgr(planes)
+    if matrix == "bt601":  # the reference agrees with OpenCV's own BT.601 conversion
+        assert np.abs(bgr.astype(int) - cv2.cvtColor(planes.i420(), cv2.COLOR_YUV2BGR_I420)).mean() < 0.6
+    decoded = av_frame.to_ndarray(format="bgr24")  # the model's input is exactly decoding to BGR's
+    assert np.array_equal(render.model_input([planes], (24, 32)), render.model_input([decoded], (24, 32)))
+    small_mask = np.random.default_rng(2).integers(0, 19, (12, 16), dtype=np.uint8)
+    small_mask[:1, :1] = 255
+    mask = render.resize_mask(small_mask, 96, 128)
+    overlay = render.blend_overlay(planes, mask)
+    assert isinstance(overlay, yuv.Frame) and overlay.matrix == matrix
+    small = render.Rendered(planes, small_mask).overlay  # as a unit blends: from the model-size mask
+    assert np.array_equal(small.y, overlay.y) and np.abs(small.i420().astype(int) - overlay.i420()).mean() < 0.05
+    want = render.blend_overlay(bgr, mask)
+    inner = (mask == cv2.erode(mask, np.ones((3, 3), np.uint8))) & (mask == cv2.dilate(mask, np.ones((3, 3), np.uint8)))
+    diff = np.abs(_exact_bgr(overlay).astype(int) - want)[inner]  # away from class edges (4:2:0 chroma)
+    assert diff.mean() < 1.0 and diff.max() <= 3
+    for image, reference in ((planes, bgr), (overlay, want)):  # as close to the colours as OpenCV's JPEG of them
+        jpeg = cv2.imdecode(np.frombuffer(render.encode_jpeg(image), np.uint8), cv2.IMREAD_COLOR)
+        old = cv2.imdecode(np.frombuffer(render.encode_jpeg(reference), np.uint8), cv2.IMREAD_COLOR)
+        error, old_error = (np.abs(j.astype(int) - reference).mean() for j in (jpeg, old))
+        assert error < old_error + 0.3, (error, old_error)
+
+
+def test_jfif_planes_are_opencvs_ycrcb_of_the_frames_colours():
+    """JPEG's full-range BT.601 YCbCr from the planes equals OpenCV's conversion of the frame's colours."""
+    from roadseg_dist import yuv
+
+    for matrix in ("bt601", "bt709"):
+        planes = yuv.planes_of(_i420_frame(matrix))
+        y, cb, cr = yuv.jfif_planes(planes)
+        ycrcb = cv2.cvtColor(_exact_bgr(planes), cv2.COLOR_BGR2YCrCb).astype(int)
+        assert np.abs(y.astype(int) - ycrcb[..., 0]).mean() < 0.6
+        assert np.abs(cb.astype(int) - ycrcb[::2, ::2, 2]).mean() < 0.6
+        assert np.abs(cr.astype(int) - ycrcb[::2, ::2, 1]).mean() < 0.6
+
+
+def test_frames_the_planes_do_not_take_decode_to_bgr():
+    import av
+
+    from roadseg_dist import yuv
+
+    frame = _i420_frame("bt601")
+    assert yuv.planes_of(frame) is not None
+    frame.colorspace = 9  # BT.2020
+    assert yuv.planes_of(frame) is None
+    assert yuv.planes_of(av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="bgr24")) is None
+    odd = av.VideoFrame(31, 16, "yuv420p")
+    assert yuv.planes_of(odd) is None
+
+
 def test_class_fractions():
     mask = np.array([[0, 0, 13, 255]], dtype=np.uint8)
     f = render.class_fractions(mask)

@@ -20,7 +20,7 @@ import pytest
 from roadseg_dist import retries
 from roadseg_dist.infer import graph, plan, stats
 from roadseg_dist.video import decode as frames
-from roadseg_dist import render
+from roadseg_dist import render, yuv
 from roadseg_dist.infer.inputs import Source
 from roadseg_dist.infer.process import OutputError, Target, Work, process
 from roadseg_dist.infer.segment import Batcher, Segmenter, predict_masks, preprocess
@@ -58,8 +58,10 @@ def test_a_whole_bframe_source_gives_the_old_paths_masks_overlays_and_video(tmp_
     path = str(tmp_path / "clip.mov")
     make_video(path, 23, w=96, h=64, gop=8, bframes=3, noise=30)
     ref = reference(path)
+    planes = [f for _, _, f in frames.decode_range(path, frames.FrameRange(0), planes=True)]
+    assert all(isinstance(f, yuv.Frame) for f in planes) and len(planes) == len(ref)
     row = process(Work("clip", url=path, identity="id"), target(tmp_path / "out", every=2), in_process(seg))
-    kept = list(range(0, len(ref), 2))
+    kept, worst = list(range(0, len(ref), 2)), []
     assert (row["whole"], row["error"], row["count"], row["frames"], row["stride"]) == (True, "", len(ref), len(kept), 2)
     table = stats.from_bytes(row["stats"])
     assert table.column("frame").to_pylist() == kept
@@ -72,9 +74,13 @@ def test_a_whole_bframe_source_gives_the_old_paths_masks_overlays_and_video(tmp_
         fractions = np.array([table.column(c)[n].as_py() for c in stats.CLASS_COLUMNS], np.float32)
         assert np.array_equal(fractions, render.class_fractions(mask))
         overlay = cv2.imread(str(out / "overlay" / f"{i:06d}.jpg"))
-        want = cv2.imdecode(np.frombuffer(render.encode_jpeg(render.blend_overlay(ref[i], mask)), np.uint8), 1)
-        assert np.array_equal(overlay, want)
+        assert open(out / "overlay" / f"{i:06d}.jpg", "rb").read() == render.encode_jpeg(
+            render.blend_overlay(planes[i], mask))  # the frame's planes, blended and encoded as they are
+        old = cv2.imdecode(np.frombuffer(render.encode_jpeg(render.blend_overlay(ref[i], mask)), np.uint8), 1)
+        diff = np.abs(overlay.astype(int) - old)  # the old path blended BGR: the same up to rounding
+        worst.append((diff.mean(), np.percentile(diff, 99)))
         assert table.column("mask")[n].as_py() == f"clip/mask/{i:06d}.png"
+    assert max(m for m, _ in worst) < 2.0 and max(p for _, p in worst) <= 8, worst
     with av.open(str(out / "overlay.mp4")) as c:
         s = c.streams.video[0]
         assert s.codec_context.name == "h264" and abs(float(s.average_rate) - 12.5) < 0.01
@@ -83,6 +89,47 @@ def test_a_whole_bframe_source_gives_the_old_paths_masks_overlays_and_video(tmp_
     overlays = [cv2.imread(str(out / "overlay" / f"{i:06d}.jpg")).astype(int) for i in kept]
     assert [int(np.argmin([np.abs(v - o).mean() for o in overlays])) for v in video] == list(range(len(kept)))
     assert not (tmp_path / "out" / ".roadseg").exists()  # a whole source leaves no state of its own
+
+
+@pytest.mark.parametrize("matrix", ["bt709", "bt601"])
+def test_overlays_keep_the_sources_colours_and_the_video_says_its_matrix(tmp_path, model, matrix):
+    """A BT.709 source (HD cameras tag theirs) and an untagged one: the overlay JPEG and overlay.mp4 show
+    the colours decoding to BGR shows, blended; the video is tagged with the matrix its planes are in."""
+    ckpt, seg = model
+    path, tag = str(tmp_path / "hd.mp4"), yuv.TAGS[matrix]
+    rng = np.random.default_rng(0)
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        s.codec_context.colorspace = tag
+        for i in range(6):
+            blocks = rng.choice([0, 255], (8, 12, 3)).astype(np.uint8)  # saturated: a wrong matrix shows
+            bgr = cv2.resize(blocks, (96, 64), interpolation=cv2.INTER_NEAREST)
+            frame = av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p", dst_colorspace=tag)
+            frame.pts = i
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    process(Work("hd", url=path), target(tmp_path / "out"), in_process(seg))
+    out = tmp_path / "out" / "hd"
+    with av.open(path) as c:
+        decoded = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    with av.open(str(out / "overlay.mp4")) as c:
+        assert c.streams.video[0].codec_context.colorspace == tag
+        video = [f.to_ndarray(format="bgr24").astype(int) for f in c.decode(video=0)]  # FFmpeg reads the tag
+    with av.open(str(out / "overlay.mp4")) as c:
+        misread = []
+        for f in c.decode(video=0):
+            f.colorspace = yuv.TAGS["bt601" if matrix == "bt709" else "bt709"]
+            misread.append(f.to_ndarray(format="bgr24").astype(int))
+    for i, frame in enumerate(decoded):
+        mask = cv2.imread(str(out / "mask" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        want = render.blend_overlay(frame, mask).astype(int)
+        jpeg = cv2.imread(str(out / "overlay" / f"{i:06d}.jpg")).astype(int)
+        old = cv2.imdecode(np.frombuffer(render.encode_jpeg(want.astype(np.uint8)), np.uint8), cv2.IMREAD_COLOR)
+        jpeg_error, old_error, video_error, misread_error = (np.abs(x - want).mean() for x in (jpeg, old, video[i],
+                                                                                               misread[i]))
+        assert jpeg_error < old_error + 0.3, (i, jpeg_error, old_error)  # as close as OpenCV's JPEG of it
+        assert video_error < 3 and misread_error > video_error + 2, (i, video_error, misread_error)
 
 
 def test_a_range_writes_its_piece_and_its_part(tmp_path, model):

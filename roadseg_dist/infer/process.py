@@ -2,13 +2,15 @@
 
     decode (PyAV) ─► frames ──► resize to the model's size ──► model actor ──► masks at the model's size
                        │                                                          │
-                       └──────────── kept here, full resolution ──────────────────┴─► mask, colour and
+                       └──── kept here, full resolution (I420 planes) ────────────┴─► mask, colour and
                             overlay files, the overlay video (overlay.mp4, or this range's piece of it),
                             stats rows ──► the result row the driver gets (stats as Arrow bytes)
 
 Full-resolution frames never leave this process: only the model's input goes to a model actor
 and only masks at the model's size come back, so a GPU actor's one CPU moves ~1/20 of the bytes a
-frame has. Decoding the next chunk overlaps the model's work on the previous ones.
+frame has. Decoding the next chunk overlaps the model's work on the previous ones. A video's frames
+stay in the decoder's I420 planes from decode to overlay.mp4 and the JPEGs (``yuv.py``); an image
+folder's are BGR.
 
 Plain Python around one callable, ``submit(inputs) -> collect()``, that reaches a model: a Ray
 actor in the job (``graph.py``), the model in-process in tests.
@@ -154,7 +156,7 @@ def _decode(work: Work, target: Target, marks: dict) -> Iterator[tuple[int, floa
         rng = decode.FrameRange(**work.range) if work.range else decode.FrameRange(
             0, block=decode.MAX_BLOCK)
         known = (work.size, work.identity) if work.size and work.identity else None
-        yield from decode.decode_range(work.url, rng, work.stride or target.stride, marks, known=known)
+        yield from decode.decode_range(work.url, rng, work.stride or target.stride, marks, known=known, planes=True)
     except retries.StorageError:
         raise  # not the source's fault: the unit is tried again when S3 comes back (graph.process_unit)
     except Exception as exc:  # noqa: BLE001 - the source's failure, reported per source
@@ -215,8 +217,7 @@ class _Sink:
               stats) -> None:
         t = self.target
         for (index, time, frame), small, (mean_top, uncertain) in zip(chunk, masks, confidence):
-            mask = render.resize_mask(small, frame.shape[0], frame.shape[1])
-            rendered = render.Rendered(frame, mask, t.alpha, t.quality)
+            rendered = render.Rendered(frame, small, t.alpha, t.quality)
             files = render.encode_files(rendered, t.kinds)
             overlay = rendered.overlay if "overlay" in files else None
             for kind, data in files.items():

@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from roadseg_dist import yuv
+
 VIDEO_CODECS = ("h264", "mjpeg")
 H264_OPTIONS = {"preset": "ultrafast", "crf": "23", "threads": "1"}  # ~3x cheaper than veryfast at 720p
 
@@ -43,14 +45,15 @@ def _h264(container, jpegs: Iterable[bytes], rate: Fraction, width: int, height:
     import av
 
     stream = _h264_stream(container, rate, width, height)
+    stream.codec_context.colorspace, stream.codec_context.color_range = yuv.TAGS["bt601"], 1  # JPEG's matrix
     jpeg = av.CodecContext.create("mjpeg", "r")
     jpeg.thread_count = 1
     n = 0
     for data in jpegs:
         for frame in jpeg.decode(av.Packet(data)):
-            yuv = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
-            yuv.pts, yuv.time_base = n, 1 / rate
-            container.mux(stream.encode(yuv))
+            i420 = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+            i420.pts, i420.time_base = n, 1 / rate
+            container.mux(stream.encode(i420))
             n += 1
     container.mux(stream.encode(None))
     return n
@@ -111,34 +114,39 @@ class Piece:
 
 class OverlayStream:
     """Overlay frames -> an MP4 as they come, into a path or a file object: H.264 (libx264 from the
-    BGR overlays) or MJPEG (the overlay JPEGs muxed as they are). The first frame sets the size
-    (even, for yuv420p); a later frame of another size is scaled to it. ``faststart`` (the index at
-    the front, for browsers) needs a seekable path."""
+    overlays' YUV planes, tagged with their colour matrix) or MJPEG (the overlay JPEGs muxed as they
+    are). The first frame sets the size (even, for yuv420p) and the matrix; a later frame of another
+    size or matrix is converted to them. ``faststart`` (the index at the front, for browsers) needs a
+    seekable path."""
 
     def __init__(self, target, fps: float, codec: str = "h264", faststart: bool = False):
         if codec not in VIDEO_CODECS:
             raise ValueError(f"video codec {codec!r}: choose from {', '.join(VIDEO_CODECS)}")
         self.codec, self.rate, self.frames, self.stream = codec, _rate(fps), 0, None
         self.target, self.options = target, {"movflags": "+faststart"} if faststart else {}
-        self.container = None
+        self.container, self.matrix = None, "bt601"
 
     def _open(self, height: int, width: int):
         import av
 
         self.container = av.open(self.target, "w", format="mp4", options=self.options)
         if self.codec == "h264":
-            return _h264_stream(self.container, self.rate, width, height)
+            stream = _h264_stream(self.container, self.rate, width, height)
+            stream.codec_context.colorspace = yuv.TAGS[self.matrix]
+            stream.codec_context.color_range = 1  # video range, as the planes are
+            return stream
         stream = self.container.add_stream("mjpeg", rate=self.rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
         stream.time_base = 1 / self.rate
         return stream
 
-    def add(self, bgr: np.ndarray, jpeg: bytes | None = None) -> None:
-        """One overlay frame (BGR); with MJPEG, its JPEG bytes are what is muxed."""
+    def add(self, overlay, jpeg: bytes | None = None) -> None:
+        """One overlay frame (BGR, or ``yuv.Frame`` planes); with MJPEG, its JPEG bytes are what is muxed."""
         import av
-        import cv2
 
-        self.stream = self.stream or self._open(*bgr.shape[:2])
+        if self.stream is None:
+            self.matrix = overlay.matrix if isinstance(overlay, yuv.Frame) else "bt601"
+            self.stream = self._open(*overlay.shape[:2])
         s = self.stream
         if self.codec == "mjpeg":
             packet = av.Packet(jpeg)
@@ -146,14 +154,30 @@ class OverlayStream:
             packet.is_keyframe = True
             self.container.mux(packet)
         else:
-            if bgr.shape[:2] != (s.height, s.width):  # a size change mid-video: scaled, as the JPEG path does
-                bgr = cv2.resize(bgr, (s.width, s.height), interpolation=cv2.INTER_AREA)
-            # OpenCV's BGR -> I420 (BT.601, video range, as swscale's default) is ~4x cheaper than swscale's
-            i420 = cv2.cvtColor(np.ascontiguousarray(bgr[:s.height, :s.width]), cv2.COLOR_BGR2YUV_I420)
-            frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(self._i420(overlay), format="yuv420p")
             frame.pts = self.frames
             self.container.mux(s.encode(frame))
         self.frames += 1
+
+    def _i420(self, overlay) -> np.ndarray:
+        """The frame's planes as the stream takes them: as they are when size and matrix match (the
+        usual case: no conversion at all), else through BGR."""
+        import cv2
+
+        s = self.stream
+        if isinstance(overlay, yuv.Frame):
+            if (overlay.height, overlay.width, overlay.matrix) == (s.height, s.width, self.matrix):
+                return overlay.i420()
+            overlay = overlay.bgr()
+        if overlay.shape[:2] != (s.height, s.width):  # a size change mid-video: scaled, as the JPEG path does
+            overlay = cv2.resize(overlay, (s.width, s.height), interpolation=cv2.INTER_AREA)
+        bgr = np.ascontiguousarray(overlay[:s.height, :s.width])
+        if self.matrix == "bt601":  # OpenCV's BGR -> I420 (BT.601, video range) is ~4x cheaper than swscale's
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+        import av
+
+        frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
+        return frame.reformat(format="yuv420p", dst_colorspace=yuv.TAGS[self.matrix]).to_ndarray()
 
     def close(self) -> int:
         """Flush the encoder and finish the file (nothing is written without a frame); the frame count."""

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from roadseg_dist import images
+from roadseg_dist import images, yuv
 from roadseg_dist.video.ranged import RangedReader
 from roadseg_dist.video.window import Window
 
@@ -183,9 +183,11 @@ def _has_leading_pictures(container, stream, keyframes) -> bool:
 
 
 def decode_range(url: str, rng: FrameRange, stride: int | Callable[[float], int] = 1, marks: dict | None = None,
-                 threads: int = 1, known: tuple[int, str] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+                 threads: int = 1, known: tuple[int, str] | None = None,
+                 planes: bool = False) -> Iterator[tuple[int, float, np.ndarray | yuv.Frame]]:
     """Yield (frame index, time in s, BGR frame) for the range's frames whose index is divisible by ``stride``
-    (or by ``stride(fps)``, for a stride that depends on the source's frame rate).
+    (or by ``stride(fps)``, for a stride that depends on the source's frame rate). ``planes``: a frame the
+    decoder gives as I420 comes as its planes (``yuv.Frame``), with no conversion to BGR.
 
     ``marks`` receives ``first`` (index of the range's first frame), ``count`` (frames decoded),
     ``expected`` (frames the index promises before the next range; -1 for the last range),
@@ -195,7 +197,7 @@ def decode_range(url: str, rng: FrameRange, stride: int | Callable[[float], int]
     marks = {} if marks is None else marks
     marks.update(first=0, count=0, expected=-1, broken="")
     with open_file(url, rng.block, rng.reach, known) as f, _storage_errors(f):
-        yield from _decode_open(f, rng, stride, marks, threads)
+        yield from _decode_open(f, rng, stride, marks, threads, planes)
 
 
 @contextlib.contextmanager
@@ -212,7 +214,7 @@ def _storage_errors(f) -> Iterator[None]:
         raise f.error
 
 
-def _decode_open(f, rng: FrameRange, stride, marks: dict, threads: int):
+def _decode_open(f, rng: FrameRange, stride, marks: dict, threads: int, planes: bool = False):
     import av
 
     with open_video(f, threads) as (container, stream):
@@ -242,7 +244,7 @@ def _decode_open(f, rng: FrameRange, stride, marks: dict, threads: int):
             time = clock(frame.pts)
             if index % every == 0:
                 check_size(frame.width, frame.height, f"frame {index}")
-                yield index, time, frame.to_ndarray(format="bgr24")
+                yield index, time, (planes and yuv.planes_of(frame)) or frame.to_ndarray(format="bgr24")
         marks["first"] = window.first
         if rng.end is not None:
             marks["expected"] = (rng.end + window.next_leading) - window.first
