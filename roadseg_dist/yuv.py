@@ -36,15 +36,12 @@ _KR_KB = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Frame:
-    """One I420 frame, video range, even sides: the Y, U and V planes (U and V at half size; views of
-    ``data`` or of ``decoded``'s buffers), ``matrix`` bt601 or bt709, ``data`` the planes in one
-    (H * 3/2, W) array as PyAV lays out yuv420p (when they were made that way), ``decoded`` the PyAV
-    frame they came from."""
+    """One I420 frame, video range, even sides: the Y, U and V planes (U and V at half size), views of
+    ``decoded``'s buffers (the PyAV frame decoded, or blended into); ``matrix`` bt601 or bt709."""
     y: np.ndarray
     u: np.ndarray
     v: np.ndarray
     matrix: str = "bt601"
-    data: np.ndarray | None = None
     decoded: Any = None
 
     @property
@@ -64,9 +61,7 @@ class Frame:
         return self.y, self.u, self.v
 
     def i420(self) -> np.ndarray:
-        """The planes in one yuv420p array (the encoder's input)."""
-        if self.data is not None:
-            return self.data
+        """The planes in one (H * 3/2, W) array, as PyAV lays out yuv420p."""
         return np.concatenate([p.reshape(-1) for p in self.planes()]).reshape(self.height * 3 // 2, self.width)
 
     def bgr(self) -> np.ndarray:
@@ -80,19 +75,6 @@ class Frame:
         return frame.to_ndarray(format="bgr24")
 
 
-def from_i420(data: np.ndarray, matrix: str = "bt601") -> Frame:
-    """A ``Frame`` over an I420 buffer (H * 3/2, W)."""
-    height, width = data.shape[0] * 2 // 3, data.shape[1]
-    return Frame(*split(data, height, width), matrix=matrix, data=data)
-
-
-def split(data: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Views of the Y, U and V planes of an I420 buffer."""
-    flat, n = data.reshape(-1), height * width
-    return (flat[:n].reshape(height, width), flat[n:n + n // 4].reshape(height // 2, width // 2),
-            flat[n + n // 4:n + n // 2].reshape(height // 2, width // 2))
-
-
 def planes_of(frame) -> Frame | None:
     """A decoded PyAV frame as a ``Frame`` (views of its buffers, no copy), or None where FFmpeg's
     converter must make it BGR."""
@@ -100,8 +82,12 @@ def planes_of(frame) -> Frame | None:
     if (frame.format.name != "yuv420p" or int(frame.color_range) == 2 or matrix is None
             or frame.width % 2 or frame.height % 2):
         return None
-    views = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:p.height, :p.width] for p in frame.planes]
-    return Frame(*views, matrix=matrix, decoded=frame)
+    return Frame(*_views(frame), matrix=matrix, decoded=frame)
+
+
+def _views(frame) -> list[np.ndarray]:
+    """A yuv420p PyAV frame's planes as arrays over its buffers (rows may be padded: the views skip it)."""
+    return [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:p.height, :p.width] for p in frame.planes]
 
 
 # --- colour arithmetic (pure) ------------------------------------------------------------------------
@@ -153,17 +139,20 @@ def blend(frame: Frame, mask: np.ndarray, alpha: float = 0.5) -> Frame:
     """The overlay: ``(1 - alpha) x frame + alpha x the mask's class colours``, plane by plane (the
     same arithmetic as blending BGR, the colours taken to YUV first). ``mask`` at the model's size or
     the frame's: the colours are looked up there and upsampled (nearest, as ``render.resize_mask``), Y's
-    to the frame's size, U's and V's to half of it."""
+    to the frame's size, U's and V's to half of it. The planes are written into a PyAV frame's own
+    buffers (``decoded``), which the H.264 encoder takes as they are."""
+    import av
+
     ly, lu, lv = palette(frame.matrix)
-    out = np.empty((frame.height * 3 // 2, frame.width), np.uint8)
-    y, u, v = frame.planes()
-    oy, ou, ov = split(out, frame.height, frame.width)
-    for plane, lut, dst in ((y, ly, oy), (u, lu, ou), (v, lv, ov)):
+    target = av.VideoFrame(frame.width, frame.height, "yuv420p")
+    target.colorspace = TAGS[frame.matrix]
+    out = _views(target)
+    for plane, lut, dst in zip(frame.planes(), (ly, lu, lv), out):
         colours = cv2.LUT(mask, lut)
         if colours.shape != plane.shape:
             colours = cv2.resize(colours, plane.shape[::-1], interpolation=cv2.INTER_NEAREST)
         cv2.addWeighted(plane, 1.0 - alpha, colours, alpha, 0.0, dst=dst)
-    return from_i420(out, frame.matrix)
+    return Frame(*out, matrix=frame.matrix, decoded=target)
 
 
 def jfif_planes(frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

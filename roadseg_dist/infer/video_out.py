@@ -154,30 +154,31 @@ class OverlayStream:
             packet.is_keyframe = True
             self.container.mux(packet)
         else:
-            frame = av.VideoFrame.from_ndarray(self._i420(overlay), format="yuv420p")
+            frame = self._frame(overlay)
             frame.pts = self.frames
             self.container.mux(s.encode(frame))
         self.frames += 1
 
-    def _i420(self, overlay) -> np.ndarray:
-        """The frame's planes as the stream takes them: as they are when size and matrix match (the
-        usual case: no conversion at all), else through BGR."""
+    def _frame(self, overlay):
+        """The frame as the stream takes it: a blended overlay's own PyAV frame when size and matrix
+        match (the usual case: no conversion, no copy), else through BGR."""
+        import av
         import cv2
 
         s = self.stream
         if isinstance(overlay, yuv.Frame):
             if (overlay.height, overlay.width, overlay.matrix) == (s.height, s.width, self.matrix):
-                return overlay.i420()
+                if overlay.decoded is not None:
+                    return overlay.decoded
+                return av.VideoFrame.from_ndarray(overlay.i420(), format="yuv420p")
             overlay = overlay.bgr()
         if overlay.shape[:2] != (s.height, s.width):  # a size change mid-video: scaled, as the JPEG path does
             overlay = cv2.resize(overlay, (s.width, s.height), interpolation=cv2.INTER_AREA)
         bgr = np.ascontiguousarray(overlay[:s.height, :s.width])
         if self.matrix == "bt601":  # OpenCV's BGR -> I420 (BT.601, video range) is ~4x cheaper than swscale's
-            return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
-        import av
-
+            return av.VideoFrame.from_ndarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
         frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
-        return frame.reformat(format="yuv420p", dst_colorspace=yuv.TAGS[self.matrix]).to_ndarray()
+        return frame.reformat(format="yuv420p", dst_colorspace=yuv.TAGS[self.matrix])
 
     def close(self) -> int:
         """Flush the encoder and finish the file (nothing is written without a frame); the frame count."""
