@@ -2,11 +2,11 @@
 
 The CPU spent here per frame bounds throughput on GPU nodes, so each encoding is picked for cost:
 the mask PNG from the model-size mask, its repeated rows' compressed bytes made once
-(``upsampled_mask_png``); the colour PNG is that
-same PNG with a palette spliced in (an 8-bit paletted PNG stores exactly the bytes of an 8-bit grey
-one, so it costs no second encode); the overlay of a video's frame is blended on its YUV planes and
-encoded from them (``yuv.py``), a BGR frame's with ``cv2.applyColorMap`` (the palette as a lookup
-table) and ``cv2.addWeighted``, both quality-85 JPEGs; class fractions come from ``cv2.calcHist``; the model's input is shrunk by a
+(``upsampled_mask_png``); the colour PNG is that same PNG with a palette spliced in (an 8-bit
+paletted PNG stores exactly the bytes of an 8-bit grey one, so it costs no second encode); the
+overlay of a video's frame is blended on its YUV planes and encoded from them (``yuv.py``), a BGR
+frame's with ``cv2.applyColorMap`` (the palette as a lookup table) and ``cv2.addWeighted``, both
+quality-85 JPEGs; class fractions come from ``cv2.calcHist``; the model's input is shrunk by a
 whole-number box first (``shrink``).
 """
 from __future__ import annotations
@@ -71,12 +71,17 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _repeats(small: int, full: int) -> np.ndarray:
-    """How many of ``full`` output pixels (a row or a column) nearest-neighbour resizing takes from
-    each of ``small`` input pixels: cv2's own mapping, read off by resizing a ramp."""
+def _taken(small: int, full: int) -> np.ndarray:
+    """The input pixel each of ``full`` output pixels (a row or a column) of nearest-neighbour
+    resizing is: cv2's own mapping, read off by resizing a ramp."""
     ramp = np.arange(small, dtype=np.uint16).reshape(1, small)
-    taken = cv2.resize(ramp, (full, 1), interpolation=cv2.INTER_NEAREST)[0]
-    return np.bincount(taken, minlength=small).astype(np.float64)
+    return cv2.resize(ramp, (full, 1), interpolation=cv2.INTER_NEAREST)[0].astype(np.intp)
+
+
+@functools.lru_cache(maxsize=32)
+def _repeats(small: int, full: int) -> np.ndarray:
+    """How many of ``full`` output pixels nearest-neighbour resizing takes from each of ``small``."""
+    return np.bincount(_taken(small, full), minlength=small).astype(np.float64)
 
 
 def upsampled_fractions(mask: np.ndarray, height: int, width: int,
@@ -109,15 +114,7 @@ def upsampled_mask_png(mask: np.ndarray, height: int, width: int) -> bytes:
     mask = np.ascontiguousarray(mask, dtype=np.uint8)
     if mask.shape[1] != width:
         mask = cv2.resize(mask, (width, mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-    return _png_rows(mask, _rows_taken(mask.shape[0], height))
-
-
-@functools.lru_cache(maxsize=32)
-def _rows_taken(small: int, full: int) -> np.ndarray:
-    """The input row each of ``full`` output rows of nearest resizing is: cv2's own mapping, read off
-    a ramp (as ``_repeats``)."""
-    ramp = np.arange(small, dtype=np.uint16).reshape(small, 1)
-    return cv2.resize(ramp, (1, full), interpolation=cv2.INTER_NEAREST)[:, 0].astype(np.intp)
+    return _png_rows(mask, _taken(mask.shape[0], height))
 
 
 def _png_rows(rows: np.ndarray, take: np.ndarray) -> bytes:
@@ -228,9 +225,8 @@ class Rendered:
 
     @functools.cached_property
     def overlay(self):
-        if isinstance(self.frame, yuv.Frame):
-            return yuv.blend(self.frame, self.small, self.alpha)
-        return blend_overlay(self.frame, self.mask, self.alpha)
+        planes = isinstance(self.frame, yuv.Frame)  # planes upsample the colours themselves
+        return blend_overlay(self.frame, self.small if planes else self.mask, self.alpha)
 
 
 @dataclasses.dataclass(frozen=True)
