@@ -33,6 +33,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import sys
@@ -53,7 +54,7 @@ from roadseg_dist.infer.process import Target, Work, process
 from roadseg_dist.infer.segment import predict_masks, preprocess
 from roadseg_dist.infer.settings import InferSettings
 from roadseg_dist.models.checkpoint import load_model, save_checkpoint
-from roadseg_dist.models.predict import fold_batchnorm, inference_amp
+from roadseg_dist.models.predict import fold_batchnorm, inference_amp, normalize
 from roadseg_dist.models.zoo import build_model
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -78,10 +79,20 @@ def decode_all(path: str) -> list[np.ndarray]:
 
 
 def model_only(model, decoded, size, mean, std, batch: int, device: str, amp: str) -> float:
-    predict_masks(model, preprocess(decoded[:batch], size, mean, std), device, amp=amp)  # warm-up
+    """Frames/s of the model alone. On a CPU the frames are shrunk to the model's size in the loop; on a
+    GPU they are shrunk beforehand (as a GPU actor receives them), so the figure is the GPU's own pace:
+    the uint8 batch to the device, normalised there, the model, the masks back."""
+    if device == "cuda":
+        small = [render.model_input(decoded[i:i + batch], size) for i in range(0, len(decoded), batch)]
+        batches = lambda: (normalize(b, mean, std, device) for b in small)  # noqa: E731
+    else:
+        batches = lambda: (preprocess(decoded[i:i + batch], size, mean, std)  # noqa: E731
+                           for i in range(0, len(decoded), batch))
+    for x in itertools.islice(batches(), 3):  # warm-up (cuDNN picks its algorithms)
+        predict_masks(model, x, device, amp=amp)
     t0 = time.perf_counter()
-    for i in range(0, len(decoded), batch):
-        predict_masks(model, preprocess(decoded[i:i + batch], size, mean, std), device, amp=amp)
+    for x in batches():
+        predict_masks(model, x, device, amp=amp)
     if device == "cuda":
         torch.cuda.synchronize()
     return len(decoded) / (time.perf_counter() - t0)
@@ -217,6 +228,31 @@ def unit_cpu_ms(video: str, size: tuple[int, int], out: str) -> float:
     row = process(Work("unit", url=video), target,
                   lambda x: (lambda m=np.repeat(mask[None], len(x), 0): (m, np.ones((len(x), 2), np.float32))))
     return 1000 * (time.process_time() - c0) / row["frames"]
+
+
+class GpuUtilisation:
+    """nvidia-smi's GPU utilisation sampled every 0.2 s while the block runs (nothing without ``on``)."""
+
+    def __init__(self, on: bool):
+        self.on, self.samples = on, []
+
+    def __enter__(self):
+        if self.on:
+            import subprocess
+
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-lms", "200"], stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            self.proc.terminate()
+            out = self.proc.communicate()[0]
+            self.samples = [float(x) for x in out.split() if x.replace(".", "").isdigit()]
+
+    def summary(self) -> str:
+        u = self.samples
+        return f"mean {np.mean(u):.0f} %, median {np.median(u):.0f} %, {len(u)} samples" if u else "no samples"
 
 
 def machine_cpu_s() -> float:
@@ -373,6 +409,8 @@ def main() -> int:
                     help="runs with and without the confidence columns, in this many pairs (ABBA order)")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 bytes-read figure (needs moto)")
     ap.add_argument("--no-peer", action="store_true", help="skip the read_videos peer (needs decord)")
+    ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 line (a short GPU lease)")
+    ap.add_argument("--no-near-free", action="store_true", help="skip the near-free model line")
     args = ap.parse_args()
     size = settings.parse_size(args.size)
     device = "cuda" if args.gpu else "cpu"
@@ -401,13 +439,16 @@ def main() -> int:
         amp = inference_amp(device, "auto")
         fps_model = model_only(folded, decoded, size, mean, std, args.batch_size, device, amp)
         print(f"  model-only {fps_model:.2f} frames/s (--amp auto: {amp})", flush=True)
-        fps_model32 = fps_model if amp == "off" else model_only(folded, decoded, size, mean, std, args.batch_size,
-                                                                  device, "off")
-        print(f"  model-only fp32 {fps_model32:.2f} frames/s", flush=True)
+        if not args.no_fp32:
+            fps_model32 = fps_model if amp == "off" else model_only(folded, decoded, size, mean, std, args.batch_size,
+                                                                      device, "off")
+            print(f"  model-only fp32 {fps_model32:.2f} frames/s", flush=True)
         mask_small = predict_masks(model, preprocess(decoded[:1], size, mean, std), device)[0]
         del decoded
         os.makedirs(os.path.join(root, "seq"))
-        fps_seq = sequential(model, videos, os.path.join(root, "seq"), size, mean, std, device)
+        # the loops and the peer take two sources: a rate, and on a GPU node's many CPUs the job takes more
+        loop_videos = videos[:2]
+        fps_seq = sequential(model, loop_videos, os.path.join(root, "seq"), size, mean, std, device)
         print(f"  sequential {fps_seq:.2f} frames/s", flush=True)
 
         from roadseg_dist.ops.cluster import init_ray
@@ -415,7 +456,7 @@ def main() -> int:
         init_ray()  # started before timing: the jobs, not Ray's start-up, are measured
         os.makedirs(os.path.join(root, "peer"))
         fps_peer = float("nan") if args.no_peer else read_videos_peer(
-            videos, ckpt, os.path.join(root, "peer"), size, args.batch_size, args.gpu)
+            loop_videos, ckpt, os.path.join(root, "peer"), size, args.batch_size, args.gpu)
         print(f"  read_videos peer {fps_peer:.2f} frames/s", flush=True)
 
         def job(out: str, ckpt_=None, inp=None, **flags) -> tuple[float, dict]:
@@ -426,16 +467,21 @@ def main() -> int:
             return report["frames_this_run"] / (time.perf_counter() - t0), report
 
         job("out-cold")  # the first job pays for worker start-up and imports
-        fps_e2e, report = job("out-warm")
-        fps_e2e32 = fps_e2e if amp == "off" else job("out-fp32", amp="off")[0]
+        with GpuUtilisation(args.gpu) as util:
+            fps_e2e, report = job("out-warm")
+        if args.gpu:
+            print(f"  GPU utilisation during roadseg infer (nvidia-smi every 0.2 s): {util.summary()}", flush=True)
+        fps_e2e32 = fps_e2e if amp == "off" or args.no_fp32 else job("out-fp32", amp="off")[0]
         print(f"{'precision':>10} {'model-only':>12} {'sequential':>12} {'read_videos peer':>18} {'roadseg infer':>15}"
               f"   frames/s; the loop and the peer: {loop_amp(device)}")
-        for name, m, e in ((f"auto={amp}", fps_model, fps_e2e), ("fp32", fps_model32, fps_e2e32)):
+        lines = [(f"auto={amp}", fps_model, fps_e2e)] + ([] if args.no_fp32 else [("fp32", fps_model32, fps_e2e32)])
+        for name, m, e in lines:
             print(f"{name:>10} {m:12.2f} {fps_seq:12.2f} {fps_peer:18.2f} {e:15.2f}")
             print(f"{'':>10} roadseg infer / model-only {e / m:.2f}   / sequential {e / fps_seq:.2f}   "
                   f"/ read_videos peer {e / fps_peer:.2f}")
-        confidence_cost(job, (fps_e2e, report), folded, size, amp, args.batch_size, args.confidence_pairs)
-        fps_tuned = sequential(folded, videos, os.path.join(root, "seq"), size, mean, std, device, amp)
+        if args.confidence_pairs > 0:
+            confidence_cost(job, (fps_e2e, report), folded, size, amp, args.batch_size, args.confidence_pairs)
+        fps_tuned = sequential(folded, loop_videos, os.path.join(root, "seq"), size, mean, std, device, amp)
         print(f"tuned loop (the model as infer's actors run it: folded, {amp}) {fps_tuned:.2f} frames/s; "
               f"roadseg infer / tuned loop {fps_e2e / fps_tuned:.2f}", flush=True)
         hops(report, size)
@@ -449,7 +495,8 @@ def main() -> int:
               + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
               + f"; total {total:.1f} (goal 10.0: {'within' if total <= 10 else 'OVER'}); one real unit "
               f"{unit_cpu_ms(clip, size, os.path.join(root, 'unit')):.1f}", flush=True)
-        near_free(args, root, job)
+        if not args.no_near_free:
+            near_free(args, root, job)
         if args.no_s3:
             return 0
         long_clip = h264_720p(os.path.join(root, "long.mov"), n=795, src=args.video)
