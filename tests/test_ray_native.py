@@ -67,6 +67,24 @@ def test_ray_private_modules_only_where_ray_has_no_public_api():
     assert sorted(set(users)) == ["ops/resources.py:autoscaler_maximum"]
 
 
+def test_ray_data_executor_constants_exist_and_are_quickened(monkeypatch):
+    """quicken_ray_data sets two module constants of Ray Data's executor: a Ray upgrade that renames
+    them fails here, not silently back to epochs that start with one read task."""
+    from ray.data._internal.execution import resource_manager, streaming_executor_state
+
+    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S > 0
+    assert resource_manager.ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S > 0
+    monkeypatch.setattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(resource_manager.ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S", 1)
+    cluster.quicken_ray_data()
+    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == cluster.EXECUTOR_WAIT_S
+    assert resource_manager.ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == cluster.EXECUTOR_LIMITS_REFRESH_S
+    # where the code touches Ray Data's internals beyond logger names: this one function
+    users = [path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
+             if "from ray.data._internal" in path.read_text() or "import ray.data._internal" in path.read_text()]
+    assert users == ["ops/cluster.py"]
+
+
 def test_stall_diagnosis_names_pending_actors_from_the_state_api(ray_local, monkeypatch):
     import ray.util.state
 

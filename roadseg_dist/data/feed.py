@@ -84,6 +84,9 @@ class EpochSamples(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         import ray
 
+        from roadseg_dist.ops.cluster import quicken_ray_data
+
+        quicken_ray_data()  # this runs where the epoch is executed: Ray Train's split coordinator
         epoch = ray.get(self.clock.get.remote())
         tasks = ingest.epoch_reads(self.index, self.world, self.seed, epoch, self.weights)
         kwargs = {**self.kwargs, "seed": self.seed, "epoch": epoch}

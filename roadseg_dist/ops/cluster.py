@@ -77,6 +77,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, quiet: b
     else:
         _start_local(num_cpus, common)
     quiet_ray_data()
+    quicken_ray_data()
 
 
 def _start_local(num_cpus: float | None, common: dict, attempts: int = 3) -> None:
@@ -107,6 +108,24 @@ def setup_worker() -> None:
     # Ray's own state-API calls in this worker (Ray Train's) ask this cluster, not whichever the machine runs
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     sys.stdout = sys.stderr
+
+
+# Ray Data's executor (2.60) notices a finished task only when its ray.wait over all running tasks times
+# out (0.1 s), and refreshes the CPUs it may use once a second, from none at each execution. So every
+# training epoch began with one read task for a second, and a task's slot then idled ~0.2 s before the
+# next (2 cores, tasks of 32 720p samples: 0.4 s of work): ingest 92 -> 112-123 samples/s with these.
+EXECUTOR_WAIT_S = 0.01
+EXECUTOR_LIMITS_REFRESH_S = 0.1
+
+
+def quicken_ray_data() -> None:
+    """Ray Data's executor loop in this process (the driver's, from ``init_ray``; Ray Train's split
+    coordinator's, from ``feed.EpochSamples``, which plans each epoch there): finished tasks noticed within EXECUTOR_WAIT_S, CPU limits refreshed every
+    EXECUTOR_LIMITS_REFRESH_S. Module constants of Ray Data's, pinned with Ray (<2.61); a test checks them."""
+    from ray.data._internal.execution import resource_manager, streaming_executor_state
+
+    streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = EXECUTOR_WAIT_S
+    resource_manager.ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = EXECUTOR_LIMITS_REFRESH_S
 
 
 def quiet_ray_data() -> None:
