@@ -263,6 +263,20 @@ def test_frames_the_planes_do_not_take_decode_to_bgr():
     assert yuv.planes_of(odd) is None
 
 
+def test_to_bgr_is_decoding_to_bgr_through_one_converter_per_kind_of_frame():
+    """yuv.to_bgr keeps an FFmpeg converter per thread and kind of frame; frames of several kinds in turn
+    (matrices, sizes, full range, other layouts) each give exactly what ``to_ndarray("bgr24")`` gives."""
+    import av
+
+    from roadseg_dist import yuv
+
+    full = _i420_frame("bt601").reformat(format="yuvj420p")
+    frames = [_i420_frame("bt601"), _i420_frame("bt709"), _i420_frame("bt709", 64, 80), full,
+              _i420_frame("bt601").reformat(format="nv12"), _i420_frame("bt601"), _i420_frame("bt601")]
+    for frame in frames:
+        assert np.array_equal(yuv.to_bgr(frame), frame.to_ndarray(format="bgr24")), frame
+
+
 def test_class_fractions():
     mask = np.array([[0, 0, 13, 255]], dtype=np.uint8)
     f = render.class_fractions(mask)

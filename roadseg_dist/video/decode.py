@@ -244,7 +244,7 @@ def _decode_open(f, rng: FrameRange, stride, marks: dict, threads: int, planes: 
             time = clock(frame.pts)
             if index % every == 0:
                 check_size(frame.width, frame.height, f"frame {index}")
-                yield index, time, (planes and yuv.planes_of(frame)) or frame.to_ndarray(format="bgr24")
+                yield index, time, (planes and yuv.planes_of(frame)) or yuv.to_bgr(frame)
         marks["first"] = window.first
         if rng.end is not None:
             marks["expected"] = (rng.end + window.next_leading) - window.first
