@@ -120,8 +120,8 @@ EXECUTOR_LIMITS_REFRESH_S = 0.1
 
 def quicken_ray_data() -> None:
     """Ray Data's executor loop in this process (the driver's, from ``init_ray``; Ray Train's split
-    coordinator's, from ``feed.EpochSamples``, which plans each epoch there): finished tasks noticed within EXECUTOR_WAIT_S, CPU limits refreshed every
-    EXECUTOR_LIMITS_REFRESH_S. Module constants of Ray Data's, pinned with Ray (<2.61); a test checks them."""
+    coordinator's, from ``feed.EpochSamples``, which plans each epoch there): finished tasks noticed
+    within EXECUTOR_WAIT_S, CPU limits refreshed every EXECUTOR_LIMITS_REFRESH_S. Module constants of Ray Data's, pinned with Ray (<2.61); a test checks them."""
     from ray.data._internal.execution import resource_manager, streaming_executor_state
 
     streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = EXECUTOR_WAIT_S
