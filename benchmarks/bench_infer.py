@@ -20,8 +20,10 @@
                     unit -> model actor, model actor -> unit, full frames anywhere; and the model
                     actor's CPU-ms per frame outside the model (from the run's report.json)
   CPU-ms per 720p frame by stage, one thread (vtest's first 240 frames scaled to 1280x720, H.264 with
-                    B-frames): decode, resize to the model's size, mask + colour PNG, overlay JPEG, H.264 video,
-                    stats; the total is what a unit spends per frame outside the model
+                    B-frames), the model's mask a road scene's labels at its size (an untrained model's
+                    is near-uniform or noise): decode, resize to the model's size, mask + colour PNG,
+                    overlay JPEG, H.264 video, stats; the total is what a unit spends per frame outside
+                    the model
   near-free model   roadseg infer on that 720p clip with a model that costs almost nothing (U-Net, 2
                     base channels, at 24x32): e2e against the CPU ceiling (cores / the stage total at
                     that size), and the machine's CPU per frame during the run
@@ -47,6 +49,7 @@ import numpy as np
 import torch
 
 from roadseg_dist import settings, storage
+from roadseg_dist.data import synth
 from roadseg_dist.infer import pipeline, plan, video_out
 from roadseg_dist.video import decode as frames
 from roadseg_dist import render
@@ -58,6 +61,7 @@ from roadseg_dist.models.predict import fold_batchnorm, inference_amp, normalize
 from roadseg_dist.models.zoo import build_model
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+MODEL_ONLY_FRAMES = 1600  # the model-only pace settles within a few hundred frames
 TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 
@@ -182,47 +186,58 @@ CLIP_FRAMES = 240  # the per-stage clip: 10 s of 720p
 STAGES = ("decode", "resize to the model", "mask+colour PNG", "overlay JPEG", "H.264 video", "stats")
 
 
-def cpu_by_stage(video: str, mask_small: np.ndarray, out: str) -> dict[str, float]:
-    """Process CPU-ms per frame of each stage a unit runs, one thread, the model replaced by a fixed
-    mask: the work of ``process._Sink.write`` taken apart, with overlay.mp4 encoded as a whole source's is."""
+def cpu_by_stage(video: str, mask_small: np.ndarray, out: str, process_ms: list | None = None) -> dict[str, float]:
+    """CPU-ms per frame of each stage a unit runs, on this thread's CPU clock (every stage runs on the
+    calling thread: OpenCV, the decoder and x264 are set to one thread), the model replaced by a fixed
+    mask: the work of ``process._Sink.write`` taken apart, with overlay.mp4 encoded as a whole source's is.
+    ``process_ms`` receives the whole process's CPU-ms per frame over the same span: well above the
+    total, something else in this process (a leftover thread) was using CPU meanwhile."""
     cv2.setNumThreads(1)
     t = dict.fromkeys(STAGES, 0.0)
     n, size = 0, mask_small.shape
+    p0 = time.process_time()
     stream = video_out.OverlayStream(os.path.join(out, "overlay.mp4"), 25.0, faststart=True)
     it = frames.decode_range(video, frames.FrameRange(0, block=1 << 20), planes=True)  # as a unit decodes
     while True:
-        c = [time.process_time()]
+        c = [time.thread_time()]
         got = next(it, None)
-        c.append(time.process_time())
+        c.append(time.thread_time())
         if got is None:
             break
         frame = got[2]
         render.model_input([frame], size)
-        c.append(time.process_time())
+        c.append(time.thread_time())
         rendered = render.Rendered(frame, mask_small)  # as process._Sink.write renders
         files = render.encode_files(rendered, {"mask", "color"})
-        c.append(time.process_time())
+        c.append(time.thread_time())
         files["overlay"] = render.encode_jpeg(rendered.overlay)
-        c.append(time.process_time())
+        c.append(time.thread_time())
         stream.add(rendered.overlay)
-        c.append(time.process_time())
+        c.append(time.thread_time())
         render.upsampled_fractions(mask_small, frame.shape[0], frame.shape[1])
-        c.append(time.process_time())
+        c.append(time.thread_time())
         for k, stage in enumerate(STAGES):
             t[stage] += c[k + 1] - c[k]
         n += 1
-    c0 = time.process_time()
+    c0 = time.thread_time()
     stream.close()
-    t["H.264 video"] += time.process_time() - c0
+    t["H.264 video"] += time.thread_time() - c0
+    if process_ms is not None:
+        process_ms.append(1000 * (time.process_time() - p0) / n)
     return {k: 1000 * v / n for k, v in t.items()}
+
+
+def scene_mask(size: tuple[int, int]) -> np.ndarray:
+    """A road scene's train ids at the model's size (the synthetic generator's street: road, sidewalk,
+    buildings, cars, people, sky), standing in for a trained model's mask: the PNG, overlay JPEG, H.264
+    and stats costs depend on the mask, and an untrained model's is near-uniform or noise."""
+    return synth.render_scene(np.random.default_rng(0), *size)[1].astype(np.uint8)
 
 
 def unit_cpu_ms(video: str, size: tuple[int, int], out: str) -> float:
     """CPU-ms per frame of one real unit (``process.process``: decode, resize, files, overlay.mp4,
-    stats) on one thread, the model replaced by a fixed mask: the stages plus their glue."""
-    mask = np.zeros(size, np.uint8)
-    mask[size[0] // 2:] = 0
-    mask[: size[0] // 2] = 10
+    stats) on one thread, the model replaced by a fixed mask (``scene_mask``): the stages plus their glue."""
+    mask = scene_mask(size)
     target = Target(out, ("mask", "color", "overlay"), "h264", True, size, model="bench")
     c0 = time.process_time()
     row = process(Work("unit", url=video), target,
@@ -368,6 +383,15 @@ def confidence_cost(job, first_with: tuple[float, dict], model, size, amp: str, 
           flush=True)
 
 
+def node_cpu_ceiling(fps: float, unit_ms: float) -> None:
+    """On a GPU node: the job's frames/s against what its unit tasks' CPUs can render at one real
+    unit's CPU-ms per frame (the CPUs beside the GPU actors'): near 1, the node's CPUs are the limit."""
+    tasks = max(1, (os.cpu_count() or 2) - torch.cuda.device_count())  # sizing.size_actors: 1 CPU per GPU actor
+    ceiling = tasks * 1000 / unit_ms
+    print(f"GPU node: roadseg infer {fps:.1f} frames/s; its {tasks} unit tasks' CPU ceiling {tasks} / {unit_ms:.1f} "
+          f"CPU-ms = {ceiling:.1f} frames/s: e2e / CPU ceiling {fps / ceiling:.2f}", flush=True)
+
+
 def near_free(args, root: str, job) -> None:
     """roadseg infer on the 720p clip (x copies) with a model that costs almost nothing, against the CPU
     ceiling of the stages at its size, and the machine's CPU per frame during the run."""
@@ -429,7 +453,7 @@ def main() -> int:
         model, meta = load_model(ckpt, device=device)
         mean, std = meta["normalization"]["mean"], meta["normalization"]["std"]
         torch.set_num_threads(os.cpu_count() or 1)
-        decoded = decode_all(clip) * args.copies
+        decoded = (decode_all(clip) * args.copies)[:MODEL_ONLY_FRAMES]
         h, w = decoded[0].shape[:2]
         print(f"{len(decoded)} frames of {w}x{h} ({os.path.basename(args.video)}, {args.frames} frames, x{args.copies}"
               f"{', H.264 720p' if args.hd else ''}), {args.model} at {size[0]}x{size[1]}, "
@@ -443,7 +467,6 @@ def main() -> int:
             fps_model32 = fps_model if amp == "off" else model_only(folded, decoded, size, mean, std, args.batch_size,
                                                                       device, "off")
             print(f"  model-only fp32 {fps_model32:.2f} frames/s", flush=True)
-        mask_small = predict_masks(model, preprocess(decoded[:1], size, mean, std), device)[0]
         del decoded
         os.makedirs(os.path.join(root, "seq"))
         # the loops and the peer take two sources: a rate, and on a GPU node's many CPUs the job takes more
@@ -466,7 +489,12 @@ def main() -> int:
             report = pipeline.run(s, show_progress=False)
             return report["frames_this_run"] / (time.perf_counter() - t0), report
 
-        job("out-cold")  # the first job pays for worker start-up and imports
+        # the first job pays for worker start-up and imports: enough sources to start every task's worker
+        cold = os.path.join(root, "in-cold")
+        os.makedirs(cold)
+        for v in videos[: 2 * (os.cpu_count() or 1)]:
+            os.link(v, os.path.join(cold, os.path.basename(v)))
+        job("out-cold", inp=cold)
         with GpuUtilisation(args.gpu) as util:
             fps_e2e, report = job("out-warm")
         if args.gpu:
@@ -489,12 +517,16 @@ def main() -> int:
         # 240 frames (10 s): a process's first frames cost more (caches, pages); a unit does whole clips
         clip = h264_720p(os.path.join(root, "drive.mov"), n=CLIP_FRAMES, src=args.video)
         os.makedirs(os.path.join(root, "cpu"))
-        cpu = cpu_by_stage(clip, mask_small, os.path.join(root, "cpu"))
+        process_ms: list[float] = []
+        cpu = cpu_by_stage(clip, scene_mask(size), os.path.join(root, "cpu"), process_ms)
         total = sum(cpu.values())
+        unit_ms = unit_cpu_ms(clip, size, os.path.join(root, "unit"))
         print(f"CPU-ms per 720p frame, one thread, {CLIP_FRAMES} frames: "
               + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
-              + f"; total {total:.1f} (goal 10.0: {'within' if total <= 10 else 'OVER'}); one real unit "
-              f"{unit_cpu_ms(clip, size, os.path.join(root, 'unit')):.1f}", flush=True)
+              + f"; total {total:.1f} (goal 10.0: {'within' if total <= 10 else 'OVER'}; the process's CPU "
+              f"meanwhile {process_ms[0]:.1f}); one real unit {unit_ms:.1f}", flush=True)
+        if args.gpu:
+            node_cpu_ceiling(fps_e2e, unit_ms)
         if not args.no_near_free:
             near_free(args, root, job)
         if args.no_s3:

@@ -6,8 +6,9 @@ the mask PNG from the model-size mask, its repeated rows' compressed bytes made 
 paletted PNG stores exactly the bytes of an 8-bit grey one, so it costs no second encode); the
 overlay of a video's frame is blended on its YUV planes and encoded from them (``yuv.py``), a BGR
 frame's with ``cv2.applyColorMap`` (the palette as a lookup table) and ``cv2.addWeighted``, both
-quality-85 JPEGs; class fractions come from ``cv2.calcHist``; the model's input is shrunk by a
-whole-number box first (``shrink``).
+quality-85 JPEGs; class fractions come from ``cv2.calcHist`` on the model-size mask, one
+histogram per block size; the model's input is shrunk by a whole-number box first, bilinearly under
+2x (``shrink``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import numpy as np
 from roadseg_dist import labels, yuv
 
 PNG_LEVEL = 1  # ~3x cheaper than the default 3 at 720p, masks barely grow
+PNG_MEM_LEVEL = 4  # a smaller hash table to clear at each full flush (-10% at 720p), masks barely grow
+SPLICE_REPEATS = 3  # a row repeated 3+ times has its repeats spliced in pre-deflated; fewer are deflated in line
 
 
 _BGR_LUT_CV = np.ascontiguousarray(labels.palette_lut(bgr=True).reshape(256, 1, 3))  # the shape applyColorMap wants
@@ -51,16 +54,21 @@ def _box_factor(height: int, width: int, h: int, w: int) -> int:
 
 
 def shrink(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Area averaging to (h, w). OpenCV's area resize has a fast path for whole-number factors only:
-    720p to 192x256 (3.75 x 5) took ~1.9 CPU-ms a frame, a 2x box first (720p -> 640x360, the fast
-    path) and area on the rest ~0.9. Both steps average boxes of pixels; the result differs from one
-    area step by rounding at the boxes' edges."""
+    """Shrinking to (h, w) by area averaging, or bilinear where the factor is under 2 both ways.
+
+    OpenCV's area resize has a fast path for whole-number factors only: 720p to 192x256 (3.75 x 5)
+    took ~1.9 CPU-ms a frame, a 2x box first (720p -> 640x360, the fast path) and area on the rest
+    ~0.9; both steps average boxes of pixels, and the result differs from one area step by rounding
+    at the boxes' edges. Under 2x (720p to 512x1024 or 576x768, the sizes models train at) area
+    averaging took 3-4 CPU-ms and bilinear ~1, within ~0.4 levels on average: no pixel is skipped
+    at those factors, and training's random rescaling resamples bilinearly too (``data/augment``)."""
     k = _box_factor(image.shape[0], image.shape[1], h, w)
     if k > 1:
         image = cv2.resize(image, (image.shape[1] // k, image.shape[0] // k), interpolation=cv2.INTER_AREA)
     if image.shape[:2] == (h, w):
         return image
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    mild = image.shape[0] < 2 * h and image.shape[1] < 2 * w
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR if mild else cv2.INTER_AREA)
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -84,22 +92,47 @@ def _repeats(small: int, full: int) -> np.ndarray:
     return np.bincount(_taken(small, full), minlength=small).astype(np.float64)
 
 
+@functools.lru_cache(maxsize=32)
+def _blocks(shape: tuple[int, int], height: int, width: int) -> tuple[tuple[int, np.ndarray | None], ...]:
+    """The small mask's pixels grouped by the size of the block of output pixels each becomes:
+    (block size, uint8 mask of those pixels, or None for all of them). Nearest upsampling by r
+    rows and c columns has at most two block heights and two widths, so at most four groups."""
+    rows, cols = _repeats(shape[0], height).astype(int), _repeats(shape[1], width).astype(int)
+    groups = []
+    for a in np.unique(rows[rows > 0]).tolist():
+        for b in np.unique(cols[cols > 0]).tolist():
+            where = np.outer(rows == a, cols == b)
+            groups.append((a * b, None if where.all() else where.view(np.uint8)))
+    return tuple(groups)
+
+
+def _block_hist(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Counts of each uint8 value of ``image`` as its upsampled twin's pixels, exactly."""
+    counts = np.zeros(256, np.float64)
+    for size, where in _blocks(image.shape, height, width):
+        counts += size * cv2.calcHist([image], [0], where, [256], [0, 256]).ravel()
+    return counts
+
+
 def upsampled_fractions(mask: np.ndarray, height: int, width: int,
                         num_classes: int = labels.NUM_CLASSES) -> np.ndarray:
     """``class_fractions(resize_mask(mask, height, width))``, exactly, from the small mask: each of
-    its pixels counts as the block of output pixels it becomes (~20x fewer pixels to count)."""
+    its pixels counts as the block of output pixels it becomes (~20x fewer pixels to count), one
+    histogram per block size (``_blocks``)."""
     if mask.shape == (height, width):
         return class_fractions(mask, num_classes)
-    weights = np.outer(_repeats(mask.shape[0], height), _repeats(mask.shape[1], width))
-    counts = np.bincount(mask.ravel(), weights=weights.ravel(), minlength=256)[:num_classes]
+    counts = _block_hist(np.ascontiguousarray(mask, dtype=np.uint8), height, width)[:num_classes]
     return (counts / max(1, height * width)).astype(np.float32)
 
 
 def changed_fraction(before: np.ndarray, after: np.ndarray, height: int, width: int) -> float:
     """The share of a frame's pixels (at ``height`` x ``width``) whose class differs between two
     model-size masks, counted as their upsampled masks' pixels (``resize_mask``), exactly."""
-    weights = np.outer(_repeats(after.shape[0], height), _repeats(after.shape[1], width))
-    return float(weights[before != after].sum() / max(1, height * width))
+    changed = np.not_equal(before, after).view(np.uint8)
+    # each row's changed pixels weighted by their columns' repeats, then the rows': whole numbers, and
+    # einsum, not BLAS, whose threads spin on the unit's CPU after every call (a 512x1024 mask: +14 CPU-ms a frame)
+    per_row = np.einsum("ij,j->i", changed, _repeats(after.shape[1], width).astype(np.int64))
+    return float(_repeats(after.shape[0], height).astype(np.int64) @ per_row / max(1, height * width))
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
@@ -119,14 +152,16 @@ def upsampled_mask_png(mask: np.ndarray, height: int, width: int) -> bytes:
 
 def _png_rows(rows: np.ndarray, take: np.ndarray) -> bytes:
     """The PNG of the image whose row i is ``rows[take[i]]``, ~4x cheaper than libpng's for a mask
-    upsampled from the model's size (~0.3 against ~1.4 CPU-ms at 720p), where most rows repeat the
-    row above.
+    upsampled from the model's size, where most rows repeat the row above (a road scene's mask at
+    192x256 to 720p: ~1.0 against ~4.5 CPU-ms at level 1).
 
-    A repeated row is, under PNG's UP filter, a filter byte and zeros: the deflate bytes of such runs
-    are made once per width and length (``_repeats_deflated``) and spliced into the stream. The other
-    rows are SUB-filtered and deflated at level 1, with a full flush before each splice (the stream is
-    byte-aligned there and nothing after it refers back), so only the distinct rows are compressed.
-    The zlib checksum is carried over the spliced rows arithmetically."""
+    A repeated row is, under PNG's UP filter, a filter byte and zeros: the deflate bytes of
+    SPLICE_REPEATS or more such rows are made once per width and count (``_repeats_deflated``) and
+    spliced into the stream. The other rows are SUB-filtered and deflated at level 1, with a full flush before each
+    splice (the stream is byte-aligned there and nothing after it refers back), so only the distinct
+    rows are compressed. Fewer repeats (a 2x upsampled mask has one a row) are deflated in line:
+    a flush costs more than deflating a row of zeros. The deflater's hash table is small (memLevel
+    4), as a full flush clears it. The zlib checksum is carried over the spliced rows arithmetically."""
     h, w = len(take), rows.shape[1]
     group = np.zeros(len(rows), np.intp)  # equal neighbouring rows share a group
     group[1:] = np.cumsum(np.any(rows[1:] != rows[:-1], axis=1))
@@ -138,11 +173,16 @@ def _png_rows(rows: np.ndarray, take: np.ndarray) -> bytes:
     filtered = np.empty((len(starts), w + 1), np.uint8)
     filtered[:, 0], filtered[:, 1] = 1, firsts[:, 0]  # filter 1: SUB
     np.subtract(firsts[:, 1:], firsts[:, :-1], out=filtered[:, 2:])
-    deflate, parts, adler = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, -15), [b"\x78\x01"], 1
+    deflate, parts, adler = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, -15, PNG_MEM_LEVEL), [b"\x78\x01"], 1
+    repeat = b"\x02" + bytes(w)
     for row, run in zip(filtered, runs):
         parts.append(deflate.compress(row))
         adler = zlib.adler32(row, adler)
-        if run > 1:
+        if 0 < run - 1 < SPLICE_REPEATS:
+            zeros = repeat * (run - 1)
+            parts.append(deflate.compress(zeros))
+            adler = zlib.adler32(zeros, adler)
+        elif run - 1 >= SPLICE_REPEATS:
             parts += [deflate.flush(zlib.Z_FULL_FLUSH), _repeats_deflated(w, run - 1)]
             a, b = adler & 0xFFFF, adler >> 16
             for _ in range(run - 1):  # the checksum over b"\x02" + w zero bytes
@@ -157,7 +197,7 @@ def _png_rows(rows: np.ndarray, take: np.ndarray) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _repeats_deflated(width: int, count: int) -> bytes:
     """Raw deflate of ``count`` UP-filtered rows of zeros (a row repeated), ending byte-aligned."""
-    deflate = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, -15)
+    deflate = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, -15, PNG_MEM_LEVEL)
     return deflate.compress((b"\x02" + bytes(width)) * count) + deflate.flush(zlib.Z_FULL_FLUSH)
 
 

@@ -138,8 +138,7 @@ def test_render_frame_files_decode_back():
 
 
 @pytest.mark.parametrize("frame, size, box", [((720, 1280), (192, 256), 2), ((576, 768), (192, 256), 3),
-                                              ((720, 1280), (360, 640), 2), ((720, 1280), (512, 1024), 1),
-                                              ((97, 131), (40, 50), 1)])
+                                              ((720, 1280), (360, 640), 2), ((97, 131), (40, 50), 1)])
 def test_model_input_shrinks_like_one_area_step(frame, size, box):
     """A whole-number box first (OpenCV's fast area path), area on the rest: the same RGB input as one
     area step up to rounding at the boxes' edges, exactly the same where the box is the whole factor."""
@@ -154,21 +153,35 @@ def test_model_input_shrinks_like_one_area_step(frame, size, box):
     assert diff.max() == 0 if exact else (diff.max() <= 4 and diff.mean() < 0.6)
 
 
-@pytest.mark.parametrize("shape", [(720, 1280), (64, 96), (33, 17), (1, 7), (5, 1), (3, 2)])
-@pytest.mark.parametrize("kind", ["upsampled", "random", "one class"])
-def test_mask_png_reads_back_in_libpng_and_pillow(shape, kind):
-    """The spliced PNG (repeated rows deflated once) is an ordinary PNG: two decoders read the mask
-    back exactly, and its paletted twin too; also made from the model-size mask (downsampled too)."""
+@pytest.mark.parametrize("frame, size", [((720, 1280), (512, 1024)), ((720, 1280), (576, 768)), ((97, 131), (60, 70))])
+def test_model_input_shrinks_by_under_2x_bilinearly_close_to_area(frame, size):
+    """Under 2x both ways (the sizes models train at), bilinear: what training's rescaling does, and
+    within a level or so of area averaging on a natural image (a blurred one here)."""
     rng = np.random.default_rng(0)
-    if kind == "upsampled":
-        small = rng.integers(0, 19, (max(1, shape[0] // 4), max(1, shape[1] // 3)), dtype=np.uint8)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (*frame, 3), dtype=np.uint8), (9, 9), 3)
+    got = render.model_input([bgr], size)[0]
+    assert np.array_equal(got, cv2.resize(bgr, size[::-1], interpolation=cv2.INTER_LINEAR)[..., ::-1])
+    area = cv2.resize(bgr, size[::-1], interpolation=cv2.INTER_AREA)[..., ::-1]
+    assert np.abs(got.astype(int) - area).mean() < 1.0
+
+
+@pytest.mark.parametrize("shape", [(720, 1280), (64, 96), (33, 17), (1, 7), (5, 1), (3, 2)])
+@pytest.mark.parametrize("kind", ["upsampled/2", "upsampled/3", "upsampled/4", "upsampled/3.75", "random", "one class"])
+def test_mask_png_reads_back_in_libpng_and_pillow(shape, kind):
+    """The spliced PNG (repeated rows deflated once, or in line when repeated once or twice) is an
+    ordinary PNG: two decoders read the mask back exactly, and its paletted twin too; also made from
+    the model-size mask (downsampled too)."""
+    rng = np.random.default_rng(0)
+    if kind.startswith("upsampled"):
+        rows = max(1, int(shape[0] / float(kind.split("/")[1])))
+        small = rng.integers(0, 19, (rows, max(1, shape[1] // 3)), dtype=np.uint8)
         mask = render.resize_mask(small, *shape)
     elif kind == "random":
         mask = rng.integers(0, 256, shape, dtype=np.uint8)
     else:
         mask = np.full(shape, 255, np.uint8)
     pngs = [render.encode_mask_png(mask)]
-    if kind == "upsampled":  # made from the small mask, never upsampled itself
+    if kind.startswith("upsampled"):  # made from the small mask, never upsampled itself
         pngs.append(render.upsampled_mask_png(small, *shape))
     for png in pngs:
         assert np.array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED).reshape(shape), mask)
@@ -281,6 +294,20 @@ def test_class_fractions():
     mask = np.array([[0, 0, 13, 255]], dtype=np.uint8)
     f = render.class_fractions(mask)
     assert f.shape == (19,) and f[0] == 0.5 and f[13] == 0.25 and abs(f.sum() - 0.75) < 1e-6
+
+
+@pytest.mark.parametrize("small", [(192, 256), (360, 640), (576, 768), (37, 91), (1, 1), (800, 1400)])
+@pytest.mark.parametrize("full", [(720, 1280), (97, 131), (3, 2)])
+def test_stats_from_the_model_size_masks_count_the_upsampled_pixels_exactly(small, full):
+    """Class fractions and flicker from the model-size masks (a histogram per block size, a weighted
+    row sum) equal those counted on the masks upsampled to the frame, up- or downsampled."""
+    rng = np.random.default_rng(0)
+    mask, other = rng.integers(0, 19, (2, *small), dtype=np.uint8)
+    other[: small[0] // 2] = mask[: small[0] // 2]
+    big = render.resize_mask(mask, *full)
+    assert np.array_equal(render.upsampled_fractions(mask, *full), render.class_fractions(big))
+    changed = np.count_nonzero(big != render.resize_mask(other, *full)) / (full[0] * full[1])
+    assert render.changed_fraction(mask, other, *full) == pytest.approx(changed, rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize("codec, name", [("h264", "h264"), ("mjpeg", "mjpeg")])
