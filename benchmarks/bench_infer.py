@@ -489,10 +489,10 @@ def main() -> int:
             report = pipeline.run(s, show_progress=False)
             return report["frames_this_run"] / (time.perf_counter() - t0), report
 
-        # the first job pays for worker start-up and imports: enough sources to start every task's worker
+        # the first job pays for worker start-up and imports: a source for each task's worker to start
         cold = os.path.join(root, "in-cold")
         os.makedirs(cold)
-        for v in videos[: 2 * (os.cpu_count() or 1)]:
+        for v in videos[: os.cpu_count() or 1]:
             os.link(v, os.path.join(cold, os.path.basename(v)))
         job("out-cold", inp=cold)
         with GpuUtilisation(args.gpu) as util:

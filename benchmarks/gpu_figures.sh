@@ -105,6 +105,6 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   # is not the time of its slowest clip; the near-free line is a CPU machine's figure
   INFER_S=${R18_S:-150} infer infer-r18 --model unet-resnet18 --size 360x640 --batch-size 16 --frames 120 \
     --copies "${R18_COPIES:-45}" --no-near-free 2>&1 | tee "$R/infer.txt"
-  INFER_S=${UNET_S:-120} infer infer-unet --model unet --base-channels 64 --size 576x768 --batch-size 16 --frames 120 \
+  INFER_S=${UNET_S:-130} infer infer-unet --model unet --base-channels 64 --size 576x768 --batch-size 16 --frames 120 \
     --copies "${UNET_COPIES:-30}" --no-near-free 2>&1 | tee -a "$R/infer.txt"
 fi
