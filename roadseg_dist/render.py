@@ -89,7 +89,7 @@ def _taken(small: int, full: int) -> np.ndarray:
 @functools.lru_cache(maxsize=32)
 def _repeats(small: int, full: int) -> np.ndarray:
     """How many of ``full`` output pixels nearest-neighbour resizing takes from each of ``small``."""
-    return np.bincount(_taken(small, full), minlength=small).astype(np.float64)
+    return np.bincount(_taken(small, full), minlength=small)
 
 
 @functools.lru_cache(maxsize=32)
@@ -97,7 +97,7 @@ def _blocks(shape: tuple[int, int], height: int, width: int) -> tuple[tuple[int,
     """The small mask's pixels grouped by the size of the block of output pixels each becomes:
     (block size, uint8 mask of those pixels, or None for all of them). Nearest upsampling by r
     rows and c columns has at most two block heights and two widths, so at most four groups."""
-    rows, cols = _repeats(shape[0], height).astype(int), _repeats(shape[1], width).astype(int)
+    rows, cols = _repeats(shape[0], height), _repeats(shape[1], width)
     groups = []
     for a in np.unique(rows[rows > 0]).tolist():
         for b in np.unique(cols[cols > 0]).tolist():
@@ -131,8 +131,8 @@ def changed_fraction(before: np.ndarray, after: np.ndarray, height: int, width: 
     changed = np.not_equal(before, after).view(np.uint8)
     # each row's changed pixels weighted by their columns' repeats, then the rows': whole numbers, and
     # einsum, not BLAS, whose threads spin on the unit's CPU after every call (a 512x1024 mask: +14 CPU-ms a frame)
-    per_row = np.einsum("ij,j->i", changed, _repeats(after.shape[1], width).astype(np.int64))
-    return float(_repeats(after.shape[0], height).astype(np.int64) @ per_row / max(1, height * width))
+    per_row = np.einsum("ij,j->i", changed, _repeats(after.shape[1], width))
+    return float(_repeats(after.shape[0], height) @ per_row / max(1, height * width))
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
