@@ -453,6 +453,38 @@ def node_cpu_ceiling(fps: float, unit_ms: float) -> None:
           f"CPU-ms = {ceiling:.1f} frames/s: e2e / CPU ceiling {fps / ceiling:.2f}", flush=True)
 
 
+def _core_unit(work: Work, target: Target, actors: list) -> int:
+    import cv2
+
+    from roadseg_dist.infer.graph import Models
+
+    cv2.setNumThreads(1)  # as the job's unit tasks
+    return process(work, target, Models(actors))["frames"]
+
+
+def core_rate(s: InferSettings, videos: list[str], size: tuple[int, int], out: str) -> float:
+    """frames/s of the job's core alone: its sizing and model actors (warm), one plain Ray task per
+    source running ``process.process`` through them as a unit does, and nothing else: no Ray Data, no
+    driver loop, no process start-up, no probes or commits. e2e against it: what the job adds around it."""
+    import ray
+    from ray import cloudpickle
+
+    from roadseg_dist.infer import graph, sizing as sizing_mod
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import benchmarks/
+    sizing = sizing_mod.sizing_for(s)
+    actors = graph.start_models(s, sizing, s.checkpoint, size)
+    try:
+        ray.get([a.ready.remote() for a in actors])
+        target = Target(out, ("mask", "color", "overlay"), "h264", True, size, model="bench")
+        unit = ray.remote(num_cpus=sizing.task_cpus)(_core_unit)
+        t0 = time.perf_counter()
+        frames = sum(ray.get([unit.remote(Work(f"v{i}", url=v), target, actors) for i, v in enumerate(videos)]))
+        return frames / (time.perf_counter() - t0)
+    finally:
+        graph.stop_models(actors)
+
+
 NEAR_FREE_RUNS = 3  # the median of these: one run on 2 cores varies by +-15 %
 
 
@@ -485,6 +517,10 @@ def near_free(args, root: str, job) -> None:
     print(f"near-free model (unet-2 at 24x32) on {frames} 720p frames: roadseg infer {fps:.1f} frames/s (median of "
           f"{', '.join(f'{r[0]:.1f}' for r in runs)}); CPU ceiling {os.cpu_count()} cpus / {total:.1f} CPU-ms = "
           f"{ceiling:.1f}: e2e / ceiling {fps / ceiling:.2f} (goal >= 0.8)", flush=True)
+    core = core_rate(settings.build(InferSettings, checkpoint=ckpt, input=inp, output=os.path.join(root, "core")),
+                     sorted(os.path.join(inp, f) for f in os.listdir(inp)), size, os.path.join(root, "core"))
+    print(f"  its core alone (the job's units and warm model actors in plain Ray tasks: no Ray Data, no start-up) "
+          f"{core:.1f} frames/s = {core / ceiling:.2f} of the ceiling; e2e / core {fps / core:.2f}", flush=True)
     print("  the median run's machine, CPU-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items())
           + f" (the stages alone {total:.1f}; units, actors and the driver include their processes' start-up)",
           flush=True)
