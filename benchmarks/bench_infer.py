@@ -235,11 +235,16 @@ def scene_mask(size: tuple[int, int]) -> np.ndarray:
     return synth.render_scene(np.random.default_rng(0), *size)[1].astype(np.uint8)
 
 
+def default_target(out: str, size: tuple[int, int]) -> Target:
+    """What a unit writes at infer's default outputs: mask, colour and overlay files, H.264 overlay.mp4, stats."""
+    return Target(out, ("mask", "color", "overlay"), "h264", True, size, model="bench")
+
+
 def unit_cpu_ms(video: str, size: tuple[int, int], out: str) -> float:
     """CPU-ms per frame of one real unit (``process.process``: decode, resize, files, overlay.mp4,
     stats) on one thread, the model replaced by a fixed mask (``scene_mask``): the stages plus their glue."""
     mask = scene_mask(size)
-    target = Target(out, ("mask", "color", "overlay"), "h264", True, size, model="bench")
+    target = default_target(out, size)
     c0 = time.process_time()
     row = process(Work("unit", url=video), target,
                   lambda x: (lambda m=np.repeat(mask[None], len(x), 0): (m, np.ones((len(x), 2), np.float32))))
@@ -476,7 +481,7 @@ def core_rate(s: InferSettings, videos: list[str], size: tuple[int, int], out: s
     actors = graph.start_models(s, sizing, s.checkpoint, size)
     try:
         ray.get([a.ready.remote() for a in actors])
-        target = Target(out, ("mask", "color", "overlay"), "h264", True, size, model="bench")
+        target = default_target(out, size)
         unit = ray.remote(num_cpus=sizing.task_cpus)(_core_unit)
         t0 = time.perf_counter()
         frames = sum(ray.get([unit.remote(Work(f"v{i}", url=v), target, actors) for i, v in enumerate(videos)]))
