@@ -9,7 +9,9 @@
 #             360x640 and the classic U-Net at 576x768; model-only, the loop, roadseg infer at its
 #             defaults, e2e / model-only, GPU utilisation during the job, the hops' bytes, the actor's
 #             CPU per frame, the CPU-ms per frame of each stage on that machine's CPUs, and the job against
-#             the node's CPU ceiling (its unit tasks at one real unit's CPU-ms per frame); lscpu's CPUs
+#             the node's CPU ceiling (its unit tasks at one real unit's CPU-ms per frame); lscpu's CPUs;
+#             first bench_gpu_stages: the overlay (blend + JPEG) on the GPU with nvJPEG and decode by NVDEC
+#             against a unit's CPU work per 720p frame, the figures a GPU-side setting's default waits for
 # Training runs first: it had never run through Ray Train on a GPU. A failed run keeps Ray's logs.
 # A machine without the project's packages gets them from .gpu/gpusite.tar.xz (the packages that
 # machine lacks, for its Python, unpacked; benchmarks/gpu_site.sh builds it); .gpu/vtest.avi is OpenCV's sample video.
@@ -100,6 +102,10 @@ if [ -z "${SKIP_BENCH:-}" ]; then
     echo "exit $?" >> "$R/$name.txt"
     grep -v -E "^\(|Warning|warn\(|^\s*$" "$R/$name.txt" | tail -20
   }
+  echo "== per-frame work on the GPU against a unit's CPUs (issue 21): overlay by nvJPEG, decode by NVDEC"
+  timeout "${STAGES_S:-60}" $PY benchmarks/bench_gpu_stages.py --video "$VIDEO" > "$R/stages.txt" 2>&1
+  echo "exit $?" >> "$R/stages.txt"
+  grep -v -E "Warning|warn\(|^\s*$" "$R/stages.txt" | tail -6
   echo "== infer on the GPU (issue 21): 720p H.264 input, roadseg infer at its defaults"
   # an archive's pace, not one clip's: ~3 sources per unit task (a 16-CPU node runs 15), so the job
   # is not the time of its slowest clip; the near-free line is a CPU machine's figure
