@@ -6,7 +6,8 @@ Flow of one epoch (the Ray side is ``data/feed.py``)::
                                               tail each epoch), grouped by shard, shards shuffled
       -> read_blocks(ReadTask)                 in Ray Data read tasks anywhere in the cluster: stream
                                               the tar, decode + augment (data/augment.py), blocks of
-                                              ``rows`` samples in numpy arrays (no row-by-row records)
+                                              ``rows`` samples in numpy arrays (no row-by-row records),
+                                              joined by Ray Data up to its target block size
       -> streaming_split(world, equal=True)    Ray Train's data path: each block to one rank, equal
                                               counts, so every sample at most once per epoch
       -> batches on the worker                 uint8, prefetched, pinned on CUDA; normalised on the device
@@ -144,7 +145,7 @@ class Feed:
     task_cpus: float          # CPUs one decode/augment task reserves
     prefetch_batches: int     # batches each worker fetches ahead
     pin_memory: bool          # page-locked host batches (CUDA): asynchronous copies to the GPU
-    rows: int                 # samples per block that a read task hands over
+    rows: int                 # samples a read task decodes into one numpy block (Ray Data joins them: feed.py)
 
     def describe(self, workers: int) -> str:
         return (f"ingest: {self.ingest_cpus:g} CPU of decode/augment per worker ({self.ingest_cpus * workers:g} "
