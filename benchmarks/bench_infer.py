@@ -27,7 +27,9 @@
   near-free model   roadseg infer on that 720p clip with a model that costs almost nothing (U-Net, 2
                     base channels, at 24x32): e2e (the median of 3 warm runs) against the CPU ceiling
                     (cores / the stage total at that size), and where the machine's CPU went in that
-                    run, per frame: unit tasks, model actors, the driver, Ray's own processes, idle
+                    run, per frame: unit tasks, model actors, the driver, Ray's own processes, idle;
+                    with the same job 3x larger (3 runs after those), frames/s and CPU-ms per frame beyond the
+                    job's start-up (the line through the two sizes) and the start-up itself
   bytes read / object size for an S3 video (loopback moto server) cut into 10+ frame ranges
 
     .venv/bin/python benchmarks/bench_infer.py [--copies 2] [--size 192x256] [--model unet]
@@ -491,36 +493,45 @@ def core_rate(s: InferSettings, videos: list[str], size: tuple[int, int], out: s
 
 
 NEAR_FREE_RUNS = 3  # the median of these: one run on 2 cores varies by +-15 %
+ARCHIVE_FACTOR = 3  # the larger job of the start-up line: this many times the sources
 
 
 def near_free(args, root: str, job) -> None:
     """roadseg infer on the 720p clip (x copies) with a model that costs almost nothing, against the CPU
     ceiling of the stages at its size: the median of NEAR_FREE_RUNS warm runs, and where the machine's
-    CPU went during it (``ProcessCpu``)."""
+    CPU went during it (``ProcessCpu``); then the same job ARCHIVE_FACTOR times larger, so that the
+    straight line through the two sizes parts the job's start-up from what each frame costs beyond it
+    (what an archive's frames cost). Each size's runs follow each other: interleaved, most jobs started
+    task workers of their own (1-2 a job; none when the same job repeats), whose start-up fell on the units."""
     size = (24, 32)
     torch.manual_seed(0)
     ckpt = os.path.join(root, "ckpt-free")
     save_checkpoint(ckpt, build_model("unet", base_channels=2), input_size=size)
-    inp = os.path.join(root, "in720")
+    inp, big = os.path.join(root, "in720"), os.path.join(root, "in720-archive")
     os.makedirs(inp)
+    os.makedirs(big)
     long = h264_720p(os.path.join(inp, "drive0.mov"), n=args.frames, src=args.video)
     for i in range(1, args.copies):
         shutil.copy(long, os.path.join(inp, f"drive{i}.mov"))
+    for i in range(args.copies * ARCHIVE_FACTOR):
+        shutil.copy(long, os.path.join(big, f"drive{i}.mov"))
     os.makedirs(os.path.join(root, "cpu-free"))
     free_mask = np.tile(np.repeat(np.arange(4, dtype=np.uint8) * 4, size[1] // 4), (size[0], 1))
     total = sum(cpu_by_stage(long, free_mask, os.path.join(root, "cpu-free")).values())
     ceiling = (os.cpu_count() or 1) * 1000 / total
     job("out-free-cold", ckpt, inp)
-    runs = []
-    for i in range(NEAR_FREE_RUNS):
-        with ProcessCpu() as cpu:
-            fps, report = job(f"out-free-{i}", ckpt, inp)
-        runs.append((fps, report["frames_this_run"], cpu))
-        shutil.rmtree(os.path.join(root, f"out-free-{i}"), ignore_errors=True)
-    fps, frames, cpu = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+    runs = {inp: [], big: []}
+    for source in (inp, big):
+        for i in range(NEAR_FREE_RUNS):
+            out = f"out-free-{i}-{os.path.basename(source)}"
+            with ProcessCpu() as cpu:
+                fps, report = job(out, ckpt, source)
+            runs[source].append((fps, report["frames_this_run"], cpu))
+            shutil.rmtree(os.path.join(root, out), ignore_errors=True)
+    fps, frames, cpu = median_run(runs[inp])
     per = cpu.per_frame(frames)
     print(f"near-free model (unet-2 at 24x32) on {frames} 720p frames: roadseg infer {fps:.1f} frames/s (median of "
-          f"{', '.join(f'{r[0]:.1f}' for r in runs)}); CPU ceiling {os.cpu_count()} cpus / {total:.1f} CPU-ms = "
+          f"{', '.join(f'{r[0]:.1f}' for r in runs[inp])}); CPU ceiling {os.cpu_count()} cpus / {total:.1f} CPU-ms = "
           f"{ceiling:.1f}: e2e / ceiling {fps / ceiling:.2f} (goal >= 0.8)", flush=True)
     core = core_rate(settings.build(InferSettings, checkpoint=ckpt, input=inp, output=os.path.join(root, "core")),
                      sorted(os.path.join(inp, f) for f in os.listdir(inp)), size, os.path.join(root, "core"))
@@ -528,6 +539,28 @@ def near_free(args, root: str, job) -> None:
           f"{core:.1f} frames/s = {core / ceiling:.2f} of the ceiling; e2e / core {fps / core:.2f}", flush=True)
     print("  the median run's machine, CPU-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items())
           + f" (the stages alone {total:.1f}; units, actors and the driver include their processes' start-up)",
+          flush=True)
+    beyond_startup(median_run(runs[inp]), median_run(runs[big]), ceiling)
+
+
+def median_run(runs: list) -> tuple:
+    return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+
+
+def beyond_startup(small: tuple, large: tuple, ceiling: float) -> None:
+    """The straight line through two job sizes' (frames/s, frames, ProcessCpu): frames/s and the machine's
+    CPU-ms per frame beyond the job's start-up (the slope), and the start-up itself (the intercept)."""
+    (fs, ns, cs), (fl, nl, cl) = small, large
+    ws, wl = ns / fs, nl / fl
+    slope = (wl - ws) / (nl - ns)
+    if slope <= 0:
+        print(f"  beyond the job's start-up: not measured (the {nl}-frame job took no longer than the {ns}-frame one)")
+        return
+    ps, pl = cs.per_frame(ns), cl.per_frame(nl)
+    per = {k: (pl[k] * nl - ps[k] * ns) / (nl - ns) for k in pl}
+    print(f"  beyond the job's start-up (jobs of {ns} and {nl} frames, medians; what an archive's frames cost): "
+          f"{1 / slope:.1f} frames/s = {1 / slope / ceiling:.2f} of the ceiling; the job's start-up "
+          f"{ws - ns * slope:.1f} s; CPU-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items()),
           flush=True)
 
 
