@@ -558,10 +558,13 @@ def beyond_startup(small: tuple, large: tuple, ceiling: float) -> None:
         return
     ps, pl = cs.per_frame(ns), cl.per_frame(nl)
     per = {k: (pl[k] * nl - ps[k] * ns) / (nl - ns) for k in pl}
-    print(f"  beyond the job's start-up (jobs of {ns} and {nl} frames, medians; what an archive's frames cost): "
-          f"{1 / slope:.1f} frames/s = {1 / slope / ceiling:.2f} of the ceiling; the job's start-up "
-          f"{ws - ns * slope:.1f} s; CPU-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items()),
-          flush=True)
+    startup = ws - ns * slope
+    print(f"  beyond the job's start-up (jobs of {ns} and {nl} frames, medians {fs:.1f} and {fl:.1f} frames/s; what an "
+          f"archive's frames cost): {1 / slope:.1f} frames/s = {1 / slope / ceiling:.2f} of the ceiling; the job's "
+          f"start-up {startup:.1f} s" + (" (under 0: the larger job's frames cost more than the smaller's, so what is "
+                                         "lost is lost per frame)" if startup < 0 else "")
+          + "; CPU-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items())
+          + f" (unit tasks {ps['unit tasks']:.1f} in the smaller job, {pl['unit tasks']:.1f} in the larger)", flush=True)
 
 
 def main() -> int:
