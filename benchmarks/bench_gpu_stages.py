@@ -105,7 +105,7 @@ class DeviceOverlay:
             done = torch.cuda.Event(blocking=True)  # wait without spinning a CPU
             done.record()
             done.synchronize()
-        return back, [bytes(d.numpy().tobytes()) for d in data]
+        return back, [d.numpy().tobytes() for d in data]
 
 
 def device_overlay(clip: list[yuv.Frame], mask: np.ndarray, device: str, chunk: int, quality: int,
