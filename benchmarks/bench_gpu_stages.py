@@ -63,17 +63,18 @@ class DeviceOverlay:
         self.luts = [torch.from_numpy(t).to(self.device) for t in yuv.palette(matrix)]
         self.to_rgb = torch.tensor(yuv.to_rgb(matrix), dtype=torch.float32, device=self.device)
         self.pin = self.device.type == "cuda"
-        self.buffers: dict[tuple, torch.Tensor] = {}
+        self.buffers: dict[tuple, torch.Tensor] = {}  # (slot, shape) -> pinned host memory
 
-    def _up(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        """The arrays on the device, through one pinned buffer per shape (filled in one copy; a call
-        waits for its copies before it returns, so the buffer is free for the next one)."""
+    def _up(self, arrays: list[np.ndarray], slot: str) -> torch.Tensor:
+        """The arrays on the device, through a pinned buffer of their own ``slot`` (U and V have one shape:
+        a shared buffer would be refilled while its copy is in flight), filled in one copy; a call waits
+        for its copies before it returns, so the buffers are free for the next one."""
         if not self.pin:
             return torch.from_numpy(np.stack(arrays))
-        shape = (len(arrays), *arrays[0].shape)
-        if shape not in self.buffers:
-            self.buffers[shape] = torch.empty(shape, dtype=torch.uint8).pin_memory()
-        host = self.buffers[shape]
+        key = (slot, len(arrays), *arrays[0].shape)
+        if key not in self.buffers:
+            self.buffers[key] = torch.empty(key[1:], dtype=torch.uint8).pin_memory()
+        host = self.buffers[key]
         np.stack(arrays, out=host.numpy())
         return host.to(self.device, non_blocking=True)
 
@@ -94,8 +95,8 @@ class DeviceOverlay:
     def __call__(self, chunk: list[yuv.Frame], mask: np.ndarray) -> tuple[list[np.ndarray], list[bytes]]:
         from torchvision.io import encode_jpeg
 
-        ys, us, vs = (self._up([getattr(f, p) for f in chunk]) for p in "yuv")
-        m = self._up([mask] * len(chunk))
+        ys, us, vs = (self._up([getattr(f, p) for f in chunk], p) for p in "yuv")
+        m = self._up([mask] * len(chunk), "mask")
         planes = [self._blend(p, m, lut) for p, lut in zip((ys, us, vs), self.luts)]
         rgb = self._rgb(*planes)
         jpegs = encode_jpeg(list(rgb), quality=self.quality)
