@@ -28,8 +28,10 @@
                     base channels, at 24x32): e2e (the median of 3 warm runs) against the CPU ceiling
                     (cores / the stage total at that size), and where the machine's CPU went in that
                     run, per frame: unit tasks, model actors, the driver, Ray's own processes, idle;
-                    with the same job 3x larger (3 runs after those), frames/s and CPU-ms per frame beyond the
-                    job's start-up (the line through the two sizes) and the start-up itself
+                    when its frames were written (its first, its steady rate between 10 % and 90 % of
+                    them, its last: start-up and end parted from what an archive's frames see); the
+                    same units in plain processes side by side (no Ray, no model), and in plain Ray
+                    tasks through warm model actors (the job's core)
   bytes read / object size for an S3 video (loopback moto server) cut into 10+ frame ranges
 
     .venv/bin/python benchmarks/bench_infer.py [--copies 2] [--size 192x256] [--model unet]
@@ -493,78 +495,100 @@ def core_rate(s: InferSettings, videos: list[str], size: tuple[int, int], out: s
 
 
 NEAR_FREE_RUNS = 3  # the median of these: one run on 2 cores varies by +-15 %
-ARCHIVE_FACTOR = 3  # the larger job of the start-up line: this many times the sources
+STEADY = (0.1, 0.9)  # the share of a job's frames between which its steady rate is read
+
+
+def _plain_unit(video: str, mask: np.ndarray, out: str) -> int:
+    """One source through ``process.process`` as a unit runs it, the model replaced by ``mask``, in a
+    plain process (no Ray): the stages and their glue, files written."""
+    import cv2
+
+    cv2.setNumThreads(1)  # as the job's unit tasks
+    free = (lambda x: (lambda m=np.repeat(mask[None], len(x), 0): (m, np.ones((len(x), 2), np.float32))))
+    return process(Work(os.path.basename(video), url=video), default_target(out, mask.shape), free)["frames"]
+
+
+def plain_rate(videos: list[str], mask: np.ndarray, out: str) -> float:
+    """frames/s of the sources through ``_plain_unit`` in as many plain processes as there are cores,
+    side by side (started before timing): what the machine's cores give the stages at once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    cpus = os.cpu_count() or 1
+    with ProcessPoolExecutor(cpus, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [0.5] * cpus))  # every process started and its imports done
+        t0 = time.perf_counter()
+        frames = sum(pool.map(_plain_unit, videos, [mask] * len(videos), [out] * len(videos)))
+        return frames / (time.perf_counter() - t0)
+
+
+def frame_times(out: str, t0: float) -> list[float]:
+    """Seconds from ``t0`` (``time.time()``) at which each frame's mask file was written, sorted."""
+    folders = [os.path.join(d.path, "mask") for d in os.scandir(out) if d.is_dir()]
+    return sorted(e.stat().st_mtime - t0 for f in folders if os.path.isdir(f) for e in os.scandir(f))
+
+
+def steady_rate(times: list[float]) -> float:
+    """frames/s between the STEADY shares of a job's frames: past its start-up, before its last units."""
+    a, b = (int(q * (len(times) - 1)) for q in STEADY)
+    return (b - a) / max(1e-9, times[b] - times[a])
 
 
 def near_free(args, root: str, job) -> None:
     """roadseg infer on the 720p clip (x copies) with a model that costs almost nothing, against the CPU
-    ceiling of the stages at its size: the median of NEAR_FREE_RUNS warm runs, and where the machine's
-    CPU went during it (``ProcessCpu``); then the same job ARCHIVE_FACTOR times larger, so that the
-    straight line through the two sizes parts the job's start-up from what each frame costs beyond it
-    (what an archive's frames cost). Each size's runs follow each other: interleaved, most jobs started
-    task workers of their own (1-2 a job; none when the same job repeats), whose start-up fell on the units."""
+    ceiling of the stages at its size: the median of NEAR_FREE_RUNS warm runs; when its frames were
+    written (their mask files' times: the job's start-up, its steady rate while every unit runs, its
+    end); where the machine's CPU went (``ProcessCpu``); and the same stages in plain processes side by
+    side (``plain_rate``) and in the job's core (``core_rate``)."""
     size = (24, 32)
     torch.manual_seed(0)
     ckpt = os.path.join(root, "ckpt-free")
     save_checkpoint(ckpt, build_model("unet", base_channels=2), input_size=size)
-    inp, big = os.path.join(root, "in720"), os.path.join(root, "in720-archive")
+    inp = os.path.join(root, "in720")
     os.makedirs(inp)
-    os.makedirs(big)
     long = h264_720p(os.path.join(inp, "drive0.mov"), n=args.frames, src=args.video)
     for i in range(1, args.copies):
         shutil.copy(long, os.path.join(inp, f"drive{i}.mov"))
-    for i in range(args.copies * ARCHIVE_FACTOR):
-        shutil.copy(long, os.path.join(big, f"drive{i}.mov"))
+    videos = sorted(os.path.join(inp, f) for f in os.listdir(inp))
     os.makedirs(os.path.join(root, "cpu-free"))
     free_mask = np.tile(np.repeat(np.arange(4, dtype=np.uint8) * 4, size[1] // 4), (size[0], 1))
     total = sum(cpu_by_stage(long, free_mask, os.path.join(root, "cpu-free")).values())
     ceiling = (os.cpu_count() or 1) * 1000 / total
     job("out-free-cold", ckpt, inp)
-    runs = {inp: [], big: []}
-    for source in (inp, big):
-        for i in range(NEAR_FREE_RUNS):
-            out = f"out-free-{i}-{os.path.basename(source)}"
-            with ProcessCpu() as cpu:
-                fps, report = job(out, ckpt, source)
-            runs[source].append((fps, report["frames_this_run"], cpu))
-            shutil.rmtree(os.path.join(root, out), ignore_errors=True)
-    fps, frames, cpu = median_run(runs[inp])
+    runs = []
+    for i in range(NEAR_FREE_RUNS):
+        out = f"out-free-{i}"
+        with ProcessCpu() as cpu:
+            t0 = time.time()
+            fps, report = job(out, ckpt, inp)
+            seconds = time.time() - t0
+        runs.append((fps, report["frames_this_run"], cpu, frame_times(os.path.join(root, out), t0), seconds))
+        shutil.rmtree(os.path.join(root, out), ignore_errors=True)
+    fps, frames, cpu, times, seconds = median_run(runs)
     per = cpu.per_frame(frames)
     print(f"near-free model (unet-2 at 24x32) on {frames} 720p frames: roadseg infer {fps:.1f} frames/s (median of "
-          f"{', '.join(f'{r[0]:.1f}' for r in runs[inp])}); CPU ceiling {os.cpu_count()} cpus / {total:.1f} CPU-ms = "
+          f"{', '.join(f'{r[0]:.1f}' for r in runs)}); CPU ceiling {os.cpu_count()} cpus / {total:.1f} CPU-ms = "
           f"{ceiling:.1f}: e2e / ceiling {fps / ceiling:.2f} (goal >= 0.8)", flush=True)
+    steady = steady_rate(times)
+    print(f"  its frames over time (mask files' times): the first at {times[0]:.1f} s, the last at {times[-1]:.1f} s "
+          f"of {seconds:.1f}; frames {STEADY[0]:.0%}-{STEADY[1]:.0%} at {steady:.1f} frames/s = "
+          f"{steady / ceiling:.2f} of the ceiling (every unit running: an archive's rate past its first seconds; "
+          f"the runs: {', '.join(f'{steady_rate(r[3]):.1f}' for r in runs)})", flush=True)
+    plain = plain_rate(videos, free_mask, os.path.join(root, "plain-free"))
+    print(f"  the same units in {os.cpu_count()} plain processes side by side (process.process, the mask fixed: no Ray, "
+          f"no model) {plain:.1f} frames/s = {plain / ceiling:.2f} of the ceiling: what the cores give the stages at "
+          f"once; the job's steady rate / plain {steady / plain:.2f}", flush=True)
     core = core_rate(settings.build(InferSettings, checkpoint=ckpt, input=inp, output=os.path.join(root, "core")),
-                     sorted(os.path.join(inp, f) for f in os.listdir(inp)), size, os.path.join(root, "core"))
+                     videos, size, os.path.join(root, "core"))
     print(f"  its core alone (the job's units and warm model actors in plain Ray tasks: no Ray Data, no start-up) "
           f"{core:.1f} frames/s = {core / ceiling:.2f} of the ceiling; e2e / core {fps / core:.2f}", flush=True)
     print("  the median run's machine, CPU-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items())
           + f" (the stages alone {total:.1f}; units, actors and the driver include their processes' start-up)",
           flush=True)
-    beyond_startup(median_run(runs[inp]), median_run(runs[big]), ceiling)
 
 
 def median_run(runs: list) -> tuple:
     return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
-
-
-def beyond_startup(small: tuple, large: tuple, ceiling: float) -> None:
-    """The straight line through two job sizes' (frames/s, frames, ProcessCpu): frames/s and the machine's
-    CPU-ms per frame beyond the job's start-up (the slope), and the start-up itself (the intercept)."""
-    (fs, ns, cs), (fl, nl, cl) = small, large
-    ws, wl = ns / fs, nl / fl
-    slope = (wl - ws) / (nl - ns)
-    if slope <= 0:
-        print(f"  beyond the job's start-up: not measured (the {nl}-frame job took no longer than the {ns}-frame one)")
-        return
-    ps, pl = cs.per_frame(ns), cl.per_frame(nl)
-    per = {k: (pl[k] * nl - ps[k] * ns) / (nl - ns) for k in pl}
-    startup = ws - ns * slope
-    print(f"  beyond the job's start-up (jobs of {ns} and {nl} frames, medians {fs:.1f} and {fl:.1f} frames/s; what an "
-          f"archive's frames cost): {1 / slope:.1f} frames/s = {1 / slope / ceiling:.2f} of the ceiling; the job's "
-          f"start-up {startup:.1f} s" + (" (under 0: the larger job's frames cost more than the smaller's, so what is "
-                                         "lost is lost per frame)" if startup < 0 else "")
-          + "; CPU-ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in per.items())
-          + f" (unit tasks {ps['unit tasks']:.1f} in the smaller job, {pl['unit tasks']:.1f} in the larger)", flush=True)
 
 
 def main() -> int:

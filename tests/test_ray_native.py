@@ -79,6 +79,9 @@ def test_ray_data_executor_constants_exist_and_are_quickened(monkeypatch):
     cluster.quicken_ray_data()
     assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == cluster.EXECUTOR_WAIT_S
     assert resource_manager.ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == cluster.EXECUTOR_LIMITS_REFRESH_S
+    with cluster.executor_wait(0.25):  # infer's units: long tasks, a slower loop, then back
+        assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.25
+    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == cluster.EXECUTOR_WAIT_S
     # where the code touches Ray Data's internals beyond logger names: this one function
     users = [path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
              if "from ray.data._internal" in path.read_text() or "import ray.data._internal" in path.read_text()]

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from roadseg_dist import retries, storage
+from roadseg_dist.ops.cluster import executor_wait
 from roadseg_dist.infer import plan as plan_mod, video_out
 from roadseg_dist import render
 from roadseg_dist.infer.sizing import Sizing
@@ -112,11 +113,13 @@ def run_units(works: list[Work], target: Target, actors: list, sizing: Sizing) -
     ds = ds.map_batches(process_batch, fn_kwargs={"target": target, "actors": actors}, batch_size=1,
                         batch_format="numpy", num_cpus=sizing.task_cpus,
                         compute=ray.data.TaskPoolStrategy(size=max(1, min(sizing.tasks, blocks))))
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i in range(len(batch["video"])):
-            yield {k: _plain(v[i]) for k, v in batch.items()}
+    with executor_wait(UNITS_WAIT_S):
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["video"])):
+                yield {k: _plain(v[i]) for k, v in batch.items()}
 
 
+UNITS_WAIT_S = 0.1  # a task's slot idles up to this between tasks of units that run for seconds
 MAX_UNITS_PER_TASK = 16
 
 
