@@ -82,7 +82,7 @@ def test_ray_data_executor_constants_exist_and_are_quickened(monkeypatch):
     with cluster.executor_wait(0.25):  # infer's units: long tasks, a slower loop, then back
         assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.25
     assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == cluster.EXECUTOR_WAIT_S
-    # where the code touches Ray Data's internals beyond logger names: this one function
+    # where the code touches Ray Data's internals beyond logger names: this one module
     users = [path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
              if "from ray.data._internal" in path.read_text() or "import ray.data._internal" in path.read_text()]
     assert users == ["ops/cluster.py"]
