@@ -244,14 +244,18 @@ def default_target(out: str, size: tuple[int, int]) -> Target:
     return Target(out, ("mask", "color", "overlay"), "h264", True, size, model="bench")
 
 
+def fixed_masks(mask: np.ndarray):
+    """A unit's ``submit`` whose model answers ``mask`` for every frame (confidence 1)."""
+    return lambda x: (lambda m=np.repeat(mask[None], len(x), 0): (m, np.ones((len(x), 2), np.float32)))
+
+
 def unit_cpu_ms(video: str, size: tuple[int, int], out: str) -> float:
     """CPU-ms per frame of one real unit (``process.process``: decode, resize, files, overlay.mp4,
     stats) on one thread, the model replaced by a fixed mask (``scene_mask``): the stages plus their glue."""
     mask = scene_mask(size)
     target = default_target(out, size)
     c0 = time.process_time()
-    row = process(Work("unit", url=video), target,
-                  lambda x: (lambda m=np.repeat(mask[None], len(x), 0): (m, np.ones((len(x), 2), np.float32))))
+    row = process(Work("unit", url=video), target, fixed_masks(mask))
     return 1000 * (time.process_time() - c0) / row["frames"]
 
 
@@ -504,8 +508,7 @@ def _plain_unit(video: str, mask: np.ndarray, out: str) -> int:
     import cv2
 
     cv2.setNumThreads(1)  # as the job's unit tasks
-    free = (lambda x: (lambda m=np.repeat(mask[None], len(x), 0): (m, np.ones((len(x), 2), np.float32))))
-    return process(Work(os.path.basename(video), url=video), default_target(out, mask.shape), free)["frames"]
+    return process(Work(os.path.basename(video), url=video), default_target(out, mask.shape), fixed_masks(mask))["frames"]
 
 
 def plain_rate(videos: list[str], mask: np.ndarray, out: str) -> float:
