@@ -58,8 +58,11 @@ def test_hundreds_of_clips_on_s3_a_kill_and_a_rerun_every_frame_once(s3_server, 
         proc.stderr.close()
     time.sleep(2)  # the killed job's units are reaped by Ray; let any in flight finish writing
     at_kill = objects(s3_server, s3_bucket, "out/")
-    committed = [e["id"] for k in at_kill if k.startswith("out/.roadseg/done/")
-                 for e in json.loads(storage.read_text(f"{s3_bucket}/{k}"))["sources"]]
+    # a batch is committed when its manifest and its frames part are both there: a kill between the
+    # two writes leaves a manifest alone, and its sources are redone (state.py)
+    manifests = [json.loads(storage.read_text(f"{s3_bucket}/{k}")) for k in at_kill
+                 if k.startswith("out/.roadseg/done/")]
+    committed = [e["id"] for m in manifests if f"out/{m['part']}" in at_kill for e in m["sources"]]
     assert 0 < len(committed) < CLIPS, "the run was not killed between its commits"
 
     result = CliRunner().invoke(main, ["infer", *args], catch_exceptions=False)
